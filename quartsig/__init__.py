@@ -1,0 +1,3 @@
+"""quartsig: real-time TradingView technical-analysis signals over WebSocket."""
+
+__version__ = "0.1.0"

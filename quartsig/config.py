@@ -1,0 +1,211 @@
+"""Settings, read once from ``QUARTSIG_*`` environment variables.
+
+Every setting is parsed and validated here, at start-up, so that a typo in a
+deployment fails loudly with the variable's name instead of surfacing later as
+a confusing runtime error deep inside a tick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+PREFIX = "QUARTSIG_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "quartsig"
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _database_url(value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in {"sqlite", "postgres", "postgresql", "asyncpg", "psycopg"}:
+        raise ValueError("must start with sqlite://, postgres:// or postgresql://")
+    return value
+
+
+def _proxies(value: str) -> tuple[str, ...]:
+    urls = _split(value)
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in {"socks5", "socks5h", "socks4", "http"} or not parts.hostname:
+            # The URL may carry credentials: never echo it back.
+            raise ValueError("each entry must look like socks5://[user:pass@]host:port")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if port is None:
+            raise ValueError("each proxy needs a port, e.g. socks5://127.0.0.1:9050")
+    return urls
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins = _split(value)
+    for origin in origins:
+        if origin != "*" and not urlsplit(origin).scheme:
+            raise ValueError("each origin must look like https://example.com (or be *)")
+    return tuple(origin.rstrip("/") for origin in origins)
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _exchange(value: str) -> str:
+    value = value.strip().upper()
+    if not value or not value.replace("_", "").isalnum():
+        raise ValueError("must be an exchange prefix such as FX_IDC")
+    return value
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(value: str) -> Any:
+        return parse(value) if value.strip() else None
+
+    return parse_optional
+
+
+def _setting(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything quartsig can be told. Field names are the variables without the prefix."""
+
+    data_dir: Path = _setting(
+        None, Path, "Where the SQLite file and a generated key live (created on first run)."
+    )
+    database_url: str = _setting(
+        None, _database_url, "sqlite://... (default: DATA_DIR/quartsig.sqlite3) or postgres://..."
+    )
+    secret_keys: tuple[str, ...] = _setting(
+        (), _split, "Comma-separated Fernet keys; the first encrypts, all decrypt."
+    )
+    token_ttl: int = _setting(86400, _positive_int, "Seconds a token stays valid.")
+    scanner_url: str = _setting(
+        "https://scanner.tradingview.com", _url, "TradingView's scanner base URL."
+    )
+    interval: float = _setting(20.0, _positive_float, "Collector period in seconds.")
+    proxies: tuple[str, ...] = _setting(
+        (), _proxies, "Comma-separated socks5:// proxy URLs; empty means direct."
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        (), _origins, "Origins allowed to open /ws besides the server's own; * allows any."
+    )
+    bot_secret: str | None = _setting(
+        None, _optional(str), "Bearer secret for POST /api/tokens; the route is off when unset."
+    )
+    default_exchange: str = _setting(
+        "FX_IDC", _exchange, "Exchange prefix given to a bare ticker such as USDJPY."
+    )
+    plugins_dir: Path = _setting(
+        Path("plugins"), Path, "Directory whose .py files are loaded as plugins."
+    )
+    base_url: str | None = _setting(
+        None, _optional(_url), "Public URL of the board, used to build token links."
+    )
+    max_subscriptions: int = _setting(
+        128, _positive_int, "Subscriptions one connection may hold."
+    )
+    max_frame_bytes: int = _setting(
+        4096, _positive_int, "Largest client frame accepted; bigger closes with 1009."
+    )
+    ops_per_second: float = _setting(
+        20.0, _positive_float, "Sustained client ops per second (bursts of twice that)."
+    )
+    heartbeat_interval: float = _setting(
+        25.0, _positive_float, "Seconds between the server's heartbeat pings."
+    )
+    heartbeat_timeout: float = _setting(
+        10.0, _positive_float, "Seconds a peer has to answer a ping before it is dropped."
+    )
+    send_timeout: float = _setting(
+        10.0, _positive_float, "Seconds a stalled send may last before the client is closed."
+    )
+    auth_timeout: float = _setting(
+        10.0, _positive_float, "Seconds a new connection has to authenticate."
+    )
+    scanner_concurrency: int = _setting(
+        4, _positive_int, "Scanner requests in flight at once."
+    )
+    scanner_timeout: float = _setting(
+        10.0, _positive_float, "Seconds one scanner request may take."
+    )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Read ``QUARTSIG_*`` variables; ``overrides`` (already typed) win over them."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):
+            name = PREFIX + item.name.upper()
+            if item.name in overrides:
+                values[item.name] = overrides[item.name]
+            elif name in environ:
+                try:
+                    values[item.name] = item.metadata["parse"](environ[name])
+                except (ValueError, TypeError) as error:
+                    raise ConfigError(f"{name}: {error}") from None
+        unknown = set(overrides) - {item.name for item in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        data_dir = Path(values.get("data_dir") or _default_data_dir())
+        values["data_dir"] = data_dir
+        if not values.get("database_url"):
+            values["database_url"] = f"sqlite://{data_dir / 'quartsig.sqlite3'}"
+        if values.get("heartbeat_timeout", cls.heartbeat_timeout) >= values.get(
+            "heartbeat_interval", cls.heartbeat_interval
+        ):
+            raise ConfigError(
+                f"{PREFIX}HEARTBEAT_TIMEOUT: must be shorter than {PREFIX}HEARTBEAT_INTERVAL"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, doc) for every setting: the README table is checked against it."""
+    rows = []
+    for item in dataclasses.fields(Settings):
+        default = item.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        rows.append((PREFIX + item.name.upper(), "" if default is None else str(default),
+                     item.metadata["doc"]))
+    return rows
