@@ -1,0 +1,254 @@
+"""The subscription hub: who watches which key, what each key last held, and fan-out.
+
+Every method is synchronous and runs on the event loop, so a subscribe, an
+unsubscribe or a close can only ever land *between* two collector steps, never
+inside one: the ordering guarantee the seed bought with a task queue, with no
+queue to grow or reorder.
+
+Data is state, not events. Each key keeps its last data; a change is diffed
+against it, encoded once, and the same text handed to every subscriber. A
+connection that falls behind merges its pending pieces per key (see
+:mod:`quartsig.connection`), so everyone converges on the current state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import protocol
+from .planner import Key
+
+SNAPSHOT = "snapshot"
+UPDATE = "update"
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class Piece:
+    """One pending snapshot or update for one key; ``text`` is shared until merged."""
+
+    type: str
+    data: Mapping[str, Any]
+    ts: int
+    text: str | None
+
+    def encoded(self, key: Key) -> str:
+        if self.text is None:
+            self.text = protocol.data_frame(
+                self.type, key.symbol, key.tf, key.profile, self.data, self.ts
+            )
+        return self.text
+
+    def merge(self, later: Piece) -> Piece:
+        """Conflate: this piece followed by ``later`` as one piece, as a client would apply them."""
+        if later.type == SNAPSHOT:
+            return later
+        return Piece(self.type, {**self.data, **later.data}, later.ts, None)
+
+
+class Sink(Protocol):
+    """What the hub needs from a connection (implemented by :class:`connection.Connection`)."""
+
+    def deliver(self, key: Key, piece: Piece) -> None: ...
+
+    def discard(self, key: Key) -> None: ...
+
+    def send(self, text: str) -> None: ...
+
+
+class TooManySubscriptions(Exception):
+    pass
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """A key's cached state. Kept for ``retain`` seconds after its last subscriber leaves,
+    so that a tab that is hidden and shown again gets its snapshot at once."""
+
+    key: Key
+    data: dict[str, Any] | None = None
+    ts: int = 0
+    snapshot: Piece | None = None
+    subscribers: set[Sink] = field(default_factory=set)
+    idle_since: float | None = None
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``new`` whose values differ from ``old`` (absent counts as different)."""
+    return {name: value for name, value in new.items() if old.get(name, _MISSING) != value}
+
+
+class Hub:
+    def __init__(
+        self,
+        *,
+        max_subscriptions: int = 128,
+        retain: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_subscriptions = max_subscriptions
+        self.retain = retain
+        self.clock = clock
+        self.entries: dict[Key, Entry] = {}
+        self.subscriptions: dict[Sink, set[Key]] = {}
+        self.users: dict[Sink, int] = {}
+        #: Keys subscribed to that have no data yet; the collector fetches them early.
+        self.fresh: set[Key] = set()
+        self.status: tuple[str, str] = ("ok", "")
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- connections ----------------------------------------------------------------------
+
+    def attach(self, sink: Sink, user: int) -> None:
+        self.subscriptions[sink] = set()
+        self.users[sink] = user
+        if self.status[0] != "ok":
+            sink.send(self._status_text())
+
+    def detach(self, sink: Sink) -> None:
+        for key in self.subscriptions.pop(sink, ()):
+            self._leave(sink, key)
+        self.users.pop(sink, None)
+
+    def subscribe(self, sink: Sink, key: Key) -> bool:
+        """Add ``key`` for ``sink``; False when it was already there (which is harmless)."""
+        keys = self.subscriptions[sink]
+        if key in keys:
+            return False
+        if len(keys) >= self.max_subscriptions:
+            raise TooManySubscriptions(f"at most {self.max_subscriptions} subscriptions")
+        keys.add(key)
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.entries[key] = Entry(key)
+        entry.subscribers.add(sink)
+        entry.idle_since = None
+        if entry.data is None:
+            if key not in self.fresh:
+                self.fresh.add(key)
+                for listener in self._listeners:
+                    listener()
+        else:
+            sink.deliver(key, self._snapshot(entry))
+        return True
+
+    def unsubscribe(self, sink: Sink, key: Key) -> bool:
+        keys = self.subscriptions.get(sink)
+        if keys is None or key not in keys:
+            return False
+        keys.discard(key)
+        self._leave(sink, key)
+        sink.discard(key)
+        return True
+
+    def _leave(self, sink: Sink, key: Key) -> None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return
+        entry.subscribers.discard(sink)
+        if not entry.subscribers:
+            self.fresh.discard(key)
+            if entry.data is None:
+                del self.entries[key]
+            else:
+                entry.idle_since = self.clock()
+
+    def on_fresh(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a key nobody had before is subscribed to."""
+        self._listeners.append(listener)
+
+    # -- the collector's side -------------------------------------------------------------
+
+    def demand(self) -> set[Key]:
+        """The keys someone watches now: what the next tick must fetch."""
+        return {key for key, entry in self.entries.items() if entry.subscribers}
+
+    def publish(self, key: Key, data: dict[str, Any], ts: int) -> bool:
+        """Store ``data`` for ``key`` and send subscribers what changed. True if anything did."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return False  # nobody watches it any more
+        if entry.data is None:
+            entry.data, entry.ts, entry.snapshot = data, ts, None
+            self.fresh.discard(key)
+            if entry.subscribers:
+                piece = self._snapshot(entry)
+                for sink in entry.subscribers:
+                    sink.deliver(key, piece)
+            return True
+        changes = diff(entry.data, data)
+        entry.data, entry.ts = data, ts
+        if not changes:
+            return False
+        entry.snapshot = None
+        if entry.subscribers:
+            piece = Piece(UPDATE, changes, ts, None)
+            piece.encoded(key)  # once, before fan-out: every subscriber shares this text
+            for sink in entry.subscribers:
+                sink.deliver(key, piece)
+        return True
+
+    def reject(self, key: Key, code: protocol.ErrorCode, message: str) -> None:
+        """Drop ``key`` for everyone, telling each subscriber why (e.g. an unknown symbol)."""
+        entry = self.entries.pop(key, None)
+        self.fresh.discard(key)
+        if entry is None:
+            return
+        text = protocol.encode(
+            {
+                "type": "error",
+                "code": str(code),
+                "message": message,
+                "symbol": key.symbol,
+                "tf": key.tf,
+                "profile": key.profile,
+            }
+        )
+        for sink in entry.subscribers:
+            self.subscriptions[sink].discard(key)
+            sink.discard(key)
+            sink.send(text)
+
+    def set_status(self, upstream: str, reason: str = "") -> bool:
+        """Tell every connection when the upstream's health changes; True if it did."""
+        if (upstream, reason) == self.status:
+            return False
+        changed_level = upstream != self.status[0]
+        self.status = (upstream, reason)
+        if changed_level:
+            text = self._status_text()
+            for sink in self.subscriptions:
+                sink.send(text)
+        return changed_level
+
+    def sweep(self) -> int:
+        """Forget cached keys nobody has watched for ``retain`` seconds; how many went."""
+        cutoff = self.clock() - self.retain
+        stale = [
+            key
+            for key, entry in self.entries.items()
+            if entry.idle_since is not None and entry.idle_since <= cutoff
+        ]
+        for key in stale:
+            del self.entries[key]
+        return len(stale)
+
+    def sinks_of(self, users: Iterable[int]) -> list[Sink]:
+        wanted = set(users)
+        return [sink for sink, user in self.users.items() if user in wanted]
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _snapshot(self, entry: Entry) -> Piece:
+        if entry.snapshot is None:
+            assert entry.data is not None
+            entry.snapshot = Piece(SNAPSHOT, entry.data, entry.ts, None)
+            entry.snapshot.encoded(entry.key)
+        return entry.snapshot
+
+    def _status_text(self) -> str:
+        upstream, reason = self.status
+        return protocol.reply("status", upstream=upstream, reason=reason)

@@ -1,0 +1,66 @@
+"""Prometheus series, one registry per app so that tests and several apps never collide."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from quart import Blueprint, Response
+
+from .runtime import current_runtime
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("quartsig_connections", "Open, authenticated connections", registry=r)
+        self.subscriptions = Gauge("quartsig_subscriptions", "Subscriptions held", registry=r)
+        self.keys = Gauge("quartsig_keys", "Distinct (profile, symbol, tf) keys watched", registry=r)
+        self.frames = Counter("quartsig_frames_sent", "WebSocket frames sent", registry=r)
+        self.bytes = Counter("quartsig_bytes_sent", "Characters of frames sent", registry=r)
+        self.closes = Counter("quartsig_closes", "Connections closed, by code", ["code"], registry=r)
+        self.slow_closes = Counter(
+            "quartsig_slow_closes", "Connections closed because they fell hopelessly behind",
+            registry=r,
+        )
+        self.fanout = Histogram(
+            "quartsig_fanout_seconds", "Time to hand one tick's changes to every writer",
+            buckets=_FAST, registry=r,
+        )
+        self.tick = Histogram(
+            "quartsig_tick_seconds", "Collector tick duration, fetch included",
+            buckets=_SLOW, registry=r,
+        )
+        self.upstream = Counter(
+            "quartsig_upstream_requests", "Scanner requests by outcome", ["outcome"], registry=r
+        )
+        self.cells = Counter("quartsig_upstream_cells", "Scanner cells requested", registry=r)
+
+    def frame_sent(self, frames: int, size: int) -> None:
+        self.frames.inc(frames)
+        self.bytes.inc(size)
+
+    def watch(
+        self,
+        connections: Callable[[], float],
+        subscriptions: Callable[[], float],
+        keys: Callable[[], float],
+    ) -> None:
+        """Gauges read at scrape time, so the hot path never updates them."""
+        self.connections.set_function(connections)
+        self.subscriptions.set_function(subscriptions)
+        self.keys.set_function(keys)
+
+
+blueprint = Blueprint("metrics", __name__)
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    body = generate_latest(current_runtime().metrics.registry)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,178 @@
+"""The objects that live as long as the app: hub, collector, scanner client, plugins.
+
+``create_app`` builds one :class:`Runtime` and ties :meth:`Runtime.start` and
+:meth:`Runtime.stop` to the lifespan; routes reach it through
+:func:`current_runtime`. Nothing here is a module global, so tests can run
+several apps side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from quart import current_app
+
+from .config import Settings
+from .hub import Hub
+from .profiles import Profile
+from .protocol import Close, Vocabulary
+from .tokens import TokenAuthority
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "quartsig"
+
+
+class Expiring:
+    """Symbols TradingView said it does not have, remembered for ``ttl`` seconds so that
+    a client retrying one gets its error at once instead of costing a request per tick."""
+
+    def __init__(self, ttl: float = 600.0, limit: int = 10_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._items: dict[str, tuple[float, str]] = {}
+
+    def add(self, key: str, value: str) -> None:
+        if len(self._items) >= self.limit:
+            self._items.pop(next(iter(self._items)))
+        self._items[key] = (time.monotonic() + self.ttl, value)
+
+    def get(self, key: str) -> str | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[0] < time.monotonic():
+            del self._items[key]
+            return None
+        return item[1]
+
+
+@dataclass(eq=False)
+class Runtime:
+    settings: Settings
+    tokens: TokenAuthority
+    profiles: dict[str, Profile]
+    screeners: dict[str, str]
+    account_active: Callable[[int], Awaitable[bool]]
+    active_among: Callable[[set[int]], Awaitable[set[int]]]
+    demo: bool = False
+    hub: Hub = field(init=False)
+    metrics: Any = field(init=False)
+    vocabulary: Vocabulary = field(init=False)
+    unknown_symbols: Expiring = field(default_factory=Expiring)
+    collector: Any = None
+    scanner: Any = None
+    standin: Any = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from .metrics import Metrics
+
+        self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,
+                       retain=max(60.0, 3 * self.settings.interval))
+        self.metrics = Metrics()
+        self.metrics.watch(
+            lambda: len(self.hub.subscriptions),
+            lambda: sum(len(keys) for keys in self.hub.subscriptions.values()),
+            lambda: len(self.hub.demand()),
+        )
+        self.vocabulary = Vocabulary(
+            profiles=frozenset(self.profiles),
+            screeners=self.screeners,
+            default_exchange=self.settings.default_exchange,
+            default_profile="full" if "full" in self.profiles else min(self.profiles),
+        )
+
+    def screener_of(self, symbol: str) -> str:
+        from .symbols import screener_for
+
+        return screener_for(symbol, self.screeners)
+
+    async def start(self) -> None:
+        from .collector import Collector
+        from .scanner import ScannerClient
+
+        scanner_url = self.settings.scanner_url
+        if self.demo:
+            from .standin import serve_standin
+
+            self.standin, scanner_url = await serve_standin()
+            log.warning("demo mode: serving data from the built-in stand-in scanner %s",
+                        scanner_url)
+        self.scanner = ScannerClient(
+            scanner_url,
+            proxies=self.settings.proxies,
+            concurrency=self.settings.scanner_concurrency,
+            timeout=self.settings.scanner_timeout,
+        )
+        await self.scanner.start()
+        self.collector = Collector(
+            self.hub,
+            self.profiles,
+            self.scanner,
+            self.screener_of,
+            interval=self.settings.interval,
+            on_unknown=partial(self.unknown_symbols.add, value="TradingView has no such symbol"),
+            metrics=self.metrics,
+        )
+        self._tasks = [
+            asyncio.create_task(self.collector.run(), name="quartsig-collector"),
+            asyncio.create_task(self._watch_accounts(), name="quartsig-accounts"),
+        ]
+        if self.demo:
+            self._tasks.append(asyncio.create_task(self._step_demo(), name="quartsig-demo"))
+
+    def close_all(self, code: int = Close.GOING_AWAY, reason: str = "server shutting down") -> int:
+        sinks = list(self.hub.subscriptions)
+        for sink in sinks:
+            sink.close(code, reason)  # type: ignore[attr-defined]
+        return len(sinks)
+
+    async def stop(self) -> None:
+        self.close_all()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.scanner is not None:
+            await self.scanner.close()
+        if self.standin is not None:
+            await self.standin.cleanup()
+            self.standin = None
+
+    async def _watch_accounts(self) -> None:
+        """Close the connections of accounts disabled since they connected, once per tick."""
+        while True:
+            await asyncio.sleep(self.settings.interval)
+            users = set(self.hub.users.values())
+            if not users:
+                continue
+            try:
+                active = await self.active_among(users)
+            except Exception:
+                log.warning("account check failed; connections kept", exc_info=True)
+                continue
+            for sink in self.hub.sinks_of(users - active):
+                sink.close(Close.FORBIDDEN, "account disabled")  # type: ignore[attr-defined]
+
+    async def _step_demo(self) -> None:
+        """In demo mode the stand-in's values move once per interval, like a live market."""
+        from .standin import STANDIN
+
+        state = self.standin.app[STANDIN] if hasattr(self.standin, "app") else None
+        while state is not None:
+            await asyncio.sleep(self.settings.interval)
+            with contextlib.suppress(Exception):
+                state.step()
+
+
+def current_runtime() -> Runtime:
+    runtime: Runtime = current_app.extensions[EXTENSION]
+    return runtime

@@ -1,0 +1,218 @@
+"""The ``/ws`` route: handshake, authentication, then a reader and a writer per connection.
+
+The route is the thin async shell around pure pieces: :mod:`protocol` parses,
+the :class:`~quartsig.hub.Hub` changes state synchronously, and the connection's
+own writer (:mod:`quartsig.connection`) is the only task that ever awaits the
+socket for output, so a stalled client can delay nobody but itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from urllib.parse import urlsplit
+
+from quart import Blueprint, websocket
+
+from . import protocol
+from .connection import Connection, Overflow, SlowConsumer
+from .hub import TooManySubscriptions
+from .planner import Key
+from .protocol import Close, ErrorCode, ProtocolError
+from .ratelimit import TokenBucket
+from .runtime import Runtime, current_runtime
+from .tokens import ExpiredToken, TokenError
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("stream", __name__)
+
+#: How long a deliberate close may take before the peer is abandoned.
+CLOSE_TIMEOUT = 2.0
+#: Ops refused in a row before a flooding client is closed with 1008.
+MAX_STRIKES = 100
+
+
+class Closing(Exception):
+    """Raised inside a connection's tasks to close it with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...]) -> bool:
+    """No Origin (a non-browser client), the server's own origin, or one on the allowlist."""
+    if origin is None or "*" in allowed:
+        return True
+    origin = origin.rstrip("/")
+    return origin in allowed or urlsplit(origin).netloc.lower() == host.lower()
+
+
+@blueprint.websocket("/ws")
+async def ws() -> tuple[str, int] | None:
+    runtime = current_runtime()
+    if not origin_allowed(
+        websocket.headers.get("Origin"), websocket.host, runtime.settings.allowed_origins
+    ):
+        runtime.metrics.closes.labels(code="403").inc()
+        return "origin not allowed", 403
+    await websocket.accept()
+    code, reason = await _serve(runtime)
+    runtime.metrics.closes.labels(code=str(code)).inc()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await websocket.close(code, reason)
+    return None
+
+
+async def _serve(runtime: Runtime) -> tuple[int, str]:
+    """Run one connection to its end; return the close code and reason."""
+    try:
+        user, auth_id = await _authenticate(runtime)
+    except Closing as closing:
+        return closing.code, closing.reason
+    settings = runtime.settings
+    connection = Connection(
+        websocket.send, send_timeout=settings.send_timeout, on_frame=runtime.metrics.frame_sent
+    )
+    connection.user = user
+    runtime.hub.attach(connection, user)
+    connection.send(protocol.reply("authed", auth_id, tg_id=user))
+    tasks = [
+        asyncio.ensure_future(_read(runtime, connection)),
+        asyncio.ensure_future(connection.run()),
+        asyncio.ensure_future(connection.close_requested()),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return await _outcome(runtime, connection, done.pop())
+    finally:
+        runtime.hub.detach(connection)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _outcome(
+    runtime: Runtime, connection: Connection, task: asyncio.Future[object]
+) -> tuple[int, str]:
+    error = task.exception()
+    if error is None:
+        code, reason = task.result()  # type: ignore[misc]
+        if code == Close.GOING_AWAY or code == Close.FORBIDDEN:
+            with contextlib.suppress(Exception):
+                await connection.flush(CLOSE_TIMEOUT)
+        return code, reason
+    if isinstance(error, Closing):
+        return error.code, error.reason
+    if isinstance(error, (SlowConsumer, Overflow)):
+        runtime.metrics.slow_closes.inc()
+        return Close.TRY_AGAIN_LATER, "too slow"
+    if isinstance(error, ConnectionError):
+        return Close.NORMAL, ""
+    raise error
+
+
+async def _receive(runtime: Runtime) -> str | bytes:
+    frame = await websocket.receive()
+    if len(frame) > runtime.settings.max_frame_bytes:
+        raise Closing(Close.TOO_BIG, "frame too big")
+    return frame
+
+
+async def _authenticate(runtime: Runtime) -> tuple[int, object]:
+    """The token from ``?token=`` or a first ``auth`` frame -> the account's Telegram id."""
+    token = websocket.args.get("token")
+    auth_id = None
+    if token is None:
+        try:
+            async with asyncio.timeout(runtime.settings.auth_timeout):
+                frame = await _receive(runtime)
+        except TimeoutError:
+            raise Closing(Close.AUTH_TIMEOUT, "auth timeout") from None
+        try:
+            messages = protocol.decode(frame)
+            message = protocol.parse_message(messages[0], runtime.vocabulary)
+        except ProtocolError:
+            message = None
+        if not isinstance(message, protocol.Auth):
+            raise Closing(Close.BAD_TOKEN, "auth required")
+        token, auth_id = message.token, message.id
+    try:
+        user = runtime.tokens.verify(token)
+    except ExpiredToken:
+        raise Closing(Close.BAD_TOKEN, "token expired") from None
+    except TokenError:
+        raise Closing(Close.BAD_TOKEN, "bad token") from None
+    try:
+        active = await runtime.account_active(user)
+    except Exception:
+        log.exception("account lookup failed")
+        raise Closing(Close.TRY_AGAIN_LATER, "accounts unavailable") from None
+    if not active:
+        raise Closing(Close.FORBIDDEN, "account unknown or disabled")
+    return user, auth_id
+
+
+async def _read(runtime: Runtime, connection: Connection) -> None:
+    """Drain the client's frames for as long as it is connected, obeying each op in order."""
+    settings = runtime.settings
+    bucket = TokenBucket(settings.ops_per_second, 2 * settings.ops_per_second)
+    strikes = 0
+    while True:
+        frame = await _receive(runtime)
+        if isinstance(frame, bytes):
+            connection.send(protocol.error(ErrorCode.BAD_JSON, "frames must be JSON text"))
+            continue
+        try:
+            messages = protocol.decode(frame)
+        except ProtocolError as error:
+            connection.send(protocol.error(error.code, error.message))
+            continue
+        for raw in messages:
+            if not bucket.take():
+                strikes += 1
+                if strikes > MAX_STRIKES:
+                    raise Closing(Close.POLICY, "rate limit")
+                connection.send(protocol.error(ErrorCode.RATE_LIMITED, "slow down", _id_of(raw)))
+                continue
+            strikes = 0
+            try:
+                _obey(runtime, connection, protocol.parse_message(raw, runtime.vocabulary))
+            except ProtocolError as error:
+                connection.send(protocol.error(error.code, error.message, error.id))
+
+
+def _id_of(raw: object) -> object:
+    try:
+        return protocol._message_id(raw) if isinstance(raw, dict) else None
+    except ProtocolError:
+        return None
+
+
+def _obey(runtime: Runtime, connection: Connection, message: protocol.Message) -> None:
+    hub = runtime.hub
+    if isinstance(message, protocol.Ping):
+        connection.send(protocol.reply("pong", message.id))
+    elif isinstance(message, protocol.Auth):
+        raise ProtocolError(ErrorCode.BAD_OP, "already authenticated", message.id)
+    else:
+        target = {"symbol": message.symbol, "tf": message.tf, "profile": message.profile}
+        key = Key(message.profile, message.symbol, message.tf)
+        if isinstance(message, protocol.Subscribe):
+            unknown = runtime.unknown_symbols.get(message.symbol)
+            if unknown is not None:
+                raise ProtocolError(ErrorCode.UNKNOWN_SYMBOL, unknown, message.id)
+            try:
+                hub.subscribe(connection, key)
+            except TooManySubscriptions as error:
+                raise ProtocolError(
+                    ErrorCode.TOO_MANY_SUBSCRIPTIONS, str(error), message.id
+                ) from None
+            # Replies leave before pieces in the same frame, so this precedes the snapshot.
+            connection.send(protocol.reply("subscribed", message.id, **target))
+        else:
+            hub.unsubscribe(connection, key)
+            connection.send(protocol.reply("unsubscribed", message.id, **target))

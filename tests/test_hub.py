@@ -1,0 +1,185 @@
+import orjson
+import pytest
+
+from quartsig.connection import Connection
+from quartsig.hub import Hub, TooManySubscriptions, diff
+from quartsig.planner import Key
+from quartsig.protocol import ErrorCode
+
+KEY = Key("summary", "FX_IDC:USDJPY", "1m")
+OTHER = Key("summary", "FX_IDC:EURUSD", "1m")
+
+
+async def _noop(text: str) -> None:
+    pass
+
+
+def connection() -> Connection:
+    return Connection(_noop)
+
+
+def frames(conn: Connection) -> list[dict]:
+    text = conn.take()
+    if text is None:
+        return []
+    value = orjson.loads(text)
+    return value if isinstance(value, list) else [value]
+
+
+def test_diff_keeps_only_changed_and_new_keys():
+    assert diff({"a": 1, "b": None}, {"a": 1, "b": 2, "c": None}) == {"b": 2, "c": None}
+    assert diff({"a": 1}, {"a": 1}) == {}
+
+
+async def test_first_data_is_a_snapshot_then_only_changes():
+    hub = Hub()
+    conn = connection()
+    hub.attach(conn, 1)
+    assert hub.subscribe(conn, KEY)
+    assert hub.demand() == {KEY} and hub.fresh == {KEY}
+    hub.publish(KEY, {"Recommend.All": 0.2, "rec.all": "BUY"}, 1000)
+    assert frames(conn) == [{"type": "snapshot", "symbol": "FX_IDC:USDJPY", "tf": "1m",
+                             "profile": "summary",
+                             "data": {"Recommend.All": 0.2, "rec.all": "BUY"}, "ts": 1000}]
+    assert not hub.fresh
+    assert not hub.publish(KEY, {"Recommend.All": 0.2, "rec.all": "BUY"}, 2000)
+    assert frames(conn) == []
+    assert hub.publish(KEY, {"Recommend.All": 0.6, "rec.all": "BUY"}, 3000)
+    [update] = frames(conn)
+    assert update["type"] == "update" and update["data"] == {"Recommend.All": 0.6}
+
+
+async def test_subscribers_share_the_same_encoded_text():
+    hub = Hub()
+    a, b = connection(), connection()
+    for conn in (a, b):
+        hub.attach(conn, 1)
+        hub.subscribe(conn, KEY)
+    hub.publish(KEY, {"x": 1}, 1)
+    hub.publish(KEY, {"x": 2}, 2)
+    pa, pb = a._pending[KEY], b._pending[KEY]
+    # both pending pieces were merged identically (snapshot + update -> snapshot)
+    assert pa.encoded(KEY) == pb.encoded(KEY)
+    a.take(), b.take()
+    hub.publish(KEY, {"x": 3}, 3)
+    assert a._pending[KEY] is b._pending[KEY]  # one piece object, one encoding, for all
+
+
+async def test_late_subscriber_gets_cached_snapshot_at_once():
+    hub = Hub()
+    early, late = connection(), connection()
+    hub.attach(early, 1)
+    hub.subscribe(early, KEY)
+    hub.publish(KEY, {"x": 1}, 1)
+    hub.attach(late, 2)
+    hub.subscribe(late, KEY)
+    [snapshot] = frames(late)
+    assert snapshot["type"] == "snapshot" and snapshot["data"] == {"x": 1}
+    assert not hub.fresh  # no early fetch for a cached key
+
+
+async def test_subscribing_twice_is_harmless():
+    hub = Hub()
+    conn = connection()
+    hub.attach(conn, 1)
+    hub.subscribe(conn, KEY)
+    hub.publish(KEY, {"x": 1}, 1)
+    frames(conn)
+    assert not hub.subscribe(conn, KEY)
+    assert frames(conn) == []
+
+
+async def test_unsubscribe_and_detach_remove_demand_but_keep_the_cache_for_a_while():
+    now = [0.0]
+    hub = Hub(retain=10, clock=lambda: now[0])
+    conn = connection()
+    hub.attach(conn, 1)
+    hub.subscribe(conn, KEY)
+    hub.subscribe(conn, OTHER)
+    hub.publish(KEY, {"x": 1}, 1)
+    assert hub.unsubscribe(conn, KEY)
+    assert KEY not in conn._pending  # nothing for it after "unsubscribed"
+    hub.detach(conn)
+    assert hub.demand() == set()
+    assert OTHER not in hub.entries  # never had data: nothing to keep
+    assert KEY in hub.entries
+    now[0] = 11
+    assert hub.sweep() == 1 and not hub.entries
+
+
+async def test_applying_updates_in_order_to_the_snapshot_gives_the_current_state():
+    hub = Hub()
+    conn = connection()
+    hub.attach(conn, 1)
+    hub.subscribe(conn, KEY)
+    states = [{"a": 1, "b": 2}, {"a": 1, "b": 3}, {"a": None, "b": 3}, {"a": 5, "b": 0}]
+    client: dict = {}
+    for ts, state in enumerate(states):
+        hub.publish(KEY, dict(state), ts)
+        for frame in frames(conn):
+            if frame["type"] == "snapshot":
+                client = dict(frame["data"])
+            else:
+                client.update(frame["data"])
+        assert client == state
+
+
+async def test_a_slow_connection_is_conflated_to_the_current_state():
+    hub = Hub()
+    slow = connection()
+    hub.attach(slow, 1)
+    hub.subscribe(slow, KEY)
+    hub.publish(KEY, {"a": 1, "b": 1}, 1)
+    frames(slow)
+    for ts, b in enumerate(range(2, 50)):
+        hub.publish(KEY, {"a": ts % 3, "b": b}, ts)
+    [update] = frames(slow)
+    state = {"a": 1, "b": 1} | update["data"]
+    assert state == hub.entries[KEY].data
+    assert slow.conflated > 0
+
+
+async def test_limit_on_subscriptions():
+    hub = Hub(max_subscriptions=1)
+    conn = connection()
+    hub.attach(conn, 1)
+    hub.subscribe(conn, KEY)
+    with pytest.raises(TooManySubscriptions):
+        hub.subscribe(conn, OTHER)
+
+
+async def test_reject_drops_the_key_and_tells_each_subscriber():
+    hub = Hub()
+    conn = connection()
+    hub.attach(conn, 1)
+    hub.subscribe(conn, KEY)
+    hub.reject(KEY, ErrorCode.UNKNOWN_SYMBOL, "no such symbol")
+    [error] = frames(conn)
+    assert error["code"] == "unknown_symbol" and error["symbol"] == KEY.symbol
+    assert hub.demand() == set() and hub.subscriptions[conn] == set()
+
+
+async def test_status_changes_reach_everyone_once_and_new_connections_on_attach():
+    hub = Hub()
+    a = connection()
+    hub.attach(a, 1)
+    assert hub.set_status("down", "429")
+    assert not hub.set_status("down", "429")
+    assert frames(a) == [{"type": "status", "upstream": "down", "reason": "429"}]
+    b = connection()
+    hub.attach(b, 2)
+    assert frames(b)[0]["upstream"] == "down"
+    hub.set_status("ok")
+    assert frames(a) == [{"type": "status", "upstream": "ok", "reason": ""}]
+
+
+async def test_fresh_listener_fires_once_per_new_key():
+    hub = Hub()
+    calls = []
+    hub.on_fresh(lambda: calls.append(1))
+    a, b = connection(), connection()
+    hub.attach(a, 1)
+    hub.attach(b, 2)
+    hub.subscribe(a, KEY)
+    hub.subscribe(b, KEY)
+    assert calls == [1]
