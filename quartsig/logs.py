@@ -1,0 +1,83 @@
+"""Logging set-up and the filter that keeps tokens out of every log line.
+
+A token in a log is a credential in a file that outlives it by months and is
+read by people who should never hold it. Rather than trusting each call site,
+one filter rewrites every record, its arguments and its traceback text, on
+every handler that writes quartsig's and Hypercorn's logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+REDACTED = "[redacted]"
+
+_PATTERNS = (
+    # Fernet tokens: version byte 0x80 plus a timestamp below 2**40 always encode as gAAAAA.
+    (re.compile(r"gAAAAA[A-Za-z0-9_\-]{8,}={0,2}"), REDACTED),
+    # token=... in query strings, fragments and form bodies, whatever the value looks like.
+    (re.compile(r"(?i)(\btoken=)[^&\s\"'#;,]+"), rf"\1{REDACTED}"),
+    # the bot's bearer secret
+    (re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+"), rf"\1{REDACTED}"),
+)
+
+HYPERCORN_LOGGERS = ("hypercorn.error", "hypercorn.access")
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Formats the message once, redacts it, and freezes it so no formatter sees the raw args."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is logging's problem to report, not ours
+            return True
+        redacted = redact(message)
+        if redacted != message or record.args:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def _add_once(target: logging.Logger | logging.Handler) -> None:
+    if not any(isinstance(existing, RedactingFilter) for existing in target.filters):
+        target.addFilter(_FILTER)
+
+
+def install(extra: Iterable[logging.Logger | str] = ()) -> None:
+    """Put the filter on the root, Hypercorn's and ``extra`` loggers and on all their handlers.
+
+    Logger filters catch records logged directly on them; handler filters
+    catch records propagated from children. Call again after anything adds
+    handlers (Hypercorn creates its own when its config is first used).
+    """
+    names: list[logging.Logger | str] = ["", *HYPERCORN_LOGGERS, *extra]
+    for item in names:
+        logger = item if isinstance(item, logging.Logger) else logging.getLogger(item or None)
+        _add_once(logger)
+        for handler in logger.handlers:
+            _add_once(handler)
+
+
+def configure(level: int = logging.INFO) -> None:
+    """The CLI's logging: one stderr handler on the root, redacting from the first line."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    install()

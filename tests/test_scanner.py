@@ -1,0 +1,368 @@
+"""The scanner client against a real stand-in: rows, retries, deadlines, bounds, health."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+
+import orjson
+import pytest
+
+from quartsig import __version__
+from quartsig.scanner import (
+    ScanError,
+    ScannerClient,
+    ScanRequest,
+    ScanResult,
+    backoff_delay,
+    build_body,
+    classify_status,
+    parse_body,
+    parse_retry_after,
+    summarise,
+)
+from tests.support.scanning import (
+    free_port,
+    running_standin,
+    standin_fixture,  # noqa: F401
+)
+
+FOREX = ("FX_IDC:USDJPY", "FX_IDC:EURUSD", "FX_IDC:GBPUSD")
+REQUEST = ScanRequest("forex", FOREX, ("Recommend.All|5", "RSI|5", "close", "volume"))
+FAST = (0.01, 0.01, 0.01)
+
+
+def client(url: str, **options) -> ScannerClient:
+    options.setdefault("retry_delays", FAST)
+    return ScannerClient(url, **options)
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+def test_request_cells_and_body():
+    assert REQUEST.cells == 12
+    body = orjson.loads(build_body(REQUEST))
+    assert body == {"symbols": {"tickers": list(FOREX), "query": {"types": []}},
+                    "columns": list(REQUEST.columns)}
+    assert "range" not in body
+
+
+def test_parse_body_matches_by_s_ignores_strangers_and_reports_missing():
+    request = ScanRequest("forex", ("A:X", "A:Y", "A:Z"), ("c1", "c2"))
+    body = orjson.dumps({"totalCount": 3, "data": [
+        {"s": "A:Y", "d": [3, 4]}, {"s": "A:STRANGER", "d": [9, 9]}, {"s": "A:X", "d": [1, None]},
+    ]})
+    rows, missing = parse_body(request, body)
+    assert rows == {"A:X": {"c1": 1, "c2": None}, "A:Y": {"c1": 3, "c2": 4}}
+    assert missing == {"A:Z"}
+
+
+@pytest.mark.parametrize(("body", "kind", "retryable"), [
+    (b"", "throttled", True),
+    (b"  \n", "throttled", True),
+    (b"<html>", "bad_body", True),
+    (b"[]", "bad_body", False),
+    (b'{"data": 3}', "bad_body", False),
+    (b'{"data": [{"d": [1]}]}', "bad_body", False),
+    (b'{"data": [{"s": "A:X", "d": [1, 2, 3]}]}', "bad_body", False),
+    (b'{"data": [{"s": "A:X", "d": null}]}', "bad_body", False),
+    (b'{"totalCount": 0, "error": "bad filter", "data": null}', "bad_request", False),
+])
+def test_parse_body_errors(body, kind, retryable):
+    error = parse_body(ScanRequest("forex", ("A:X",), ("c1", "c2")), body)
+    assert isinstance(error, ScanError)
+    assert (error.kind, error.retryable) == (kind, retryable)
+
+
+@pytest.mark.parametrize(("status", "body", "kind", "retryable"), [
+    (400, b'{"totalCount":0,"error":"Unknown field \\"RSI|1D\\"","data":null}',
+     "bad_column", False),
+    (400, b'{"totalCount":0,"error":"bad types","data":null}', "bad_request", False),
+    (404, b"404 page not found", "not_found", False),
+    (429, b"", "throttled", True),
+    (403, b"", "blocked", True),
+    (503, b"", "blocked", True),
+    (500, b"", "server", True),
+    (502, b"", "server", True),
+    (418, b"teapot", "bad_request", False),
+])
+def test_classify_status(status, body, kind, retryable):
+    error = classify_status(status, body)
+    assert (error.kind, error.retryable, error.status) == (kind, retryable, status)
+    if kind == "bad_column":
+        assert error.column == "RSI|1D"
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+
+
+def test_backoff_is_full_jitter_and_honours_retry_after_capped():
+    rng = random.Random(1)
+    plain = ScanError("server", "x", True)
+    delays = [backoff_delay(1, (0.5, 1.5, 4.0), plain, rng, 30.0) for _ in range(200)]
+    assert all(0 <= d <= 1.5 for d in delays)
+    assert max(delays) > 1.0
+    assert min(delays) < 0.5
+    assert backoff_delay(9, (0.5, 1.5, 4.0), plain, rng, 30.0) <= 4.0
+    throttled = ScanError("throttled", "x", True, 429, retry_after=5.0)
+    assert backoff_delay(0, (0.5,), throttled, rng, 30.0) == 5.0
+    assert backoff_delay(0, (0.5,), throttled, rng, 2.0) == 2.0
+
+
+def _result(ok: bool, attempts: int = 1) -> ScanResult:
+    error = None if ok else ScanError("throttled", "429", True, 429)
+    return ScanResult(REQUEST, {}, frozenset(), error, attempts, 0.1)
+
+
+def test_summarise():
+    assert summarise([]) == ("ok", "no requests")
+    assert summarise([_result(True), _result(True)]) == ("ok", "2 requests ok")
+    assert summarise([_result(True, 3), _result(True)])[0] == "ok"
+    assert "after retries" in summarise([_result(True, 3)])[1]
+    status, reason = summarise([_result(True), _result(False)])
+    assert status == "degraded"
+    assert "1 of 2" in reason
+    assert "throttled" in reason
+    assert summarise([_result(False), _result(False)])[0] == "down"
+
+
+# --- against the stand-in ---------------------------------------------------------------------
+
+
+async def test_rows_match_the_standin_values_and_unknown_tickers_are_missing(standin):
+    request = ScanRequest("forex", (*FOREX, "FX_IDC:NOSUCH", "BINANCE:BTCUSDT"), REQUEST.columns)
+    async with client(standin.url) as scanner:
+        result = await scanner.scan(request)
+    assert result.ok
+    assert result.attempts == 1
+    assert result.elapsed > 0
+    assert result.missing == {"FX_IDC:NOSUCH", "BINANCE:BTCUSDT"}
+    assert set(result.rows) == set(FOREX)
+    for ticker, row in result.rows.items():
+        assert row["RSI|5"] == standin.state.values(ticker, "5m")["RSI"]
+        assert row["close"] == standin.state.values(ticker, "1d")["close"]
+        assert row["volume"] is None
+    assert standin.state.log[0].user_agent == f"quartsig/{__version__}"
+
+
+async def test_headers_are_configurable(standin):
+    async with client(standin.url, headers={"User-Agent": "custom/1"}) as scanner:
+        await scanner.scan(REQUEST)
+    assert standin.state.log[0].user_agent == "custom/1"
+
+
+@pytest.mark.parametrize("fault", [
+    {"kind": "status", "status": 429},
+    {"kind": "status", "status": 403},
+    {"kind": "status", "status": 500},
+    {"kind": "status", "status": 503},
+    {"kind": "empty"},
+    {"kind": "garbage"},
+    {"kind": "reset"},
+])
+async def test_transient_faults_are_retried_until_success(standin, fault):
+    standin.state.add_faults([{**fault, "count": 2}])
+    async with client(standin.url) as scanner:
+        result = await scanner.scan(REQUEST)
+    assert result.ok, result.error
+    assert result.attempts == 3
+    assert set(result.rows) == set(FOREX)
+    assert len(standin.state.log) == 3
+
+
+async def test_a_slow_answer_times_out_and_is_retried(standin):
+    standin.state.add_faults([{"kind": "delay", "seconds": 1.0}])
+    async with client(standin.url, timeout=0.2) as scanner:
+        started = time.monotonic()
+        result = await scanner.scan(REQUEST)
+    assert result.ok
+    assert result.attempts == 2
+    assert time.monotonic() - started < 0.9
+
+
+async def test_retries_give_up_with_the_last_error(standin):
+    standin.state.add_faults([{"kind": "status", "status": 502, "sticky": True}])
+    async with client(standin.url) as scanner:
+        result = await scanner.scan(REQUEST)
+    assert not result.ok
+    assert result.attempts == 4
+    assert result.error.kind == "server"
+    assert result.error.status == 502
+    assert result.rows == {}
+    assert result.missing == frozenset()
+
+
+@pytest.mark.parametrize(("fault", "kind"), [
+    ({"kind": "status", "status": 400,
+      "body": '{"totalCount":0,"error":"bad filter","data":null}'}, "bad_request"),
+    ({"kind": "status", "status": 404, "body": "404 page not found"}, "not_found"),
+    ({"kind": "status", "status": 200,
+      "body": '{"totalCount":1,"data":[{"s":"FX_IDC:USDJPY","d":[1]}]}'}, "bad_body"),
+])
+async def test_permanent_failures_are_not_retried(standin, fault, kind):
+    standin.state.add_faults([{**fault, "sticky": True}])
+    async with client(standin.url) as scanner:
+        result = await scanner.scan(REQUEST)
+    assert result.error is not None
+    assert result.error.kind == kind
+    assert result.attempts == 1
+    assert len(standin.state.log) == 1
+
+
+async def test_unknown_column_is_reported_with_its_name(standin):
+    request = ScanRequest("forex", FOREX, ("RSI|5", "RSI|1D"))
+    async with client(standin.url) as scanner:
+        result = await scanner.scan(request)
+        missing_screener = await scanner.scan(ScanRequest("narnia", FOREX, ("RSI",)))
+    assert result.error == ScanError(
+        "bad_column", 'Unknown field "RSI|1D"', False, 400, column="RSI|1D"
+    )
+    assert result.attempts == 1
+    assert missing_screener.error.kind == "not_found"
+    assert missing_screener.attempts == 1
+
+
+async def test_retry_after_is_honoured(standin):
+    standin.state.add_faults([{"kind": "status", "status": 429, "retry_after": 0.6}])
+    async with client(standin.url) as scanner:
+        result = await scanner.scan(REQUEST)
+    assert result.ok
+    assert result.attempts == 2
+    first, second = standin.state.log
+    assert second.time - first.time >= 0.55
+
+
+async def test_retry_after_is_capped(standin):
+    standin.state.add_faults([{"kind": "status", "status": 429, "retry_after": 3600}])
+    async with client(standin.url, max_retry_after=0.2) as scanner:
+        started = time.monotonic()
+        result = await scanner.scan(REQUEST)
+    assert result.ok
+    assert time.monotonic() - started < 1.0
+
+
+async def test_deadline_stops_retries(standin):
+    standin.state.add_faults([{"kind": "status", "status": 503, "sticky": True}])
+    async with client(standin.url, retry_delays=(0.2, 0.2, 0.2, 0.2, 0.2)) as scanner:
+        started = time.monotonic()
+        result = await scanner.scan(REQUEST, deadline=started + 0.3)
+    assert not result.ok
+    assert result.error.kind == "blocked"
+    assert time.monotonic() - started < 0.6  # the deadline, plus scheduling slack
+    assert result.attempts >= 1
+
+
+async def test_no_backoff_sleeps_across_the_deadline(standin):
+    standin.state.add_faults([{"kind": "status", "status": 429, "retry_after": 10}])
+    async with client(standin.url) as scanner:
+        started = time.monotonic()
+        result = await scanner.scan(REQUEST, deadline=started + 2)
+    assert time.monotonic() - started < 1.5  # gave up instead of sleeping 10 s
+    assert result.error.kind == "throttled"
+    assert result.error.retry_after == 10
+    assert result.attempts == 1
+
+
+async def test_deadline_cuts_a_slow_request(standin):
+    standin.state.add_faults([{"kind": "delay", "seconds": 5}])
+    async with client(standin.url, timeout=10) as scanner:
+        started = time.monotonic()
+        result = await scanner.scan(REQUEST, deadline=started + 0.3)
+    assert time.monotonic() - started < 1.5  # not the 5 s the stand-in wanted
+    assert not result.ok
+    assert result.error.kind == "timeout"
+
+
+async def test_a_passed_deadline_makes_no_request(standin):
+    async with client(standin.url) as scanner:
+        result = await scanner.scan(REQUEST, deadline=time.monotonic() - 1)
+    assert result.error.kind == "timeout"
+    assert result.attempts == 0
+    assert standin.state.log == []
+
+
+async def test_concurrency_is_bounded():
+    async with running_standin(base_delay=0.15) as server:
+        async with client(server.url, concurrency=3) as scanner:
+            results = await scanner.scan_all([REQUEST] * 10)
+        assert all(result.ok for result in results)
+        assert server.state.max_in_flight == 3
+        assert len(server.state.log) == 10
+
+
+async def test_min_start_interval_spaces_request_starts(standin):
+    async with client(standin.url, concurrency=4, min_start_interval=0.1) as scanner:
+        results = await scanner.scan_all([REQUEST] * 4)
+    assert all(result.ok for result in results)
+    starts = sorted(entry.time for entry in standin.state.log)
+    assert all(b - a >= 0.09 for a, b in itertools.pairwise(starts))
+
+
+async def test_scan_all_keeps_request_order_and_mixes_outcomes(standin):
+    requests = [REQUEST, ScanRequest("narnia", FOREX, ("RSI",)),
+                ScanRequest("crypto", ("BINANCE:BTCUSDT",), ("close",))]
+    async with client(standin.url) as scanner:
+        results = await scanner.scan_all(requests)
+    assert [result.request for result in results] == requests
+    assert [result.ok for result in results] == [True, False, True]
+    assert summarise(results)[0] == "degraded"
+
+
+async def test_one_session_for_the_clients_life(standin):
+    async with client(standin.url) as scanner:
+        (session,) = scanner.sessions
+        for _ in range(3):
+            await scanner.scan(REQUEST)
+        await scanner.scan_all([REQUEST] * 3)
+        assert scanner.sessions == [session]
+    assert session.closed
+    # Keep-alive: the sequential scans rode one connection.
+    assert len({entry.peer for entry in standin.state.log[:3]}) == 1
+
+
+async def test_nothing_raises_when_the_scanner_is_unreachable():
+    url = f"http://127.0.0.1:{free_port()}"
+    async with client(url) as scanner:
+        results = await scanner.scan_all([REQUEST, REQUEST])
+    assert all(r.error.kind == "connection" and r.attempts == 4 for r in results)
+    assert summarise(results)[0] == "down"
+
+
+async def test_scan_starts_the_client_when_needed_and_close_is_idempotent(standin):
+    scanner = client(standin.url)
+    try:
+        assert (await scanner.scan(REQUEST)).ok
+    finally:
+        await scanner.close()
+        await scanner.close()
+
+
+async def test_cancellation_propagates(standin):
+    standin.state.add_faults([{"kind": "delay", "seconds": 5}])
+    async with client(standin.url) as scanner:
+        task = asyncio.create_task(scanner.scan(REQUEST))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_requests_queued_past_the_deadline_are_not_sent():
+    async with running_standin(base_delay=1.0) as server:
+        async with client(server.url, concurrency=1) as scanner:
+            started = time.monotonic()
+            results = await scanner.scan_all([REQUEST] * 3, deadline=started + 0.3)
+        assert time.monotonic() - started < 1.0
+        assert [result.error.kind for result in results] == ["timeout"] * 3
+        assert sorted(result.attempts for result in results) == [0, 0, 1]
+        assert scanner.slots[0].failures <= 1
+        assert len(server.state.log) == 1

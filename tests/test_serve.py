@@ -1,0 +1,74 @@
+"""``quartsig serve`` as a platform runs it: a real process on $PORT, probed, then SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_serve_answers_healthz_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTSIG_")}
+    env.update(QUARTSIG_DATA_DIR=str(tmp_path / "data"), PORT=str(port))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quartsig", "serve", "--demo"],
+        cwd=REPO,  # picks up the repository's hypercorn.toml, as the Procfile does
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status, body = 0, {}
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except (ConnectionError, urllib.error.URLError):
+                time.sleep(0.2)
+        assert status == 200
+        assert (body["status"], body["database"]) == ("ok", "ok")
+
+        token = Fernet.generate_key().decode()  # any secret-looking value will do
+        _get(f"http://127.0.0.1:{port}/healthz?token={token}")
+
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=10)  # graceful_timeout is 5 s
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output
+    assert "GET /healthz" in output  # the access log is on ...
+    assert token not in output  # ... and never shows the query string
