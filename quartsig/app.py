@@ -18,8 +18,11 @@ from typing import Any, Protocol
 from quart import Blueprint, Quart
 from tortoise.context import TortoiseContext
 
-from quartsig import api, database, logs
+from quartsig import accounts, api, board, database, logs, metrics, stream
 from quartsig.config import Settings
+from quartsig.plugins import get_plugin_manager, load_profiles, load_screeners
+from quartsig.runtime import Runtime
+from quartsig.symbols import SCREENERS
 from quartsig.tokens import TokenAuthority
 
 EXTENSION = "quartsig"
@@ -27,7 +30,12 @@ EXTENSION = "quartsig"
 MAX_HTTP_BODY = 16 * 1024
 """Bytes an HTTP body may have: the only body we accept is a tiny JSON object."""
 
-BLUEPRINTS: tuple[Blueprint, ...] = (api.blueprint,)
+BLUEPRINTS: tuple[Blueprint, ...] = (
+    api.blueprint,
+    stream.blueprint,
+    metrics.blueprint,
+    board.blueprint,
+)
 
 
 class Component(Protocol):
@@ -46,6 +54,7 @@ class Services:
 
     settings: Settings
     tokens: TokenAuthority
+    runtime: Runtime
     demo: bool = False
     database: TortoiseContext | None = None
     components: list[Component] = field(default_factory=list)
@@ -73,8 +82,36 @@ class DatabaseComponent:
             state.database = None
 
 
+@dataclass
+class RuntimeComponent:
+    """Hub, scanner client and collector: they start once the database is there."""
+
+    name: str = "runtime"
+
+    async def start(self, app: Quart) -> None:
+        await services(app).runtime.start()
+
+    async def stop(self, app: Quart) -> None:
+        await services(app).runtime.stop()
+
+
 def default_components(settings: Settings) -> list[Component]:
-    return [DatabaseComponent()]
+    return [DatabaseComponent(), RuntimeComponent()]
+
+
+def build_runtime(settings: Settings, tokens: TokenAuthority, *, demo: bool = False) -> Runtime:
+    """Load the plugins (a broken one stops start-up here, named) and build the runtime."""
+    plugins_dir = settings.plugins_dir if settings.plugins_dir.is_dir() else None
+    manager = get_plugin_manager(plugins_dir)
+    return Runtime(
+        settings=settings,
+        tokens=tokens,
+        profiles=load_profiles(manager),
+        screeners=load_screeners(manager, SCREENERS),
+        account_active=accounts.is_active,
+        active_among=accounts.active_among,
+        demo=demo,
+    )
 
 
 async def _lifespan(app: Quart) -> AsyncGenerator[None, None]:
@@ -110,9 +147,11 @@ def create_app(
         settings = settings.replace(**overrides)
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
+    tokens = TokenAuthority.from_settings(settings)
     app.extensions[EXTENSION] = Services(
         settings=settings,
-        tokens=TokenAuthority.from_settings(settings),
+        tokens=tokens,
+        runtime=build_runtime(settings, tokens, demo=demo),
         demo=demo,
         components=list(default_components(settings) if components is None else components),
     )

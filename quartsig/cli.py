@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,10 +20,13 @@ from typing import TypeVar
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from quart import Quart
 
 from quartsig import __version__, accounts, database, logs
-from quartsig.app import create_app
+from quartsig.app import create_app, services
 from quartsig.config import ConfigError, Settings
+from quartsig.deflate import decline_permessage_deflate
+from quartsig.plugins import PluginError
 from quartsig.tokens import (
     InvalidTelegramId,
     TokenAuthority,
@@ -185,14 +189,55 @@ def _event_loop_factory(worker_class: str) -> Callable[[], asyncio.AbstractEvent
     return uvloop.new_event_loop
 
 
+def apply_stream_settings(config: Config, settings: Settings) -> Config:
+    """Hypercorn's side of the stream's limits.
+
+    Hypercorn pings every ``HEARTBEAT_INTERVAL`` but never checks for pongs; a
+    read timeout of interval + ``HEARTBEAT_TIMEOUT`` turns those pings into a
+    liveness check, since a live peer's pong is read within it and a dead one's
+    connection is dropped.
+    """
+    config.websocket_ping_interval = settings.heartbeat_interval
+    config.read_timeout = int(settings.heartbeat_interval + settings.heartbeat_timeout)
+    config.websocket_max_message_size = min(
+        config.websocket_max_message_size, 4 * settings.max_frame_bytes
+    )
+    return config
+
+
+async def _serve_until_signalled(app: Quart, config: Config) -> None:
+    """Serve until SIGTERM/SIGINT; then close every client with 1001 before Hypercorn stops.
+
+    Hypercorn would otherwise wait out ``graceful_timeout`` for websocket handlers
+    that never end on their own, then cut them without a close frame.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        runtime = services(app).runtime
+        runtime.close_all()
+        async with asyncio.timeout(config.graceful_timeout):
+            while runtime.hub.subscriptions:  # noqa: ASYNC110 (shutdown only; a poll is simplest)
+                await asyncio.sleep(0.02)
+
+    await serve(app, config, shutdown_trigger=shutdown_trigger)
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    config = hypercorn_config(args.config, args.bind, os.environ)
+    config = apply_stream_settings(
+        hypercorn_config(args.config, args.bind, os.environ), settings
+    )
     app = create_app(settings, demo=args.demo)
+    decline_permessage_deflate()
     # Fail before binding, with one clean line, if the database is unreachable.
     asyncio.run(database.prepare_schema(settings))
     with asyncio.Runner(loop_factory=_event_loop_factory(config.worker_class)) as runner:
-        runner.run(serve(app, config))
+        runner.run(_serve_until_signalled(app, config))
     return 0
 
 
@@ -201,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(logging.INFO if args.command == "serve" else logging.WARNING)
     try:
         return int(args.handler(args))
-    except (ConfigError, database.DatabaseError) as error:
+    except (ConfigError, database.DatabaseError, PluginError) as error:
         print(f"quartsig: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except accounts.AccountError as error:

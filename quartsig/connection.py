@@ -115,9 +115,9 @@ class Connection:
             if self._on_frame is not None:
                 self._on_frame(1, len(frame))
 
-    async def flush(self, timeout: float) -> None:
+    async def flush(self, within: float) -> None:
         """Send what is pending (used before a deliberate close)."""
         frame = self.take()
         if frame is not None:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self._send(frame)

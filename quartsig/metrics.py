@@ -18,14 +18,21 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.connections = Gauge("quartsig_connections", "Open, authenticated connections", registry=r)
+        self.connections = Gauge(
+            "quartsig_connections", "Open, authenticated connections", registry=r
+        )
         self.subscriptions = Gauge("quartsig_subscriptions", "Subscriptions held", registry=r)
-        self.keys = Gauge("quartsig_keys", "Distinct (profile, symbol, tf) keys watched", registry=r)
+        self.keys = Gauge(
+            "quartsig_keys", "Distinct (profile, symbol, tf) keys watched", registry=r
+        )
         self.frames = Counter("quartsig_frames_sent", "WebSocket frames sent", registry=r)
         self.bytes = Counter("quartsig_bytes_sent", "Characters of frames sent", registry=r)
-        self.closes = Counter("quartsig_closes", "Connections closed, by code", ["code"], registry=r)
+        self.closes = Counter(
+            "quartsig_closes", "Connections closed, by code", ["code"], registry=r
+        )
         self.slow_closes = Counter(
-            "quartsig_slow_closes", "Connections closed because they fell hopelessly behind",
+            "quartsig_slow_closes",
+            "Connections closed because they fell hopelessly behind",
             registry=r,
         )
         self.fanout = Histogram(

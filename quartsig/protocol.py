@@ -132,7 +132,8 @@ def _message_id(raw: Mapping[str, Any]) -> Any:
     if isinstance(value, str) and len(value) <= MAX_ID_LENGTH:
         return value
     raise ProtocolError(
-        ErrorCode.BAD_OP, f"id must be a string of at most {MAX_ID_LENGTH} characters or a safe integer"
+        ErrorCode.BAD_OP,
+        f"id must be a string of at most {MAX_ID_LENGTH} characters or a safe integer",
     )
 
 

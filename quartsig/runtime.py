@@ -148,19 +148,22 @@ class Runtime:
             self.standin = None
 
     async def _watch_accounts(self) -> None:
-        """Close the connections of accounts disabled since they connected, once per tick."""
         while True:
             await asyncio.sleep(self.settings.interval)
-            users = set(self.hub.users.values())
-            if not users:
-                continue
             try:
-                active = await self.active_among(users)
+                await self.check_accounts()
             except Exception:
                 log.warning("account check failed; connections kept", exc_info=True)
-                continue
-            for sink in self.hub.sinks_of(users - active):
-                sink.close(Close.FORBIDDEN, "account disabled")  # type: ignore[attr-defined]
+
+    async def check_accounts(self) -> int:
+        """Close the connections of accounts disabled since they connected (once per tick)."""
+        users = set(self.hub.users.values())
+        if not users:
+            return 0
+        sinks = self.hub.sinks_of(users - await self.active_among(users))
+        for sink in sinks:
+            sink.close(Close.FORBIDDEN, "account disabled")  # type: ignore[attr-defined]
+        return len(sinks)
 
     async def _step_demo(self) -> None:
         """In demo mode the stand-in's values move once per interval, like a live market."""
@@ -174,5 +177,5 @@ class Runtime:
 
 
 def current_runtime() -> Runtime:
-    runtime: Runtime = current_app.extensions[EXTENSION]
+    runtime: Runtime = current_app.extensions[EXTENSION].runtime
     return runtime

@@ -1,0 +1,158 @@
+"""Tick cost: collector CPU for one tick of N tickers x 10 timeframes, split by phase.
+
+    python -m bench.tick [--tickers 1000] [--runs 5] [--profile full]
+
+The scanner's reply bodies come from the stand-in (so values and nulls look like
+TradingView's); the network is left out, since a tick's CPU is what is measured.
+Phases, each timed on its own over the same inputs, then the whole
+``Collector.publish`` as the collector runs it:
+
+- parse: JSON bodies -> rows matched by ``"s"`` (``scanner.parse_body``)
+- compute: each key's profile data (``Profile.compute``)
+- diff: changed keys against what each key last held (``hub.diff``)
+- encode: one update text per changed key (``protocol.data_frame``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from quartsig import protocol
+from quartsig.collector import Collector, merge_results
+from quartsig.connection import Connection
+from quartsig.hub import Hub, diff
+from quartsig.planner import Key, plan
+from quartsig.plugins import get_plugin_manager, load_profiles
+from quartsig.scanner import ScanResult, parse_body
+from quartsig.standin import Standin, synthetic_universe
+from quartsig.symbols import SCREENERS, screener_for
+from quartsig.timeframes import TIMEFRAMES, column
+
+
+def _median_ms(fn: Callable[[], Any], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.process_time()
+        fn()
+        times.append((time.process_time() - started) * 1000)
+    return statistics.median(times)
+
+
+async def _noop(text: str) -> None:
+    pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tickers", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--profile", default="full")
+    args = parser.parse_args(argv)
+
+    import asyncio
+
+    asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> None:
+    profiles = load_profiles(get_plugin_manager(entry_points=False))
+    profile = profiles[args.profile]
+    universe = synthetic_universe(n_forex=args.tickers)
+    standin = Standin(seed=3, universe=universe)
+    standin.config.update({"change_share": 0.5})
+    tickers = sorted(universe["forex"])
+    keys = [Key(args.profile, ticker, tf) for ticker in tickers for tf in TIMEFRAMES]
+    columns = {name: p.columns for name, p in profiles.items()}
+    requests = plan(keys, columns, lambda s: screener_for(s, SCREENERS))
+
+    def bodies() -> list[bytes]:
+        out = []
+        for request in requests:
+            payload = {
+                "symbols": {"tickers": list(request.tickers)},
+                "columns": list(request.columns),
+            }
+            status, body, _ = standin.answer(request.screener, payload)
+            assert status == 200, body[:200]
+            out.append(body)
+        return out
+
+    # Two successive ticks' replies: the second differs from the first in about half the cells.
+    first, second = bodies(), (standin.step(), bodies())[1]
+
+    def results(raw: list[bytes]) -> list[ScanResult]:
+        out = []
+        for request, body in zip(requests, raw, strict=True):
+            parsed = parse_body(request, body)
+            assert not isinstance(parsed, Exception) and isinstance(parsed, tuple)
+            out.append(ScanResult(request, parsed[0], parsed[1], None, 1, 0.0))
+        return out
+
+    pairs = {tf: tuple((base, column(base, tf)) for base in profile.columns) for tf in TIMEFRAMES}
+    merged_first = merge_results(results(first)).rows
+    merged_second = merge_results(results(second)).rows
+
+    def compute(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            profile.compute({base: rows[key.symbol].get(col) for base, col in pairs[key.tf]})
+            for key in keys
+        ]
+
+    old, new = compute(merged_first), compute(merged_second)
+    changes = [diff(a, b) for a, b in zip(old, new, strict=True)]
+
+    def encode() -> None:
+        for key, change in zip(keys, changes, strict=True):
+            if change:
+                protocol.data_frame("update", key.symbol, key.tf, key.profile, change, 0)
+
+    figures = {
+        "parse": _median_ms(lambda: results(second), args.runs),
+        "compute": _median_ms(lambda: compute(merged_second), args.runs),
+        "diff": _median_ms(lambda: [diff(a, b) for a, b in zip(old, new, strict=True)], args.runs),
+        "encode": _median_ms(encode, args.runs),
+    }
+
+    # The whole publish step, as the collector runs it, with one connection per key.
+    def publish_once() -> float:
+        hub = Hub(max_subscriptions=len(keys))
+        collector = Collector(hub, profiles, None, lambda s: "forex")  # type: ignore[arg-type]
+        conn = Connection(_noop)
+        hub.attach(conn, 1)
+        for key in keys:
+            hub.subscribe(conn, key)
+        collector.publish(keys, results(first))
+        conn.take()
+        started = time.process_time()
+        collector.publish(keys, results(second))
+        elapsed = (time.process_time() - started) * 1000
+        return elapsed
+
+    whole = statistics.median(publish_once() for _ in range(args.runs))
+    changed = sum(1 for change in changes if change)
+    cells = sum(r.cells for r in requests)
+    print(f"tick cost: {len(tickers)} tickers x {len(TIMEFRAMES)} timeframes = {len(keys)} keys, "
+          f"profile {args.profile} ({len(profile.columns)} columns), {len(requests)} requests, "
+          f"{cells} cells, {changed} keys changed; medians of {args.runs} runs (CPU time)")
+    print()
+    print("| phase | ms per tick | us per key |")
+    print("|---|---|---|")
+    for phase, ms in figures.items():
+        print(f"| {phase} | {ms:.1f} | {ms * 1000 / len(keys):.2f} |")
+    print(f"| sum of phases | {sum(figures.values()):.1f} | "
+          f"{sum(figures.values()) * 1000 / len(keys):.2f} |")
+    print(f"| whole publish step (parse + compute + diff + encode + fan-out) | {whole:.1f} | "
+          f"{whole * 1000 / len(keys):.2f} |")
+    print()
+    print(f"body size: {sum(map(len, second)) / 1e6:.1f} MB; "
+          f"update frames: {sum(len(orjson.dumps(c)) for c in changes) / 1e6:.1f} MB of data")
+
+
+if __name__ == "__main__":
+    main()

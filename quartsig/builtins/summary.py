@@ -1,0 +1,35 @@
+"""The ``summary`` profile: TradingView's overall rating and its label, one column per row.
+
+The cheapest useful subscription: one column per timeframe keeps requests for
+large watch-lists small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from quartsig.hookspecs import hookimpl
+from quartsig.profiles import Profile
+from quartsig.rules import label, number
+
+COLUMNS = ("Recommend.All",)
+
+
+def compute(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``Recommend.All`` as a clean number and its label."""
+    rating = number(row.get("Recommend.All"))
+    return {"Recommend.All": rating, "rec.all": label(rating)}
+
+
+PROFILE = Profile(
+    name="summary",
+    description="TradingView's overall rating (Recommend.All) and its label",
+    columns=COLUMNS,
+    compute=compute,
+)
+
+
+@hookimpl
+def register_profiles() -> list[Profile]:
+    return [PROFILE]

@@ -1,0 +1,247 @@
+"""Building the plugin manager, and gathering profiles and screeners from it.
+
+There is no module-global manager: :func:`get_plugin_manager` builds a fresh one,
+so each test (and each app) gets its own and nothing needs resetting. Every way a
+plugin can be wrong (it fails to import, misspells a hook, returns a duplicate or a
+non-profile) becomes a :class:`PluginError` at start-up that names the plugin, because
+a deployment that silently drops a profile is worse than one that refuses to start.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Final
+
+import pluggy
+
+from quartsig import hookspecs
+from quartsig.profiles import Profile
+
+DEFAULT_PLUGINS: Final = ("quartsig.builtins.full", "quartsig.builtins.summary")
+
+ENTRY_POINT_GROUP: Final = hookspecs.PROJECT
+
+#: Modules loaded from the plugins directory live under this prefix in ``sys.modules``,
+#: so a plugin file called ``json.py`` cannot shadow the standard library.
+DIRECTORY_PACKAGE: Final = "quartsig_plugins"
+
+
+class PluginError(RuntimeError):
+    """A plugin cannot be loaded or gave something unusable; the message names the plugin."""
+
+
+def get_plugin_manager(
+    plugins_dir: Path | None = None,
+    *,
+    entry_points: bool = True,
+    extra: Iterable[object] = (),
+) -> pluggy.PluginManager:
+    """Build a manager with the built-in plugins, installed plugins and the plugins directory.
+
+    Load order (later plugins can override earlier ones' screeners): built-ins, entry
+    points in the ``quartsig`` group, ``*.py`` files in ``plugins_dir`` (sorted; files
+    starting with ``_`` or ``test_`` are skipped so helpers and their tests can live
+    beside plugins), then ``extra`` objects (how tests register one-off plugins).
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        _register(pm, _import(name), name)
+    if entry_points:
+        _load_entry_points(pm)
+    if plugins_dir is not None:
+        for path in plugin_files(plugins_dir):
+            _register(pm, _load_file(path), str(path))
+    for plugin in extra:
+        _register(pm, plugin, _extra_name(pm, plugin))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as error:
+        raise PluginError(f"plugin {_name(pm, error.plugin)!r} is invalid: {error}") from error
+    return pm
+
+
+def plugin_files(plugins_dir: Path) -> list[Path]:
+    """The plugin modules in ``plugins_dir``, in load order; none if it does not exist.
+
+    A missing directory is not an error because the default (``./plugins``) is relative
+    to wherever the server happens to start.
+    """
+    if not plugins_dir.is_dir():
+        return []
+    return [
+        path
+        for path in sorted(plugins_dir.glob("*.py"))
+        if path.is_file() and not path.name.startswith(("_", "test_"))
+    ]
+
+
+def load_profiles(pm: pluggy.PluginManager) -> dict[str, Profile]:
+    """Every registered profile by name, in plugin registration order.
+
+    Each implementation is called directly rather than through ``pm.hook`` so that
+    every profile is known to come from a particular plugin, which is what lets a
+    duplicate name be reported with both culprits.
+    """
+    profiles: dict[str, Profile] = {}
+    owners: dict[str, str] = {}
+    for plugin, result in _results(pm, "register_profiles"):
+        if isinstance(result, Profile | str | bytes | Mapping):
+            raise PluginError(
+                f"plugin {plugin!r}: register_profiles must return an iterable of Profile, "
+                f"not {type(result).__name__}"
+            )
+        for profile in _iterate(plugin, "register_profiles", result):
+            if not isinstance(profile, Profile):
+                raise PluginError(
+                    f"plugin {plugin!r}: register_profiles returned a "
+                    f"{type(profile).__name__}, not a quartsig.profiles.Profile"
+                )
+            if profile.name in profiles:
+                raise PluginError(
+                    f"profile {profile.name!r} is registered twice: "
+                    f"by plugin {owners[profile.name]!r} and by plugin {plugin!r}"
+                )
+            profiles[profile.name] = profile
+            owners[profile.name] = plugin
+    return profiles
+
+
+def load_screeners(pm: pluggy.PluginManager, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` (the built-in exchange -> screener table) updated with every plugin's entries.
+
+    Exchange prefixes are upper-cased, matching how symbols are normalised, so a plugin
+    writing ``"moex"`` still matches ``MOEX:SBER``.
+    """
+    screeners = {exchange.upper(): screener for exchange, screener in base.items()}
+    for plugin, result in _results(pm, "register_screeners"):
+        if not isinstance(result, Mapping):
+            raise PluginError(
+                f"plugin {plugin!r}: register_screeners must return a mapping, "
+                f"not {type(result).__name__}"
+            )
+        for exchange, screener in result.items():
+            if not (isinstance(exchange, str) and exchange and isinstance(screener, str)):
+                raise PluginError(
+                    f"plugin {plugin!r}: register_screeners entry {exchange!r}: {screener!r} "
+                    "must map a non-empty exchange string to a screener string"
+                )
+            if not screener:
+                raise PluginError(f"plugin {plugin!r}: empty screener for {exchange!r}")
+            screeners[exchange.upper()] = screener
+    return screeners
+
+
+def _results(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[str, Any]]:
+    """Call each implementation of a no-argument hook, yielding (plugin name, result).
+
+    Wrappers are skipped: they exist to wrap a call, and these hooks are gathered, not called.
+    An implementation returning ``None`` contributes nothing, as in a normal pluggy call.
+    """
+    caller = getattr(pm.hook, hook_name)
+    for impl in caller.get_hookimpls():
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        try:
+            result = impl.function()
+        except Exception as error:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r}: {hook_name} raised {type(error).__name__}: {error}"
+            ) from error
+        if result is not None:
+            yield impl.plugin_name, result
+
+
+def _iterate(plugin: str, hook_name: str, result: object) -> list[object]:
+    """Materialise a hook's iterable result, blaming the plugin if it is not iterable."""
+    try:
+        return list(result)  # type: ignore[call-overload]
+    except Exception as error:
+        raise PluginError(
+            f"plugin {plugin!r}: {hook_name} must return an iterable, "
+            f"not {type(result).__name__} ({error})"
+        ) from error
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except Exception as error:
+        raise PluginError(
+            f"plugin {name!r} failed to load: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Load the ``quartsig`` entry points one at a time, so a failure can name its plugin.
+
+    Each goes through pluggy's own loader (``name=`` selects one), which keeps the
+    distribution info available via ``pm.list_plugin_distinfo()``.
+    """
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=entry_point.name)
+        except Exception as error:
+            raise PluginError(
+                f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+
+def _load_file(path: Path) -> ModuleType:
+    """Import one plugin file as ``quartsig_plugins.<stem>``.
+
+    The module goes into ``sys.modules`` before it runs, as a normal import would, so
+    dataclasses and pickling inside the plugin work; it is removed again if it fails.
+    """
+    module_name = f"{DIRECTORY_PACKAGE}.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"plugin {str(path)!r} failed to load: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as error:
+        sys.modules.pop(module_name, None)
+        if not isinstance(error, Exception):
+            raise
+        raise PluginError(
+            f"plugin {str(path)!r} failed to load: {type(error).__name__}: {error}"
+        ) from error
+    return module
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except (ValueError, pluggy.PluginValidationError) as error:
+        lines = str(error).splitlines()
+        # pluggy's name-clash ValueError appends the whole registry; its first line is enough.
+        reason = lines[0] if isinstance(error, ValueError) else "; ".join(lines)
+        shown = name or pm.get_canonical_name(plugin)
+        raise PluginError(f"plugin {shown!r} cannot be registered: {reason}") from error
+
+
+def _extra_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    """A readable name for a plugin object: pluggy's default for an instance is its id().
+
+    Errors quote this name, so a class name beats a number; a second instance of the
+    same class gets ``#2`` rather than a clash.
+    """
+    base = getattr(plugin, "__name__", None) or type(plugin).__name__
+    name, number = base, 1
+    while pm.has_plugin(name):
+        number += 1
+        name = f"{base}#{number}"
+    return name
+
+
+def _name(pm: pluggy.PluginManager, plugin: object) -> str:
+    return pm.get_name(plugin) or pm.get_canonical_name(plugin)

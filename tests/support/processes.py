@@ -1,0 +1,288 @@
+"""Real processes for end-to-end tests: the stand-in scanner and ``quartsig serve``.
+
+Each helper starts a subprocess with its output in a log file (shown when it
+fails to start), waits until it answers, and stops it with SIGTERM, then
+SIGKILL. Use them directly or through the fixtures at the bottom::
+
+    from tests.support.processes import Standin, QuartsigServer, quartsig_cli
+
+    with Standin.start() as standin, QuartsigServer.start(env) as server:
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    """A tiny blocking HTTP call (no third-party client needed); returns (status, body)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 5.0) -> Any:
+    status, payload = http(method, url, body, timeout)
+    if status >= 400:
+        raise AssertionError(f"{method} {url} -> {status}: {payload[:500]!r}")
+    return json.loads(payload)
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+        except Exception as error:
+            last_error = error
+        else:
+            if result:
+                return result
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}"
+        + (f" (last error: {last_error!r})" if last_error else "")
+    )
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+@dataclass
+class Standin:
+    """``python -m quartsig.standin`` in a subprocess; ``url`` is its base URL."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, log_dir: Path, *args: str, port: int = 0) -> Iterator[Standin]:
+        log = log_dir / "standin.log"
+        port = port or free_port()
+        with open(log, "wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "quartsig.standin", "--port", str(port), *args],
+                stdout=sink, stderr=subprocess.STDOUT, cwd=REPO,
+            )  # fmt: skip
+        standin = cls(process, f"http://127.0.0.1:{port}", log)
+        try:
+            standin.wait_ready()
+            yield standin
+        finally:
+            _stop(process)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"stand-in exited:\n{_tail(self.log)}")
+            return http("GET", f"{self.url}/_standin/stats", timeout=1)[0] == 200
+
+        try:
+            wait_until(ready, timeout, what="the stand-in")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n--- stand-in log ---\n{_tail(self.log)}") from None
+
+    def step(self, count: int = 1) -> int:
+        return int(http_json("POST", f"{self.url}/_standin/step", {"count": count})["step"])
+
+    def set_values(self, ticker: str, timeframe: str, values: Mapping[str, Any]) -> Any:
+        return http_json(
+            "POST", f"{self.url}/_standin/values",
+            {"ticker": ticker, "timeframe": timeframe, "values": dict(values)},
+        )  # fmt: skip
+
+    def requests(self) -> list[dict[str, Any]]:
+        return list(http_json("GET", f"{self.url}/_standin/requests"))
+
+    def clear_requests(self) -> None:
+        http_json("DELETE", f"{self.url}/_standin/requests")
+
+
+def quartsig_env(data_dir: Path, scanner_url: str, **extra: str) -> dict[str, str]:
+    """Environment for ``quartsig`` commands: a fresh data dir, key and fast ticks."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTSIG_")}
+    env.update(
+        QUARTSIG_DATA_DIR=str(data_dir),
+        QUARTSIG_SCANNER_URL=scanner_url,
+        QUARTSIG_INTERVAL="1",
+        QUARTSIG_SECRET_KEYS=Fernet.generate_key().decode(),
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("PORT", None)
+    env.update(extra)
+    return env
+
+
+def quartsig_cli(env: Mapping[str, str], *args: str, timeout: float = 60.0) -> str:
+    """Run ``python -m quartsig ARGS``; returns stdout, fails with stderr on a non-zero exit."""
+    done = subprocess.run(
+        [sys.executable, "-m", "quartsig", *args],
+        env=dict(env), cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise AssertionError(
+            f"quartsig {' '.join(args)} exited {done.returncode}\n"
+            f"stdout: {done.stdout}\nstderr: {done.stderr}"
+        )
+    return done.stdout
+
+
+@dataclass
+class QuartsigServer:
+    """``quartsig serve --bind 127.0.0.1:PORT`` in a subprocess (Hypercorn, real lifespan)."""
+
+    env: dict[str, str]
+    port: int
+    log: Path
+    args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = field(default=0)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(
+        cls, env: Mapping[str, str], log_dir: Path, *args: str, port: int = 0
+    ) -> Iterator[QuartsigServer]:
+        server = cls(dict(env), port or free_port(), log_dir / "quartsig-serve.log", args)
+        try:
+            server.launch()
+            yield server
+        finally:
+            server.stop()
+
+    def launch(self, timeout: float = START_TIMEOUT) -> None:
+        """Start (or start again, on the same port) and wait for ``/healthz``."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("already running")
+        self.starts += 1
+        with open(self.log, "ab") as sink:
+            sink.write(f"\n===== start {self.starts} =====\n".encode())
+            sink.flush()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "quartsig", "serve", "--bind", f"127.0.0.1:{self.port}",
+                 *self.args],
+                stdout=sink, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+            )  # fmt: skip
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        process = self.process
+        assert process is not None
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"quartsig serve exited with {process.returncode}")
+            return http("GET", f"{self.url}/healthz", timeout=1)[0] == 200
+
+        try:
+            wait_until(ready, timeout, what="quartsig serve /healthz")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n--- server log ---\n{self.tail()}") from None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        if self.process is not None:
+            _stop(self.process, timeout)
+
+    def kill(self) -> None:
+        """Die at once, as a crash would (no graceful close frames)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.launch()
+
+    def tail(self, lines: int = 80) -> str:
+        return _tail(self.log, lines)
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` as {series (with labels): value}, comments dropped."""
+        status, body = http("GET", f"{self.url}/metrics")
+        if status != 200:
+            raise AssertionError(f"/metrics -> {status}")
+        values: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    values[name] = float(value)
+        return values
+
+
+# ------------------------------------------------------------------------------ fixtures
+# Import these into a test module (``from tests.support.processes import standin, ...``).
+
+
+@pytest.fixture
+def standin(tmp_path: Path) -> Iterator[Standin]:
+    with Standin.start(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def server_env(tmp_path: Path, standin: Standin) -> dict[str, str]:
+    return quartsig_env(tmp_path / "data", standin.url)
+
+
+@pytest.fixture
+def server(tmp_path: Path, server_env: dict[str, str]) -> Iterator[QuartsigServer]:
+    with QuartsigServer.start(server_env, tmp_path) as running:
+        yield running

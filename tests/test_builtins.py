@@ -1,0 +1,95 @@
+"""The built-in ``full`` and ``summary`` profiles: exact keys, values, and registration."""
+
+from __future__ import annotations
+
+from quartsig.builtins import full, summary
+from quartsig.columns import FULL_COLUMNS
+from quartsig.plugins import DEFAULT_PLUGINS, get_plugin_manager, load_profiles
+
+OSCILLATOR_KEYS = {
+    "act.RSI", "act.STOCH.K", "act.CCI", "act.ADX", "act.AO", "act.Mom", "act.MACD",
+    "act.Stoch.RSI", "act.W%R", "act.BBP", "act.UO",
+}  # fmt: skip
+AVERAGE_KEYS = {
+    "act.EMA10", "act.SMA10", "act.EMA20", "act.SMA20", "act.EMA30", "act.SMA30", "act.EMA50",
+    "act.SMA50", "act.EMA100", "act.SMA100", "act.EMA200", "act.SMA200", "act.Ichimoku",
+    "act.VWMA", "act.HullMA",
+}  # fmt: skip
+COUNT_KEYS = {"osc.buy", "osc.sell", "osc.neutral", "ma.buy", "ma.sell", "ma.neutral"}
+LABEL_KEYS = {"rec.all", "rec.ma", "rec.other"}
+
+
+def test_full_keys_exactly() -> None:
+    expected = set(FULL_COLUMNS) | LABEL_KEYS | OSCILLATOR_KEYS | AVERAGE_KEYS | COUNT_KEYS
+    assert len(expected) == 91 + 3 + 11 + 15 + 6
+    assert set(full.compute({})) == expected
+    assert set(full.compute({c: 1.0 for c in FULL_COLUMNS})) == expected
+    assert list(full.compute({})) == list(full.KEYS)
+
+
+def test_full_on_an_empty_row_is_all_null_with_zero_counts() -> None:
+    data = full.compute({})
+    assert all(data[key] == 0 for key in COUNT_KEYS)
+    assert all(value is None for key, value in data.items() if key not in COUNT_KEYS)
+
+
+def test_full_on_a_real_looking_row() -> None:
+    row = {
+        "Recommend.All": 0.5454545,
+        "Recommend.MA": 0.8666667,
+        "Recommend.Other": 0.0909091,
+        "RSI": 65.2,
+        "RSI[1]": 63.0,
+        "close": 100.0,
+        "EMA10": 98.0,
+        "SMA10": 101.0,
+        "EMA20": 100.0,
+        "Rec.VWMA": 1,
+        "Rec.UO": -1,
+        "Mom": 1.5,
+        "Mom[1]": 0.5,
+        "volume": 123456,
+        "Pivot.M.Classic.R1": float("nan"),
+    }
+    data = full.compute(row)
+    assert (data["rec.all"], data["rec.ma"], data["rec.other"]) == ("STRONG_BUY",) * 2 + (
+        "NEUTRAL",
+    )
+    assert data["act.RSI"] == "NEUTRAL"
+    assert data["act.Mom"] == "BUY"
+    assert data["act.UO"] == "SELL"
+    assert data["act.CCI"] is None
+    assert (data["act.EMA10"], data["act.SMA10"], data["act.EMA20"]) == ("BUY", "SELL", "NEUTRAL")
+    assert data["act.VWMA"] == "BUY"
+    assert (data["osc.buy"], data["osc.sell"], data["osc.neutral"]) == (1, 1, 1)
+    assert (data["ma.buy"], data["ma.sell"], data["ma.neutral"]) == (2, 1, 1)
+    assert data["volume"] == 123456
+    assert data["Pivot.M.Classic.R1"] is None
+
+
+def test_full_returns_a_fresh_dict_each_time() -> None:
+    first = full.compute({"RSI": 1.0})
+    first["RSI"] = "changed"
+    assert full.compute({})["RSI"] is None
+
+
+def test_summary_keys_and_values() -> None:
+    assert summary.compute({"Recommend.All": 0.3, "RSI": 50}) == {
+        "Recommend.All": 0.3,
+        "rec.all": "BUY",
+    }
+    assert summary.compute({}) == {"Recommend.All": None, "rec.all": None}
+    assert summary.compute({"Recommend.All": "x"}) == {"Recommend.All": None, "rec.all": None}
+    assert summary.compute({"Recommend.All": 1.5}) == {"Recommend.All": 1.5, "rec.all": None}
+
+
+def test_builtins_register_like_any_plugin() -> None:
+    pm = get_plugin_manager(entry_points=False)
+    assert [impl.plugin_name for impl in pm.hook.register_profiles.get_hookimpls()] == list(
+        DEFAULT_PLUGINS
+    )
+    profiles = load_profiles(pm)
+    assert list(profiles) == ["full", "summary"]
+    assert profiles["full"].columns == FULL_COLUMNS
+    assert profiles["summary"].columns == ("Recommend.All",)
+    assert profiles["full"].compute is full.compute
