@@ -80,7 +80,7 @@ class Collector:
         self.metrics = metrics
         self.ticks = 0
         self._columns = {name: tuple(profile.columns) for name, profile in profiles.items()}
-        self._pairs: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        self._pairs: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._fresh = asyncio.Event()
         hub.on_fresh(self._fresh.set)
 
@@ -148,12 +148,14 @@ class Collector:
                 if key.symbol in outcome.unknown:
                     rejected.setdefault(key.symbol, []).append(key)
                 continue
-            pairs = self._pairs_for(key.profile, key.tf)
-            if key.symbol in outcome.incomplete and any(col not in row for _, col in pairs):
+            bases, columns = self._columns_for(key.profile, key.tf)
+            if key.symbol in outcome.incomplete and any(col not in row for col in columns):
                 continue  # part of its columns failed: keep the last good data
-            profile = self.profiles[key.profile]
-            data = profile.compute({base: row.get(col) for base, col in pairs})
-            changed += self.hub.publish(key, data, ts)
+            values = tuple(map(row.get, columns))
+            if self.hub.unchanged(key, values):
+                continue  # same inputs as last time: same data, nothing to compute or send
+            data = self.profiles[key.profile].compute(dict(zip(bases, values, strict=True)))
+            changed += self.hub.publish(key, data, ts, values)
         for symbol, symbol_keys in rejected.items():
             message = f"TradingView has no symbol {symbol}"
             if self.on_unknown is not None:
@@ -165,12 +167,13 @@ class Collector:
             self.metrics.fanout.observe(time.perf_counter() - started)
         return changed
 
-    def _pairs_for(self, profile: str, tf: str) -> tuple[tuple[str, str], ...]:
-        pairs = self._pairs.get((profile, tf))
-        if pairs is None:
-            pairs = tuple((base, column(base, tf)) for base in self._columns[profile])
-            self._pairs[(profile, tf)] = pairs
-        return pairs
+    def _columns_for(self, profile: str, tf: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The profile's base names and their scanner columns on ``tf``, built once."""
+        found = self._pairs.get((profile, tf))
+        if found is None:
+            bases = self._columns[profile]
+            found = self._pairs[(profile, tf)] = (bases, tuple(column(b, tf) for b in bases))
+        return found
 
     def _count(self, results: list[ScanResult]) -> None:
         if self.metrics is None:

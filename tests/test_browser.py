@@ -155,10 +155,28 @@ def wait_value(page: Any, key: str, testid: str, expected: str, timeout: float =
         )
     except sync_api.TimeoutError:
         current = page.evaluate("s => document.querySelector(s)?.dataset.value ?? null", selector)
-        state = page.evaluate("window.quartsigClient && window.quartsigClient.connectionState")
         raise AssertionError(
-            f"{testid} of {key}: wanted {expected!r}, has {current!r} (connection {state})"
+            f"{testid} of {key}: wanted {expected!r}, has {current!r}\n{describe(page)}"
         ) from None
+
+
+def describe(page: Any) -> str:
+    """The client's and the cards' state, for failure messages."""
+    return str(
+        page.evaluate(
+            """() => JSON.stringify({
+                state: window.quartsigClient.connectionState,
+                attempts: window.quartsigClient.attempts,
+                lastClose: window.quartsigClient.lastClose,
+                upstream: window.quartsigClient.upstream,
+                keys: [...window.quartsigClient.state.keys()],
+                cards: [...document.querySelectorAll('[data-testid="card"]')].map((c) => ({
+                    ...c.dataset,
+                    error: c.querySelector('[data-testid="card-error"]').textContent,
+                })),
+            })"""
+        )
+    )
 
 
 def connection_state(page: Any) -> str:
