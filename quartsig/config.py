@@ -55,7 +55,9 @@ def _proxies(value: str) -> tuple[str, ...]:
     urls = _split(value)
     for url in urls:
         parts = urlsplit(url)
-        if parts.scheme not in {"socks5", "socks5h", "socks4", "http"} or not parts.hostname:
+        if parts.scheme not in {"socks5", "socks5h", "socks4", "socks4a", "http"} or not (
+            parts.hostname
+        ):
             # The URL may carry credentials: never echo it back.
             raise ValueError("each entry must look like socks5://[user:pass@]host:port")
         try:
@@ -87,6 +89,36 @@ def _exchange(value: str) -> str:
     if not value or not value.replace("_", "").isalnum():
         raise ValueError("must be an exchange prefix such as FX_IDC")
     return value
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < float("inf"):
+        raise ValueError("must be zero or a positive number")
+    return number
+
+
+def _headers(value: str) -> tuple[tuple[str, str], ...]:
+    import json
+
+    try:
+        parsed = json.loads(value) if value.strip() else {}
+    except json.JSONDecodeError:
+        raise ValueError('must be a JSON object such as {"Origin": "https://example.com"}') from None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise ValueError("must be a JSON object of strings")
+    return tuple(parsed.items())
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -162,6 +194,15 @@ class Settings:
     )
     scanner_timeout: float = _setting(
         10.0, _positive_float, "Seconds one scanner request may take."
+    )
+    scanner_min_start_interval: float = _setting(
+        0.0, _non_negative_float, "Seconds between scanner request starts (0: no pacing)."
+    )
+    scanner_headers: tuple[tuple[str, str], ...] = _setting(
+        (), _headers, "Extra scanner request headers as a JSON object (no impersonation by default)."
+    )
+    tor_isolation: bool = _setting(
+        False, _boolean, "Give each proxy slot its own SOCKS credentials (Tor: its own circuit)."
     )
 
     @classmethod

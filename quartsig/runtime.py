@@ -111,6 +111,9 @@ class Runtime:
             proxies=self.settings.proxies,
             concurrency=self.settings.scanner_concurrency,
             timeout=self.settings.scanner_timeout,
+            min_start_interval=self.settings.scanner_min_start_interval,
+            headers=dict(self.settings.scanner_headers) or None,
+            tor_isolation=self.settings.tor_isolation,
         )
         await self.scanner.start()
         self.collector = Collector(
