@@ -113,7 +113,7 @@ def _headers(value: str) -> tuple[tuple[str, str], ...]:
     try:
         parsed = json.loads(value) if value.strip() else {}
     except json.JSONDecodeError:
-        raise ValueError('must be a JSON object such as {"Origin": "https://example.com"}') from None
+        raise ValueError('must be a JSON object like {"Origin": "https://example.com"}') from None
     if not isinstance(parsed, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
     ):
@@ -199,7 +199,7 @@ class Settings:
         0.0, _non_negative_float, "Seconds between scanner request starts (0: no pacing)."
     )
     scanner_headers: tuple[tuple[str, str], ...] = _setting(
-        (), _headers, "Extra scanner request headers as a JSON object (no impersonation by default)."
+        (), _headers, "Extra scanner request headers, as a JSON object."
     )
     tor_isolation: bool = _setting(
         False, _boolean, "Give each proxy slot its own SOCKS credentials (Tor: its own circuit)."

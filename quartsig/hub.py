@@ -81,7 +81,8 @@ class Entry:
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """The keys of ``new`` whose values differ from ``old`` (absent counts as different).
 
-    (A set difference of the items measured twice as slow: it hashes every float.)
+    Measured against C-level alternatives (a set difference of the items, a pairwise
+    ``map(ne, ...)`` with ``compress``): on profile data this comprehension was fastest.
     """
     return {name: value for name, value in new.items() if old.get(name, _MISSING) != value}
 
