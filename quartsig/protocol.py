@@ -121,7 +121,7 @@ def decode(frame: str | bytes) -> list[Any]:
     return [value]
 
 
-def _message_id(raw: Mapping[str, Any]) -> Any:
+def message_id(raw: Mapping[str, Any]) -> Any:
     if "id" not in raw:
         return None
     value = raw["id"]
@@ -186,7 +186,7 @@ def parse_message(raw: Any, vocabulary: Vocabulary) -> Message:
     """One decoded JSON value -> a typed message, or :class:`ProtocolError`."""
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.BAD_OP, "each message must be a JSON object")
-    id = _message_id(raw)
+    id = message_id(raw)
     op = raw.get("op")
     parser = _PARSERS.get(op) if isinstance(op, str) else None
     if parser is None:

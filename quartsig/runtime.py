@@ -9,7 +9,6 @@ several apps side by side.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -103,7 +102,8 @@ class Runtime:
         if self.demo:
             from .standin import serve_standin
 
-            self.standin, scanner_url = await serve_standin()
+            # Its values move once per interval, like a live market.
+            self.standin, scanner_url = await serve_standin(step_every=self.settings.interval)
             log.warning("demo mode: serving data from the built-in stand-in scanner %s",
                         scanner_url)
         self.scanner = ScannerClient(
@@ -129,8 +129,6 @@ class Runtime:
             asyncio.create_task(self.collector.run(), name="quartsig-collector"),
             asyncio.create_task(self._watch_accounts(), name="quartsig-accounts"),
         ]
-        if self.demo:
-            self._tasks.append(asyncio.create_task(self._step_demo(), name="quartsig-demo"))
 
     def close_all(self, code: int = Close.GOING_AWAY, reason: str = "server shutting down") -> int:
         sinks = list(self.hub.subscriptions)
@@ -167,16 +165,6 @@ class Runtime:
         for sink in sinks:
             sink.close(Close.FORBIDDEN, "account disabled")  # type: ignore[attr-defined]
         return len(sinks)
-
-    async def _step_demo(self) -> None:
-        """In demo mode the stand-in's values move once per interval, like a live market."""
-        from .standin import STANDIN
-
-        state = self.standin.app[STANDIN] if hasattr(self.standin, "app") else None
-        while state is not None:
-            await asyncio.sleep(self.settings.interval)
-            with contextlib.suppress(Exception):
-                state.step()
 
 
 def current_runtime() -> Runtime:

@@ -187,7 +187,7 @@ async def _read(runtime: Runtime, connection: Connection) -> None:
 
 def _id_of(raw: object) -> object:
     try:
-        return protocol._message_id(raw) if isinstance(raw, dict) else None
+        return protocol.message_id(raw) if isinstance(raw, dict) else None
     except ProtocolError:
         return None
 
