@@ -1,7 +1,7 @@
 """The board: its route and static files (Quart's test client), and the JS client's logic (Node).
 
-The client module is exercised under Node with a fake WebSocket and document when ``node`` is
-on PATH; the real browser against a real server is ``tests/test_browser.py``.
+The client module is exercised under Node (from PATH, or the one bundled with Playwright) with a
+fake WebSocket and document; the real browser against a real server is ``tests/test_browser.py``.
 """
 
 from __future__ import annotations
@@ -212,7 +212,20 @@ def test_the_page_knows_every_indicator_of_the_full_profile() -> None:
 # ---------------------------------------------------------------------------------- the client
 
 
-NODE = shutil.which("node")
+def _node() -> str | None:
+    """Node from PATH, else the one Playwright's Python package ships for its driver."""
+    found = shutil.which("node")
+    if found:
+        return found
+    try:
+        from playwright._impl._driver import compute_driver_executable
+    except ImportError:
+        return None
+    bundled = Path(str(compute_driver_executable()[0]))
+    return str(bundled) if bundled.is_file() else None
+
+
+NODE = _node()
 
 HARNESS = r"""
 import assert from "node:assert/strict";
@@ -522,7 +535,7 @@ def test_the_harness_lists_every_client_test() -> None:
     assert sorted(re.findall(r"^  async (\w+)\(\) \{$", HARNESS, re.M)) == sorted(CLIENT_TESTS)
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not installed")
+@pytest.mark.skipif(NODE is None, reason="neither node nor playwright is installed")
 @pytest.mark.parametrize("name", CLIENT_TESTS)
 def test_client(harness: Path, name: str) -> None:
     assert NODE is not None

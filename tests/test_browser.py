@@ -220,6 +220,7 @@ def requested_tickers(standin: Standin, since: float) -> set[str]:
 def screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(path), full_page=True)
     return path
 
@@ -449,3 +450,33 @@ def test_a_server_restart_is_survived(
     assert attempts(page) >= 2
     assert attempts(page) <= 12, "backoff, not a storm"
     watched.assert_clean(allow=("WebSocket connection to",))
+
+
+def test_an_upstream_outage_is_marked_on_the_cards(
+    site: Site, standin: Standin, open_page: Any
+) -> None:
+    standin.set_values("FX_IDC:USDCHF", "30m", {"Recommend.All": -0.3})
+    watched = open_page()
+    page = watched.page
+    page.goto(f"{site.url}/#token={site.token}")
+    add_card(page, "USDCHF", "30m", "summary")
+    key = "summary|FX_IDC:USDCHF|30m"
+    wait_value(page, key, "card-recommend-all", "-0.3")
+    badge = page.locator(card_selector(key)).get_by_test_id("status")
+    assert badge.is_hidden()
+
+    fault = {"kind": "status", "status": 503, "sticky": True}
+    status, body = http("POST", f"{standin.url}/_standin/faults", fault)
+    assert status == 200, body
+    try:
+        badge.wait_for(state="visible", timeout=30_000)
+        assert badge.get_attribute("data-status") in {"degraded", "down"}
+        assert "Upstream" in badge.inner_text()
+        # the last data stays on the card
+        value = page.locator(card_selector(key)).get_by_test_id("card-recommend-all")
+        assert value.get_attribute("data-value") == "-0.3"
+        screenshot(page, "board-upstream-down.png")
+    finally:
+        http("DELETE", f"{standin.url}/_standin/faults")
+    badge.wait_for(state="hidden", timeout=30_000)
+    watched.assert_clean()
