@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -205,6 +206,40 @@ def apply_stream_settings(config: Config, settings: Settings) -> Config:
     return config
 
 
+def end_pings_with_their_stream() -> None:
+    """Make Hypercorn's websocket ping loop end as soon as its stream closes. Idempotent.
+
+    Hypercorn 0.18's ``WSStream._send_pings`` looks at ``closed`` only after sleeping a
+    whole ``websocket_ping_interval``, and the connection's task waits for it: every
+    closed websocket lingers up to ``HEARTBEAT_INTERVAL`` (25 s), and a SIGTERM after
+    any client closed waited out ``graceful_timeout`` before the process could exit.
+    """
+    from hypercorn.protocol.ws_stream import WSStream
+    from wsproto.events import Ping
+
+    if getattr(WSStream, "_quartsig_pings", False):
+        return
+    handle = WSStream.handle
+
+    async def _send_pings(self: WSStream) -> None:
+        closed = self.__dict__.setdefault("_quartsig_closed", asyncio.Event())
+        while not self.closed:
+            await self._send_wsproto_event(Ping())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.websocket_ping_interval):
+                    await closed.wait()
+
+    async def handle_and_wake(self: WSStream, event: object) -> None:
+        await handle(self, event)  # type: ignore[arg-type]
+        closed = self.__dict__.get("_quartsig_closed")
+        if self.closed and closed is not None:
+            closed.set()
+
+    WSStream._send_pings = _send_pings  # type: ignore[method-assign]
+    WSStream.handle = handle_and_wake  # type: ignore[method-assign,assignment]
+    WSStream._quartsig_pings = True  # type: ignore[attr-defined]
+
+
 async def _serve_until_signalled(app: Quart, config: Config) -> None:
     """Serve until SIGTERM/SIGINT; then close every client with 1001 before Hypercorn stops.
 
@@ -234,6 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     app = create_app(settings, demo=args.demo)
     decline_permessage_deflate()
+    end_pings_with_their_stream()
     # Fail before binding, with one clean line, if the database is unreachable.
     asyncio.run(database.prepare_schema(settings))
     with asyncio.Runner(loop_factory=_event_loop_factory(config.worker_class)) as runner:

@@ -170,6 +170,8 @@ class ProxySlot:
     circuit: _Circuit | None = field(default=None, repr=False)
     failures: int = 0
     resting_until: float = 0.0
+    #: No request may leave this slot before this instant: the upstream said Retry-After.
+    held_until: float = 0.0
     renewals: int = 0
     uses: int = 0
 
@@ -267,6 +269,8 @@ class ProxyPool:
     ) -> None:
         """Rest ``slot``; with ``renew`` and Tor isolation, give it a new circuit too."""
         slot.failures += 1
+        if retry_after:
+            slot.held_until = max(slot.held_until, self._clock() + retry_after)
         # A lone slot never rests: there is nowhere else to go, and resting would
         # only add to the retry's own backoff.
         if len(self.slots) > 1:

@@ -351,6 +351,17 @@ class ScannerClient:
                 error = _deadline_error(error)
                 break
             slot = self._pool.choose(avoid=slot)
+            hold = slot.held_until - time.monotonic()
+            if hold > 0:
+                # The upstream asked this address to wait (Retry-After): never ask sooner,
+                # not even from the next tick.
+                if remaining is not None and hold >= remaining:
+                    error = error or ScanError(
+                        "throttled", f"honouring Retry-After on {slot.label}", True, 429
+                    )
+                    break
+                await asyncio.sleep(hold)
+                remaining = _remaining(deadline)
             outcome = await self._attempt(slot, url, body, request, remaining)
             if outcome is _NO_TURN:
                 # The deadline passed while queueing for a turn: no request was made,
@@ -367,7 +378,10 @@ class ScannerClient:
             error = outcome
             if error.kind in SLOT_FAULTS:
                 await self._pool.failed(
-                    slot, renew=error.kind in RENEW_FAULTS, retry_after=error.retry_after
+                    slot,
+                    renew=error.kind in RENEW_FAULTS,
+                    retry_after=None if error.retry_after is None
+                    else min(error.retry_after, self.max_retry_after),
                 )
             if not error.retryable or retry == len(self.retry_delays):
                 break

@@ -117,6 +117,8 @@ async def _outcome(
 
 async def _receive(runtime: Runtime) -> str | bytes:
     frame = await websocket.receive()
+    if frame is None:  # Quart hands an empty binary frame over as None (`b"" or text`)
+        return b""
     if len(frame) > runtime.settings.max_frame_bytes:
         raise Closing(Close.TOO_BIG, "frame too big")
     return frame
