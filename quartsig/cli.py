@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -199,7 +199,7 @@ def apply_stream_settings(config: Config, settings: Settings) -> Config:
     connection is dropped.
     """
     config.websocket_ping_interval = settings.heartbeat_interval
-    config.read_timeout = int(settings.heartbeat_interval + settings.heartbeat_timeout)
+    config.read_timeout = settings.heartbeat_interval + settings.heartbeat_timeout  # type: ignore[assignment]
     config.websocket_max_message_size = min(
         config.websocket_max_message_size, 4 * settings.max_frame_bytes
     )
@@ -240,6 +240,29 @@ def end_pings_with_their_stream() -> None:
     WSStream._quartsig_pings = True  # type: ignore[attr-defined]
 
 
+def cap_websocket_messages() -> None:
+    """Make Hypercorn drop an oversized client message instead of storing it. Idempotent.
+
+    Hypercorn 0.18's ``WebsocketBuffer.extend`` appends each fragment *before* checking
+    ``websocket_max_message_size``, and keeps appending after it has answered 1009, so one
+    endless fragmented message grew the server's memory without bound (200 MB sent: RSS
+    +230 MB). Checked first, nothing past the limit is ever stored.
+    """
+    from hypercorn.protocol.ws_stream import FrameTooLargeError, WebsocketBuffer
+
+    if getattr(WebsocketBuffer, "_quartsig_capped", False):
+        return
+    extend = WebsocketBuffer.extend
+
+    def capped_extend(self: WebsocketBuffer, event: Any) -> None:
+        if self.length + len(event.data) > self.max_length:
+            raise FrameTooLargeError()
+        extend(self, event)
+
+    WebsocketBuffer.extend = capped_extend  # type: ignore[method-assign]
+    WebsocketBuffer._quartsig_capped = True  # type: ignore[attr-defined]
+
+
 async def _serve_until_signalled(app: Quart, config: Config) -> None:
     """Serve until SIGTERM/SIGINT; then close every client with 1001 before Hypercorn stops.
 
@@ -270,6 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings, demo=args.demo)
     decline_permessage_deflate()
     end_pings_with_their_stream()
+    cap_websocket_messages()
     # Fail before binding, with one clean line, if the database is unreachable.
     asyncio.run(database.prepare_schema(settings))
     with asyncio.Runner(loop_factory=_event_loop_factory(config.worker_class)) as runner:

@@ -78,8 +78,10 @@ async def _serve(runtime: Runtime) -> tuple[int, str]:
         websocket.send, send_timeout=settings.send_timeout, on_frame=runtime.metrics.frame_sent
     )
     connection.user = user
-    runtime.hub.attach(connection, user)
+    # authed first: attach() queues a status when upstream is not ok, and nothing may
+    # precede authed (docs/protocol.md).
     connection.send(protocol.reply("authed", auth_id, tg_id=user))
+    runtime.hub.attach(connection, user)
     tasks = [
         asyncio.ensure_future(_read(runtime, connection)),
         asyncio.ensure_future(connection.run()),

@@ -1,0 +1,898 @@
+"""End to end: real ``quartsig serve`` processes, the stand-in scanner in a subprocess, and
+real websocket clients (the ``websockets`` asyncio client; for a client that truly stops
+reading, a raw socket with a small receive buffer driven by the sans-IO ``wsproto``).
+
+Every contract point of docs/protocol.md that needs a socket is checked here: identical
+bytes for subscribers of one key, instant cached snapshots, changes-only updates that
+rebuild the upstream state, demand leaving the scanner requests, every error and close
+code, declined compression, slow clients, shutdown, account revocation, upstream faults,
+metrics and ``--demo``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+from cryptography.fernet import Fernet
+from websockets.asyncio.client import ClientConnection, connect
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+from quartsig.planner import Key
+from quartsig.plugins import get_plugin_manager, load_profiles
+from quartsig.tokens import TokenAuthority
+from tests.support.processes import (
+    QuartsigServer,
+    Standin,
+    http,
+    http_json,
+    quartsig_cli,
+    quartsig_env,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+PROFILES = load_profiles(get_plugin_manager(entry_points=False))
+BOT_SECRET = "e2e-bot-secret-" + "x" * 16
+State = dict[Key, dict[str, Any]]
+
+
+# ================================================================================ harness
+
+
+@dataclass
+class Stack:
+    """One stand-in and one ``quartsig serve`` wired to it."""
+
+    standin: Standin | None
+    server: QuartsigServer
+    env: dict[str, str]
+    tokens: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/ws"
+
+    @property
+    def stand(self) -> Standin:
+        assert self.standin is not None
+        return self.standin
+
+    def token(self, tg_id: int = 42) -> str:
+        """A token for ``tg_id``, creating the account through the bot API."""
+        if tg_id not in self.tokens:
+            body = json.dumps({"tg_id": tg_id, "create": True}).encode()
+            req = urllib.request.Request(
+                f"{self.server.url}/api/tokens", data=body, method="POST",
+                headers={"Authorization": f"Bearer {BOT_SECRET}",
+                         "Content-Type": "application/json"},
+            )  # fmt: skip
+            with urllib.request.urlopen(req, timeout=5) as response:
+                self.tokens[tg_id] = json.loads(response.read())["token"]
+        return self.tokens[tg_id]
+
+    def authority(self, **options: Any) -> TokenAuthority:
+        return TokenAuthority([self.env["QUARTSIG_SECRET_KEYS"]], 86400, **options)
+
+    def standin_config(self, **changes: Any) -> Any:
+        return http_json("POST", f"{self.stand.url}/_standin/config", changes)
+
+    def expected(self, key: Key) -> dict[str, Any]:
+        """What ``key``'s profile makes of the stand-in's current values."""
+        values = self.stand.set_values(key.symbol, key.tf, {})  # {} pins nothing: a read
+        profile = PROFILES[key.profile]
+        return profile.compute({base: values.get(base) for base in profile.columns})
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """``launch(*serve_args, standin_args=(), standin=True, **QUARTSIG_env)`` -> a Stack."""
+    with contextlib.ExitStack() as stack:
+        count = 0
+
+        def start(
+            *serve_args: str, standin_args: tuple[str, ...] = (), standin: bool = True,
+            **extra: str,
+        ) -> Stack:  # fmt: skip
+            nonlocal count
+            count += 1
+            logs = tmp_path / f"stack{count}"
+            logs.mkdir()
+            running = stack.enter_context(Standin.start(logs, *standin_args)) if standin else None
+            settings = {"interval": "0.5", "bot_secret": BOT_SECRET,
+                        "secret_keys": Fernet.generate_key().decode(), **extra}  # fmt: skip
+            env = quartsig_env(
+                logs / "data", running.url if running else "http://127.0.0.1:9",
+                **{f"QUARTSIG_{name.upper()}": value for name, value in settings.items()},
+            )
+            if not standin:
+                env.pop("QUARTSIG_SCANNER_URL")
+            server = stack.enter_context(QuartsigServer.start(env, logs, *serve_args))
+            return Stack(running, server, env)
+
+        yield start
+
+
+# -------------------------------------------------------------------- websocket helpers
+
+
+async def client(stack: Stack, tg_id: int | None = 42, **options: Any) -> ClientConnection:
+    """An authenticated (first-frame auth) websockets client; ``tg_id=None``: not authed."""
+    ws = await connect(stack.ws_url, ping_interval=None, open_timeout=5, **options)
+    if tg_id is not None:
+        await send(ws, {"op": "auth", "token": stack.token(tg_id)})
+        messages = await frame(ws)
+        assert messages[0] == {"type": "authed", "tg_id": tg_id}  # nothing comes before it
+        if messages[1:]:
+            _unread[ws] = messages[1:]
+    return ws
+
+
+async def send(ws: ClientConnection, message: Any) -> None:
+    await ws.send(orjson.dumps(message).decode())
+
+
+def target(symbol: str, tf: str, profile: str = "full") -> dict[str, str]:
+    return {"symbol": symbol, "tf": tf, "profile": profile}
+
+
+#: Messages read from a frame but not yet consumed, per connection (a frame may hold many).
+_unread: dict[ClientConnection, list[dict[str, Any]]] = {}
+
+
+async def frame(ws: ClientConnection, within: float = 5.0) -> list[dict[str, Any]]:
+    """The messages of the next frame (or what is left unread of the last one)."""
+    left = _unread.pop(ws, None)
+    if left:
+        return left
+    async with asyncio.timeout(within):
+        value = orjson.loads(await ws.recv())
+    return value if isinstance(value, list) else [value]
+
+
+async def until(
+    ws: ClientConnection,
+    wanted: Callable[[dict[str, Any]], bool],
+    within: float = 5.0,
+    seen: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Read until a message matches ``wanted``; every message read lands in ``seen``.
+    Messages after the match in the same frame stay unread for the next call."""
+    async with asyncio.timeout(within):
+        while True:
+            messages = await frame(ws, within)
+            for n, message in enumerate(messages):
+                if seen is not None:
+                    seen.append(message)
+                if wanted(message):
+                    if messages[n + 1 :]:
+                        _unread[ws] = messages[n + 1 :]
+                    return message
+
+
+def is_(type: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m["type"] == type and all(m.get(k) == v for k, v in fields.items())
+
+
+async def quiet(ws: ClientConnection, idle: float) -> list[dict[str, Any]]:
+    """Read until nothing arrives for ``idle`` seconds."""
+    got: list[dict[str, Any]] = []
+    while True:
+        try:
+            got.extend(await frame(ws, idle))
+        except TimeoutError:
+            return got
+
+
+async def close_of(ws: ClientConnection, within: float = 5.0) -> tuple[int | None, str | None]:
+    """Read until the server closes; its close code and reason."""
+    async def drain() -> None:
+        async with asyncio.timeout(within):
+            while True:
+                await ws.recv()
+
+    with pytest.raises(websockets.ConnectionClosed):
+        await drain()
+    assert ws.close_code is not None, "the connection closed without a close frame"
+    return ws.close_code, ws.close_reason
+
+
+def key_of(message: dict[str, Any]) -> Key:
+    return Key(message["profile"], message["symbol"], message["tf"])
+
+
+def apply(state: State, messages: list[dict[str, Any]]) -> None:
+    """Apply snapshots and updates in order, as a client does."""
+    for message in messages:
+        if message["type"] == "snapshot":
+            state[key_of(message)] = dict(message["data"])
+        elif message["type"] == "update":
+            state[key_of(message)].update(message["data"])
+
+
+def scrape(stack: Stack) -> dict[str, float]:
+    return stack.server.metrics()
+
+
+# ----------------------------------------------------------------- a client that stalls
+
+
+class RawClient:
+    """A websocket client on a plain blocking socket with a tiny receive buffer, so that
+    not calling :meth:`read` really stops reading (TCP's window closes)."""
+
+    def __init__(self, port: int, token: str, rcvbuf: int = 4096) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(("127.0.0.1", port))
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.messages: list[dict[str, Any]] = []
+        self.frames = 0
+        self.close_code: int | None = None
+        self.eof = False
+        self._text: list[str] = []
+        self.sock.sendall(self.ws.send(Request(host=f"127.0.0.1:{port}", target="/ws")))
+        self.read(5.0, until=lambda: self.accepted)
+        self.send({"op": "auth", "token": token})
+
+    accepted = False
+
+    def send(self, message: Any) -> None:
+        self.sock.sendall(self.ws.send(TextMessage(orjson.dumps(message).decode())))
+
+    def read(self, within: float, until: Callable[[], bool] | None = None,
+             idle: float | None = None) -> None:  # fmt: skip
+        """Read for ``within`` seconds at most; stop early when ``until()`` holds, or when
+        nothing arrived for ``idle`` seconds, or at the close / end of the stream."""
+        deadline = time.monotonic() + within
+        while not self.eof and self.close_code is None:
+            if until is not None and until():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.sock.settimeout(min(left, idle) if idle else left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                if idle:
+                    return
+                continue
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+                self.ws.receive_data(None)
+            else:
+                self.ws.receive_data(data)
+            self._events()
+
+    def _events(self) -> None:
+        for event in self.ws.events():
+            if isinstance(event, AcceptConnection):
+                self.accepted = True
+                self.response = event
+            elif isinstance(event, RejectConnection):
+                raise AssertionError(f"handshake refused: {event.status_code}")
+            elif isinstance(event, TextMessage):
+                self._text.append(event.data)
+                if event.message_finished:
+                    self.frames += 1
+                    value = orjson.loads("".join(self._text))
+                    self._text.clear()
+                    self.messages.extend(value if isinstance(value, list) else [value])
+            elif isinstance(event, Ping):
+                with contextlib.suppress(OSError):
+                    self.sock.sendall(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.close_code = event.code
+                with contextlib.suppress(Exception):
+                    self.sock.sendall(self.ws.send(event.response()))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+# ================================================================================ data
+
+
+async def test_two_clients_sharing_a_key_receive_identical_update_bytes(launch):
+    stack = launch(standin_args=("--change-share", "1"))
+    one, two = await client(stack, 42), await client(stack, 43)
+    key = target("EURUSD", "1m")
+    for ws in (one, two):
+        await send(ws, {"op": "subscribe", **key})
+        await until(ws, is_("snapshot"))
+    for _ in range(3):
+        stack.stand.step()
+        async with asyncio.timeout(5):
+            first, second = await one.recv(decode=False), await two.recv(decode=False)
+        assert isinstance(first, bytes) and first == second
+        message = orjson.loads(first)
+        assert message["type"] == "update" and message["symbol"] == "FX_IDC:EURUSD"
+    await one.close()
+    await two.close()
+
+
+async def test_a_late_subscriber_gets_the_cached_snapshot_at_once(launch):
+    stack = launch(interval="30")
+    early = await client(stack, 42)
+    subscribe = {"op": "subscribe", **target("usdjpy", "1h")}
+    started = time.monotonic()
+    await send(early, subscribe)
+    first = await until(early, is_("snapshot"), within=5)
+    fetched = time.monotonic() - started
+    assert fetched < 2.5, f"a new key waited {fetched:.2f} s (interval is 30 s)"
+    requests = len(stack.stand.requests())
+    assert requests == 1
+
+    late = await client(stack, 43)
+    started = time.monotonic()
+    await send(late, subscribe)
+    snapshot = await until(late, is_("snapshot"), within=5)
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.5, f"cached snapshot took {elapsed:.3f} s"
+    assert snapshot == first  # the cached data, ts included
+    assert len(stack.stand.requests()) == requests  # no fetch for it
+    await early.close()
+    await late.close()
+
+
+async def test_updates_carry_only_changes_and_rebuild_the_upstream_state(launch):
+    stack = launch(standin_args=("--change-share", "1"))
+    ws = await client(stack)
+    keys = [
+        Key("full", "FX_IDC:USDJPY", "5m"),
+        Key("summary", "FX_IDC:USDJPY", "5m"),
+        Key("full", "BINANCE:BTCUSDT", "1h"),
+    ]
+    await send(ws, [{"op": "subscribe", **target(k.symbol, k.tf, k.profile)} for k in keys])
+    state: State = {}
+    seen: list[dict[str, Any]] = []
+    while len(state) < len(keys):
+        apply(state, [await until(ws, is_("snapshot"), seen=seen)])
+    assert all(state[k] == stack.expected(k) for k in keys)
+
+    sizes = []
+    for _ in range(4):
+        stack.stand.step()
+        received: list[dict[str, Any]] = []
+        await until(ws, is_("update", profile="full", tf="5m"), within=5, seen=received)
+        received += await quiet(ws, 0.4)  # anything else of this tick
+        for message in received:
+            assert message["type"] == "update", message
+            before = state[key_of(message)]
+            assert message["data"], "an update with nothing in it"
+            changed = {n for n, v in message["data"].items() if before.get(n) != v}
+            assert changed == set(message["data"]), "an update repeated unchanged keys"
+            if message["profile"] == "full":
+                sizes.append(len(message["data"]))
+        apply(state, received)
+        for key in keys:
+            assert state[key] == stack.expected(key), key
+    full_size = len(stack.expected(keys[0]))
+    assert min(sizes) < full_size  # labels, actions and counts mostly stay put
+    await ws.close()
+
+
+async def test_an_unsubscribed_key_leaves_the_next_scanner_request(launch):
+    stack = launch()
+    ws = await client(stack)
+    kept, dropped = target("EURUSD", "1m", "summary"), target("GBPUSD", "1m", "summary")
+    await send(ws, [{"op": "subscribe", **kept}, {"op": "subscribe", **dropped}])
+    snapshots: set[str] = set()
+    while len(snapshots) < 2:
+        snapshots.add((await until(ws, is_("snapshot")))["symbol"])
+
+    def tickers_after(moment: float) -> list[set[str]]:
+        return [set(r["tickers"]) for r in stack.stand.requests() if r["time"] > moment]
+
+    now = time.time()
+    both = wait_until(lambda: tickers_after(now), 3, 0.05, "a tick")
+    assert {"FX_IDC:EURUSD", "FX_IDC:GBPUSD"} <= set.union(*both)
+
+    await send(ws, {"op": "unsubscribe", **dropped})
+    assert (await until(ws, is_("unsubscribed")))["symbol"] == "FX_IDC:GBPUSD"
+    left = time.time()
+    later = wait_until(lambda: len(tickers_after(left)) >= 3 and tickers_after(left), 4, 0.05)
+    assert all("FX_IDC:GBPUSD" not in tickers for tickers in later), later
+    assert all("FX_IDC:EURUSD" in tickers for tickers in later), later
+
+    await ws.close()  # closing removes the rest of the demand
+    closed = time.time()
+    await asyncio.sleep(1.5)
+    assert tickers_after(closed + 0.1) == []
+
+
+# ====================================================================== errors and closes
+
+
+@pytest.fixture
+def strict(launch) -> Stack:
+    """A server with small limits, to reach each of them quickly."""
+    return launch(auth_timeout="1", max_subscriptions="3", allowed_origins="https://ok.example")
+
+
+async def test_auth_failures_close_with_4401_4403_and_4408(strict: Stack):
+    async def closed_after(first: Any = None, url: str = strict.ws_url) -> tuple[Any, ...]:
+        ws = await connect(url, ping_interval=None)
+        if first is not None:
+            await ws.send(first if isinstance(first, str) else orjson.dumps(first).decode())
+        return await close_of(ws)
+
+    good = strict.token(42)
+    tampered = good[:-6] + ("A" if good[-6] != "A" else "B") + good[-5:]
+    old = strict.authority(clock=lambda: time.time() - 10 * 86400).issue(42).token
+    foreign = TokenAuthority([Fernet.generate_key().decode()], 86400).issue(42).token
+    assert await closed_after({"op": "auth", "token": "garbage"}) == (4401, "bad token")
+    assert await closed_after({"op": "auth", "token": tampered}) == (4401, "bad token")
+    assert await closed_after({"op": "auth", "token": foreign}) == (4401, "bad token")
+    assert await closed_after({"op": "auth", "token": old}) == (4401, "token expired")
+    assert await closed_after({"op": "ping"}) == (4401, "auth required")
+    assert await closed_after("not json") == (4401, "auth required")
+    assert await closed_after(url=f"{strict.ws_url}?token=garbage") == (4401, "bad token")
+
+    unknown = strict.authority().issue(999).token  # a valid token, but no such account
+    assert await closed_after({"op": "auth", "token": unknown}) == (
+        4403, "account unknown or disabled",
+    )  # fmt: skip
+    strict.token(77)
+    quartsig_cli(strict.env, "account", "disable", "77")
+    assert await closed_after({"op": "auth", "token": strict.token(77)}) == (
+        4403, "account unknown or disabled",
+    )  # fmt: skip
+
+    started = time.monotonic()
+    assert await closed_after() == (4408, "auth timeout")
+    assert 0.8 < time.monotonic() - started < 3.0
+
+    # And the query-string form of a good token works.
+    ws = await connect(f"{strict.ws_url}?token={good}", ping_interval=None)
+    assert await frame(ws) == [{"type": "authed", "tg_id": 42}]
+    await ws.close()
+
+
+async def test_a_foreign_origin_is_refused_before_the_upgrade(strict: Stack):
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await connect(strict.ws_url, origin="https://evil.example")
+    assert refused.value.response.status_code == 403
+    for origin in ("https://ok.example", f"http://127.0.0.1:{strict.server.port}", None):
+        ws = await connect(strict.ws_url, origin=origin)
+        await send(ws, {"op": "auth", "token": strict.token()})
+        assert (await frame(ws))[0]["type"] == "authed"
+        await ws.close()
+
+
+async def test_bad_messages_get_each_error_code_and_the_connection_stays(strict: Stack):
+    ws = await client(strict)
+
+    async def error_for(message: Any) -> dict[str, Any]:
+        if isinstance(message, bytes):
+            await ws.send(message)
+        else:
+            await ws.send(message if isinstance(message, str) else orjson.dumps(message).decode())
+        return await until(ws, is_("error"))
+
+    cases: list[tuple[Any, str]] = [
+        ("{not json", "bad_json"),
+        (b'{"op": "ping"}', "bad_json"),  # binary frames are refused
+        ({"op": "dance", "id": 3}, "bad_op"),
+        ([1], "bad_op"),
+        ([], "bad_op"),
+        ({"op": "ping", "id": True}, "bad_op"),
+        ({"op": "auth", "token": strict.token(), "id": "again"}, "bad_op"),
+        ({"op": "subscribe", "symbol": "", "tf": "1m", "id": 4}, "bad_symbol"),
+        ({"op": "subscribe", "symbol": "NOPE:USDJPY", "tf": "1m"}, "bad_symbol"),
+        ({"op": "subscribe", "symbol": "USDJPY", "tf": "7m", "id": "t"}, "bad_timeframe"),
+        ({"op": "subscribe", "symbol": "USDJPY", "tf": "1m", "profile": "nope"}, "bad_profile"),
+    ]
+    for message, code in cases:
+        error = await error_for(message)
+        assert error["code"] == code, (message, error)
+        assert error["message"]
+        wanted_id = message.get("id") if isinstance(message, dict) else None
+        if code != "bad_op" or wanted_id is not True:
+            assert error.get("id") == wanted_id, (message, error)
+    await send(ws, {"op": "ping", "id": "still-here"})
+    assert await until(ws, is_("pong")) == {"type": "pong", "id": "still-here"}
+    await ws.close()
+
+
+async def test_unknown_symbols_and_too_many_subscriptions(strict: Stack):
+    ws = await client(strict)
+    await send(ws, {"op": "subscribe", **target("ZZZQQQ", "5m"), "id": 1})
+    assert (await until(ws, is_("subscribed")))["symbol"] == "FX_IDC:ZZZQQQ"
+    error = await until(ws, is_("error"), within=5)
+    assert (error["code"], error["symbol"], error["tf"], error["profile"]) == (
+        "unknown_symbol", "FX_IDC:ZZZQQQ", "5m", "full",
+    )  # fmt: skip
+    # Asked again, it is refused at once, from memory.
+    await send(ws, {"op": "subscribe", **target("ZZZQQQ", "1h"), "id": 2})
+    again = await until(ws, is_("error"), within=0.5)
+    assert (again["code"], again["id"]) == ("unknown_symbol", 2)
+
+    for n, symbol in enumerate(("EURUSD", "GBPUSD", "AUDUSD", "NZDUSD")):
+        await send(ws, {"op": "subscribe", **target(symbol, "1m", "summary"), "id": n})
+    refused = await until(ws, is_("error"))
+    assert (refused["code"], refused["id"]) == ("too_many_subscriptions", 3)
+    await send(ws, {"op": "ping"})
+    await until(ws, is_("pong"))
+    await ws.close()
+
+
+async def test_an_oversized_frame_closes_with_1009(strict: Stack):
+    ws = await client(strict)
+    await ws.send(json.dumps({"op": "ping", "pad": "x" * 4097}))  # over our 4096
+    assert await close_of(ws) == (1009, "frame too big")
+    # Over what Hypercorn itself lets through (4 x 4096): Hypercorn answers 1009 but does
+    # not end the TCP connection, so the client gives up after its own close_timeout.
+    ws = await client(strict, close_timeout=1)
+    await ws.send(json.dumps({"op": "ping", "pad": "x" * 64 * 1024}))
+    assert (await close_of(ws))[0] == 1009
+    ws = await client(strict)  # a frame of exactly the limit is fine
+    padding = "x" * (4096 - len('{"op":"ping","pad":""}'))
+    await ws.send(f'{{"op":"ping","pad":"{padding}"}}')
+    assert await until(ws, is_("pong"))
+    await ws.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+async def test_an_endless_fragmented_message_is_not_stored(strict: Stack):
+    """1009 is not enough: what the client keeps sending must not pile up in the server."""
+    assert strict.server.process is not None
+    pid = strict.server.process.pid
+
+    def rss() -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    raw = RawClient(strict.server.port, strict.token())
+    raw.read(5, until=lambda: bool(raw.messages))
+    before = rss()
+    chunk = "x" * (1 << 20)
+    for _ in range(64):  # one 64 MiB message, in 1 MiB fragments
+        raw.sock.sendall(raw.ws.send(TextMessage(chunk, message_finished=False)))
+    raw.read(5, until=lambda: raw.close_code is not None)
+    assert raw.close_code == 1009
+    await asyncio.sleep(0.3)
+    grown = rss() - before
+    assert grown < 16 * 1024 * 1024, f"server RSS grew by {grown >> 20} MiB"
+    raw.close()
+
+
+async def test_rate_limited_ops_then_a_flood_closes_with_1008(launch):
+    stack = launch(ops_per_second="2")
+    ws = await client(stack)
+    await send(ws, [{"op": "ping", "id": n} for n in range(10)])
+    replies = await quiet(ws, 0.5)
+    assert [m["id"] for m in replies if m["type"] == "pong"] == [0, 1, 2, 3]  # the burst
+    limited = [m for m in replies if m["type"] == "error"]
+    assert {m["code"] for m in limited} == {"rate_limited"}
+    assert [m["id"] for m in limited] == list(range(4, 10))
+    await asyncio.sleep(1.2)  # the bucket refills: obeyed again
+    await send(ws, {"op": "ping", "id": "ok"})
+    assert await until(ws, is_("pong")) == {"type": "pong", "id": "ok"}
+
+    for _ in range(3):  # 192 ops: more than 100 refused in a row
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await send(ws, [{"op": "ping"} for _ in range(64)])
+    assert await close_of(ws) == (1008, "rate limit")
+
+
+async def test_permessage_deflate_is_declined_although_offered(strict: Stack):
+    ws = await connect(strict.ws_url)  # websockets offers permessage-deflate by default
+    assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+    assert "Sec-WebSocket-Extensions" not in ws.response.headers
+    await send(ws, {"op": "auth", "token": strict.token()})
+    await send(ws, {"op": "subscribe", **target("EURUSD", "1d")})
+    assert (await until(ws, is_("snapshot")))["data"]
+    await ws.close()
+
+
+# ========================================================================== slow clients
+
+
+FOREX = ("EURUSD", "GBPUSD", "USDJPY", "USDCHF", "AUDUSD", "NZDUSD", "USDCAD", "EURGBP",
+         "EURJPY", "GBPJPY", "EURCHF", "AUDJPY", "CADJPY", "CHFJPY", "EURAUD", "EURCAD",
+         "EURNZD", "GBPAUD", "GBPCAD", "GBPCHF", "GBPNZD", "AUDCAD", "AUDCHF", "AUDNZD",
+         "NZDJPY", "NZDCAD", "NZDCHF", "USDSEK", "USDNOK", "USDMXN")  # fmt: skip
+#: 300 ``full`` keys: each update of all of them is about 0.9 MB.
+FULL_KEYS = [Key("full", f"FX_IDC:{symbol}", tf) for symbol in FOREX
+             for tf in ("1m", "5m", "15m", "30m", "1h", "2h", "4h", "1d", "1W", "1M")]  # fmt: skip
+
+
+def subscribe_all(keys: list[Key]) -> list[list[dict[str, Any]]]:
+    """Subscribe frames for ``keys``, each well under the 4096-byte frame limit."""
+    ops = [{"op": "subscribe", **target(k.symbol, k.tf, k.profile)} for k in keys]
+    return [ops[i : i + 30] for i in range(0, len(ops), 30)]
+
+
+async def reference(stack: Stack, keys: list[Key], tg_id: int) -> tuple[ClientConnection, State]:
+    ws = await client(stack, tg_id)
+    for batch in subscribe_all(keys):
+        await send(ws, batch)
+    state: State = {}
+    while len(state) < len(keys):
+        apply(state, [await until(ws, is_("snapshot"))])
+    return ws, state
+
+
+async def test_a_stalled_client_delays_nobody_and_catches_up(launch):
+    # The kernel absorbs a few MB for a reader that stopped (the server's send buffer grows
+    # to tcp_wmem's maximum); ten steps of 300 full keys are about 9 MB, so the server's
+    # sends to the stalled client block for the last several ticks.
+    stack = launch(standin_args=("--change-share", "1"), send_timeout="30",
+                   ops_per_second="1000", max_subscriptions="400")  # fmt: skip
+    stalled = RawClient(stack.server.port, stack.token(40))
+    for batch in subscribe_all(FULL_KEYS):
+        stalled.send(batch)
+    snapshots = lambda: {key_of(m) for m in stalled.messages if m["type"] == "snapshot"}  # noqa: E731
+    stalled.read(10, until=lambda: snapshots() == set(FULL_KEYS))
+    assert snapshots() == set(FULL_KEYS)
+    stalled.read(1.0, idle=0.5)  # the rest of the replies
+
+    watched = FULL_KEYS[:3]  # shared with the stalled client
+    other, state = await reference(stack, watched, 41)
+    latencies = []
+    steps = 10
+    # The stalled client now reads nothing while the market moves.
+    for _ in range(steps):
+        stepped = time.monotonic()
+        stack.stand.step()  # change_share 1: every key changes on every step
+        seen: list[dict[str, Any]] = []
+        await until(other, is_("update"), within=5, seen=seen)
+        latencies.append(time.monotonic() - stepped)
+        fanout = time.time() - seen[-1]["ts"] / 1000
+        assert fanout < 0.5, f"the update left {fanout:.2f} s after its data arrived"
+        seen += await quiet(other, 0.05)
+        apply(state, seen)
+    assert max(latencies) < 0.5 + 1.0, latencies  # an interval and a fetch, stall or not
+    for key in watched:
+        assert state[key] == stack.expected(key), key
+
+    # It reads again: it catches up to the current state, not through the whole history.
+    before = len(stalled.messages)
+    await asyncio.to_thread(stalled.read, 20, None, 2.0)
+    assert stalled.close_code is None and not stalled.eof
+    caught_up: State = {}
+    apply(caught_up, stalled.messages)
+    updates: dict[Key, int] = {}
+    for message in stalled.messages[before:]:
+        assert message["type"] == "update", message
+        updates[key_of(message)] = updates.get(key_of(message), 0) + 1
+    assert set(updates) == set(FULL_KEYS)
+    assert max(updates.values()) <= steps
+    assert sum(updates.values()) < steps * len(FULL_KEYS), "no piece was ever merged"
+    for key in watched:
+        assert caught_up[key] == state[key]
+    for key in FULL_KEYS[::7]:
+        assert caught_up[key] == stack.expected(key), key
+    stalled.send({"op": "ping", "id": "back"})
+    stalled.read(5, until=lambda: stalled.messages[-1].get("id") == "back")
+    assert stalled.messages[-1] == {"type": "pong", "id": "back"}
+    stalled.close()
+    await other.close()
+
+
+async def test_a_hopeless_client_is_closed_with_1013_while_others_keep_up(launch):
+    stack = launch(send_timeout="1", ops_per_second="1000", max_subscriptions="400")
+    stack.standin_config(change_share=1, step_every=0.5)  # ~0.9 MB for it per tick
+    stalled = RawClient(stack.server.port, stack.token(40))
+    for batch in subscribe_all(FULL_KEYS):
+        stalled.send(batch)
+    # It never reads again. Another client watches a key it shares.
+    other, _ = await reference(stack, FULL_KEYS[:2], 41)
+    arrivals = []
+    started = time.monotonic()
+    closed_at = None
+    while time.monotonic() - started < 12:
+        messages = await frame(other, within=3)
+        if any(m["type"] == "update" for m in messages):
+            arrivals.append(time.monotonic())
+        metrics = scrape(stack)
+        if closed_at is None and metrics.get("quartsig_slow_closes_total", 0) >= 1:
+            closed_at = time.monotonic() - started
+        if closed_at is not None and time.monotonic() - started > closed_at + 2:
+            break
+    assert closed_at is not None, "the stalled client was never closed"
+    assert scrape(stack).get('quartsig_closes_total{code="1013"}') == 1
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert len(arrivals) >= 6 and max(gaps) < 1.5, gaps  # the others never waited on it
+
+    # When it finally reads, it finds the 1013 close at the end of its backlog (or the end
+    # of the stream, if the server had to give up on sending even that).
+    await asyncio.to_thread(stalled.read, 10)
+    assert stalled.close_code == 1013 or stalled.eof, (stalled.close_code, stalled.eof)
+    stalled.close()
+    await other.close()
+
+
+# ========================================================================= life cycle
+
+
+async def test_sigterm_closes_every_client_with_1001_and_exits_promptly(launch):
+    stack = launch()
+    clients = [await client(stack, tg_id) for tg_id in (42, 43, 44)]
+    for ws in clients:
+        await send(ws, {"op": "subscribe", **target("EURUSD", "5m")})
+        await until(ws, is_("snapshot"))
+    process = stack.server.process
+    assert process is not None
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    closes = await asyncio.gather(*(close_of(ws, within=5) for ws in clients))
+    assert [code for code, _ in closes] == [1001, 1001, 1001]
+    await asyncio.to_thread(process.wait, 5)
+    elapsed = time.monotonic() - started
+    assert process.returncode == 0, stack.server.tail()
+    assert elapsed < 5.0, f"exit took {elapsed:.2f} s"
+
+
+async def test_disabling_an_account_closes_its_connection_within_an_interval(launch):
+    stack = launch()
+    keep, revoke = await client(stack, 42), await client(stack, 43)
+    quartsig_cli(stack.env, "account", "disable", "43")
+    disabled = time.monotonic()
+    assert await close_of(revoke, within=3) == (4403, "account disabled")
+    assert time.monotonic() - disabled < 0.5 + 1.0
+    await send(keep, {"op": "ping", "id": 1})
+    assert await until(keep, is_("pong")) == {"type": "pong", "id": 1}
+    ws = await connect(stack.ws_url, ping_interval=None)
+    await send(ws, {"op": "auth", "token": stack.token(43)})
+    assert await close_of(ws) == (4403, "account unknown or disabled")
+    await keep.close()
+
+
+async def test_upstream_trouble_keeps_data_and_recovers(launch):
+    stack = launch(standin_args=("--change-share", "1"))
+    ws = await client(stack)
+    keys = [Key("full", "FX_IDC:USDJPY", "5m"), Key("summary", "FX_IDC:USDJPY", "5m")]
+    await send(ws, [{"op": "subscribe", **target(k.symbol, k.tf, k.profile)} for k in keys])
+    state: State = {}
+    while len(state) < 2:
+        apply(state, [await until(ws, is_("snapshot"))])
+    kept = {k: dict(v) for k, v in state.items()}
+
+    http_json("POST", f"{stack.stand.url}/_standin/faults",
+              {"kind": "status", "status": 503, "sticky": True})  # fmt: skip
+    stack.stand.step(3)  # the market moves while TradingView is unreachable
+    seen: list[dict[str, Any]] = []
+    status = await until(ws, is_("status"), within=5, seen=seen)
+    assert status["upstream"] == "down" and status["reason"]
+    seen += await quiet(ws, 1.5)  # three more failing ticks
+    assert [m["type"] for m in seen] == ["status"], seen  # no update, no snapshot: data kept
+
+    # A client connecting now is told at once.
+    late = await client(stack, 43)  # authed first (checked in client()), then the status
+    assert await frame(late) == [status]
+    await late.close()
+
+    assert http("DELETE", f"{stack.stand.url}/_standin/faults")[0] == 200
+    seen = []
+    recovered = await until(ws, is_("status"), within=5, seen=seen)
+    assert recovered["upstream"] == "ok"
+    seen += await quiet(ws, 1.0)
+    apply(state, seen)
+    assert any(m["type"] == "update" for m in seen)
+    assert not any(m["type"] == "snapshot" for m in seen)
+    for key in keys:
+        assert state[key] == stack.expected(key)
+    assert state[keys[0]] != kept[keys[0]]
+    await ws.close()
+
+
+async def test_metrics_count_connections_subscriptions_keys_and_frames(launch):
+    stack = launch(standin_args=("--change-share", "1"))
+    start = scrape(stack)
+    assert (start["quartsig_connections"], start["quartsig_subscriptions"],
+            start["quartsig_keys"]) == (0, 0, 0)  # fmt: skip
+    frames_before = start.get("quartsig_frames_sent_total", 0)
+
+    async def frames_until_quiet(ws: ClientConnection, idle: float) -> int:
+        count = 0
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    await ws.recv()
+            except TimeoutError:
+                return count
+            count += 1
+
+    one, two = await client(stack, 42), await client(stack, 43)
+    received = 2  # the two authed frames
+    await send(one, [{"op": "subscribe", **target("USDJPY", "5m")},
+                     {"op": "subscribe", **target("USDJPY", "5m", "summary")}])  # fmt: skip
+    await send(two, {"op": "subscribe", **target("USDJPY", "5m")})
+    for _ in range(3):
+        stack.stand.step()
+        await asyncio.sleep(0.6)
+    received += sum(await asyncio.gather(frames_until_quiet(one, 1.0),
+                                         frames_until_quiet(two, 1.0)))  # fmt: skip
+    during = scrape(stack)
+    assert (during["quartsig_connections"], during["quartsig_subscriptions"],
+            during["quartsig_keys"]) == (2, 3, 2)  # fmt: skip
+    assert received >= 2 + 3 + 3  # authed, replies and snapshots, updates of three steps
+    assert during["quartsig_frames_sent_total"] - frames_before == received
+    assert during["quartsig_bytes_sent_total"] > 0
+    assert during['quartsig_upstream_requests_total{outcome="ok"}'] >= 3
+    assert during["quartsig_tick_seconds_count"] >= 3
+
+    await one.close()
+    await two.close()
+    end = wait_until(
+        lambda: (m := scrape(stack))["quartsig_connections"] == 0 and m, 3, 0.05, "closes"
+    )
+    assert (end["quartsig_subscriptions"], end["quartsig_keys"]) == (0, 0)
+    assert end["quartsig_frames_sent_total"] == during["quartsig_frames_sent_total"]
+
+
+async def test_demo_mode_serves_live_data_without_a_scanner(launch):
+    stack = launch("--demo", standin=False)
+    assert "QUARTSIG_SCANNER_URL" not in stack.env
+    ws = await client(stack)
+    await send(ws, {"op": "subscribe", **target("EURUSD", "1m")})
+    snapshot = await until(ws, is_("snapshot"), within=5)
+    assert snapshot["symbol"] == "FX_IDC:EURUSD" and snapshot["data"]["close"] > 0
+    update = await until(ws, is_("update"), within=10)  # the demo market moves by itself
+    assert update["data"]
+    await ws.close()
+
+
+def _seconds_until_dropped(raw: RawClient, limit: float) -> float | None:
+    """Read raw bytes only, so that no pong ever goes back; when does the server hang up?"""
+    started = time.monotonic()
+    raw.sock.settimeout(0.2)
+    while time.monotonic() - started < limit:
+        try:
+            data = raw.sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            return time.monotonic() - started
+    return None
+
+
+async def test_a_dead_peer_is_dropped_after_the_heartbeat_deadline(launch):
+    """A peer that stops answering the server's pings is dropped after interval + timeout,
+    while a live one (its client library answers pings) stays."""
+    stack = launch(heartbeat_interval="1", heartbeat_timeout="0.5")
+    live = await client(stack)
+    dead = RawClient(stack.server.port, stack.token())
+    dead.read(5.0, until=lambda: any(m.get("type") == "authed" for m in dead.messages))
+    try:
+        # In a thread, so that the live client's library keeps answering pings meanwhile.
+        dropped_after = await asyncio.to_thread(_seconds_until_dropped, dead, 6.0)
+    finally:
+        dead.close()
+    assert dropped_after is not None, "the silent peer was never dropped"
+    assert 1.0 <= dropped_after <= 3.5
+    await send(live, {"op": "ping", "id": "alive"})
+    assert (await until(live, is_("pong")))["id"] == "alive"
+    await live.close()
