@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,7 @@ class Collector:
         batch_delay: float = 0.5,
         on_unknown: Callable[[str], None] | None = None,
         metrics: Any = None,
+        batch: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         self.hub = hub
         self.profiles = profiles
@@ -78,6 +80,8 @@ class Collector:
         self.batch_delay = batch_delay
         self.on_unknown = on_unknown
         self.metrics = metrics
+        #: Wraps each publish step, so that its frames go out together (connection.Outbox).
+        self.batch = batch
         self.ticks = 0
         self._columns = {name: tuple(profile.columns) for name, profile in profiles.items()}
         self._pairs: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
@@ -128,7 +132,8 @@ class Collector:
         started = time.monotonic()
         requests = self.plan(keys)
         results = await self.client.scan_all(requests, deadline=started + self.interval * 0.9)
-        changed = self.publish(keys, results)
+        with self.batch():
+            changed = self.publish(keys, results)
         if self.metrics is not None:
             self.metrics.tick.observe(time.monotonic() - started)
         self.ticks += 1

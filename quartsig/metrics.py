@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -47,6 +48,8 @@ class Metrics:
             "quartsig_upstream_requests", "Scanner requests by outcome", ["outcome"], registry=r
         )
         self.cells = Counter("quartsig_upstream_cells", "Scanner cells requested", registry=r)
+        self.tasks = Gauge("quartsig_tasks", "asyncio tasks alive (leak watch)", registry=r)
+        self.tasks.set_function(_tasks_alive)
 
     def frame_sent(self, frames: int, size: int) -> None:
         self.frames.inc(frames)
@@ -62,6 +65,13 @@ class Metrics:
         self.connections.set_function(connections)
         self.subscriptions.set_function(subscriptions)
         self.keys.set_function(keys)
+
+
+def _tasks_alive() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped outside the event loop
+        return 0.0
 
 
 blueprint = Blueprint("metrics", __name__)

@@ -66,14 +66,17 @@ class Runtime:
     metrics: Any = field(init=False)
     vocabulary: Vocabulary = field(init=False)
     unknown_symbols: Expiring = field(default_factory=Expiring)
+    outbox: Any = None
     collector: Any = None
     scanner: Any = None
     standin: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from .connection import Outbox
         from .metrics import Metrics
 
+        self.outbox = Outbox()
         self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,
                        retain=max(60.0, 3 * self.settings.interval))
         self.metrics = Metrics()
@@ -124,7 +127,9 @@ class Runtime:
             interval=self.settings.interval,
             on_unknown=partial(self.unknown_symbols.add, value="TradingView has no such symbol"),
             metrics=self.metrics,
+            batch=self.outbox.batch,
         )
+        self.outbox.start()
         self._tasks = [
             asyncio.create_task(self.collector.run(), name="quartsig-collector"),
             asyncio.create_task(self._watch_accounts(), name="quartsig-accounts"),
@@ -142,6 +147,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.outbox.stop()
         if self.scanner is not None:
             await self.scanner.close()
         if self.standin is not None:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from quart import Blueprint, websocket
 
 from . import protocol
-from .connection import Connection, Overflow, SlowConsumer
+from .connection import TOO_SLOW, Connection
 from .hub import TooManySubscriptions
 from .planner import Key
 from .protocol import Close, ErrorCode, ProtocolError
@@ -68,60 +68,60 @@ async def ws() -> tuple[str, int] | None:
 
 
 async def _serve(runtime: Runtime) -> tuple[int, str]:
-    """Run one connection to its end; return the close code and reason."""
+    """Run one connection to its end; return the close code and reason.
+
+    The handler task itself reads. Whoever decides the connection must close (its
+    drain task on a stalled send, shutdown, a disabled account) records why and
+    cancels this task's read; a cancellation with no such record is Quart's, telling
+    us the client went away, and goes on up.
+    """
     try:
         user, auth_id = await _authenticate(runtime)
     except Closing as closing:
         return closing.code, closing.reason
-    settings = runtime.settings
+    handler = asyncio.current_task()
+    assert handler is not None
     connection = Connection(
-        websocket.send, send_timeout=settings.send_timeout, on_frame=runtime.metrics.frame_sent
+        websocket.send,
+        send_timeout=runtime.settings.send_timeout,
+        outbox=runtime.outbox,
+        on_frame=runtime.metrics.frame_sent,
+        on_close=handler.cancel,
     )
     connection.user = user
     # authed first: attach() queues a status when upstream is not ok, and nothing may
     # precede authed (docs/protocol.md).
     connection.send(protocol.reply("authed", auth_id, tg_id=user))
     runtime.hub.attach(connection, user)
-    tasks = [
-        asyncio.ensure_future(_read(runtime, connection)),
-        asyncio.ensure_future(connection.run()),
-        asyncio.ensure_future(connection.close_requested()),
-    ]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        return await _outcome(runtime, connection, done.pop())
+        await _read(runtime, connection)
+    except Closing as closing:
+        connection.close(closing.code, closing.reason, interrupt=False)
+    except asyncio.CancelledError:
+        if connection.closing is None or handler.uncancel() > 0:
+            raise
     finally:
         runtime.hub.detach(connection)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _outcome(
-    runtime: Runtime, connection: Connection, task: asyncio.Future[object]
-) -> tuple[int, str]:
-    error = task.exception()
-    if error is None:
-        code, reason = task.result()  # type: ignore[misc]
-        if code == Close.GOING_AWAY or code == Close.FORBIDDEN:
-            with contextlib.suppress(Exception):
-                await connection.flush(CLOSE_TIMEOUT)
-        return code, reason
-    if isinstance(error, Closing):
-        return error.code, error.reason
-    if isinstance(error, (SlowConsumer, Overflow)):
+        await connection.dispose()
+    code, reason = connection.closing or (Close.NORMAL, "")
+    if code in (Close.GOING_AWAY, Close.FORBIDDEN):  # let it see what was on its way
+        with contextlib.suppress(Exception):
+            await connection.flush(CLOSE_TIMEOUT)
+    if reason == TOO_SLOW:
         runtime.metrics.slow_closes.inc()
-        return Close.TRY_AGAIN_LATER, "too slow"
-    if isinstance(error, ConnectionError):
-        return Close.NORMAL, ""
-    raise error
+    return code, reason
 
 
 async def _receive(runtime: Runtime) -> str | bytes:
     frame = await websocket.receive()
     if frame is None:  # Quart hands an empty binary frame over as None (`b"" or text`)
         return b""
-    if len(frame) > runtime.settings.max_frame_bytes:
+    limit = runtime.settings.max_frame_bytes
+    if len(frame) > limit or (  # the limit is in bytes: a str of 1 400 "€" is 4 200 of them
+        isinstance(frame, str)
+        and 4 * len(frame) > limit
+        and len(frame.encode("utf-8", "surrogatepass")) > limit
+    ):
         raise Closing(Close.TOO_BIG, "frame too big")
     return frame
 

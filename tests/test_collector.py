@@ -41,17 +41,21 @@ NOWHERE = "FX_IDC:ZZZQQQ"  # a well-formed ticker TradingView does not have
 # ------------------------------------------------------------------------ helpers
 
 
-async def _discard(text: str) -> None:
-    pass
+#: What each test connection has sent so far (its drain task sends as soon as it can).
+_sent: dict[Connection, list[str]] = {}
 
 
 def messages(conn: Connection) -> list[dict[str, Any]]:
-    """Everything the connection's writer would send next, decoded (and taken)."""
-    text = conn.take()
-    if text is None:
-        return []
-    value = orjson.loads(text)
-    return value if isinstance(value, list) else [value]
+    """Everything the connection sent since the last call, or would send next, decoded."""
+    frames = _sent.setdefault(conn, [])
+    pending = conn.take()
+    texts = [*frames, *([pending] if pending is not None else [])]
+    frames.clear()
+    out: list[dict[str, Any]] = []
+    for text in texts:
+        value = orjson.loads(text)
+        out.extend(value if isinstance(value, list) else [value])
+    return out
 
 
 def ok(request: ScanRequest, rows: Mapping[str, dict[str, Any]]) -> ScanResult:
@@ -129,7 +133,13 @@ def collector(
 
 
 def attach(hub: Hub, *keys: Key, user: int = 1) -> Connection:
-    conn = Connection(_discard)
+    frames: list[str] = []
+
+    async def record(text: str) -> None:
+        frames.append(text)
+
+    conn = Connection(record)
+    _sent[conn] = frames
     hub.attach(conn, user)
     for key in keys:
         hub.subscribe(conn, key)

@@ -1,78 +1,142 @@
 import asyncio
 
 import orjson
-import pytest
 
-from quartsig.connection import Connection, Overflow, SlowConsumer
+from quartsig.connection import TOO_SLOW, Connection, Outbox
 from quartsig.hub import UPDATE, Piece
 from quartsig.planner import Key
 
 KEY = Key("summary", "FX_IDC:USDJPY", "1m")
+OTHER = Key("summary", "FX_IDC:EURUSD", "1m")
 
 
-async def test_one_frame_per_wake_replies_first():
-    sent: list[str] = []
+def update(value: int) -> Piece:
+    return Piece(UPDATE, {"a": value}, value, None)
 
-    async def send(text: str) -> None:
-        sent.append(text)
 
-    conn = Connection(send)
-    conn.deliver(KEY, Piece(UPDATE, {"a": 1}, 1, None))
+class Peer:
+    """A send function that records frames and can be made to stall."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def __call__(self, text: str) -> None:
+        self.frames.append(text)
+        await self.flowing.wait()
+
+    def messages(self, n: int = -1) -> list[dict]:
+        value = orjson.loads(self.frames[n])
+        return value if isinstance(value, list) else [value]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_pending_replies_and_pieces_leave_as_one_frame_replies_first():
+    peer = Peer()
+    conn = Connection(peer)
+    conn.deliver(KEY, update(1))
     conn.send('{"type":"pong"}')
-    task = asyncio.create_task(conn.run())
-    await asyncio.sleep(0.01)
-    task.cancel()
-    assert len(sent) == 1
-    assert [m["type"] for m in orjson.loads(sent[0])] == ["pong", "update"]
+    await settle()
+    assert len(peer.frames) == 1
+    assert [m["type"] for m in peer.messages()] == ["pong", "update"]
 
 
-async def test_a_stalled_send_raises_slow_consumer_after_the_timeout():
-    async def stuck(text: str) -> None:
-        await asyncio.sleep(3600)
-
-    conn = Connection(stuck, send_timeout=0.05)
+async def test_the_own_drain_task_exists_only_while_there_is_something_to_send():
+    peer = Peer()
+    conn = Connection(peer)
     conn.send("{}")
-    with pytest.raises(SlowConsumer):
-        await asyncio.wait_for(conn.run(), 2)
+    assert conn._task is not None
+    await settle()
+    assert conn._task is None
+
+
+async def test_a_stalled_send_closes_with_1013_after_the_send_timeout():
+    peer = Peer()
+    peer.flowing.clear()
+    closed = []
+    conn = Connection(peer, send_timeout=0.05, on_close=lambda: closed.append(True))
+    conn.send("{}")
+    await asyncio.sleep(0.2)
+    assert conn.closing == (1013, TOO_SLOW)
+    assert closed == [True]
 
 
 async def test_pending_pieces_merge_while_a_send_is_stuck():
-    release = asyncio.Event()
-    sent: list[str] = []
-
-    async def send(text: str) -> None:
-        sent.append(text)
-        await release.wait()
-
-    conn = Connection(send)
-    task = asyncio.create_task(conn.run())
-    conn.deliver(KEY, Piece(UPDATE, {"a": 1}, 1, None))
-    await asyncio.sleep(0.01)
+    peer = Peer()
+    peer.flowing.clear()
+    conn = Connection(peer)
+    conn.deliver(KEY, update(1))
+    await settle()
     for value in range(2, 100):
         conn.deliver(KEY, Piece(UPDATE, {"a": value, f"k{value % 2}": value}, value, None))
-    assert conn.backlog == 1
-    release.set()
-    await asyncio.sleep(0.01)
-    task.cancel()
-    assert orjson.loads(sent[-1])["data"] == {"a": 99, "k1": 99, "k0": 98}
+    assert conn.backlog == 1 and conn.conflated == 97
+    peer.flowing.set()
+    await settle()
+    assert peer.messages()[0]["data"] == {"a": 99, "k1": 99, "k0": 98}
 
 
-async def test_replies_beyond_the_bound_overflow():
-    async def send(text: str) -> None:
-        await asyncio.sleep(3600)
-
-    conn = Connection(send, max_replies=3)
+async def test_replies_beyond_their_bound_close_the_connection():
+    peer = Peer()
+    peer.flowing.clear()
+    conn = Connection(peer, max_replies=3)
     for _ in range(5):
         conn.send("{}")
-    with pytest.raises(Overflow):
-        await asyncio.wait_for(conn.run(), 2)
+    assert conn.closing == (1013, TOO_SLOW)
 
 
-async def test_close_request_first_wins():
-    async def send(text: str) -> None:
-        pass
-
-    conn = Connection(send)
+async def test_the_first_close_decision_wins():
+    conn = Connection(Peer())
     conn.close(1001, "bye")
     conn.close(4403, "later")
-    assert await conn.close_requested() == (1001, "bye")
+    assert conn.closing == (1001, "bye")
+
+
+async def test_a_batch_goes_out_from_the_outbox_one_frame_per_connection():
+    outbox = Outbox()
+    outbox.start()
+    peers = [Peer() for _ in range(3)]
+    conns = [Connection(peer, outbox=outbox) for peer in peers]
+    try:
+        with outbox.batch():
+            for conn in conns:
+                conn.deliver(KEY, update(1))
+                conn.deliver(OTHER, update(2))
+                assert conn._task is None  # queued in the outbox, no task of its own
+        await settle()
+        for peer in peers:
+            assert len(peer.frames) == 1 and len(peer.messages()) == 2
+    finally:
+        await outbox.stop()
+
+
+async def test_a_stuck_connection_does_not_hold_up_the_others_and_catches_up_alone():
+    outbox = Outbox(inline_timeout=0.05)
+    outbox.start()
+    stuck, fine = Peer(), Peer()
+    stuck.flowing.clear()
+    slow = Connection(stuck, outbox=outbox, send_timeout=5)
+    quick = Connection(fine, outbox=outbox)
+    try:
+        with outbox.batch():
+            slow.deliver(KEY, update(1))
+            quick.deliver(KEY, update(1))
+        await asyncio.sleep(0.15)
+        assert len(fine.frames) == 1 and slow.congested
+        for value in range(2, 6):  # more ticks while it is stuck: its own task takes them
+            with outbox.batch():
+                slow.deliver(KEY, update(value))
+                quick.deliver(KEY, update(value))
+            await asyncio.sleep(0.01)
+        assert len(fine.frames) == 5
+        assert not slow.queued  # congested: never waited for by the outbox
+        stuck.flowing.set()
+        await asyncio.sleep(0.05)
+        assert stuck.messages()[-1]["data"] == {"a": 5}
+        assert not slow.congested  # it took frames again
+    finally:
+        await outbox.stop()

@@ -1,0 +1,340 @@
+"""Load and lifecycle against a real ``quartsig serve``: floods, stalled and slow clients, SIGTERM.
+
+Sizes here fit CI (each test well under 30 s); ``bench/soak.py`` runs the same scenarios at full
+size (1 000 clients, longer floods) by hand. Figures go to ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.support.hardening import Client, Stack, percentile, rss_kib, server_stack
+
+pytestmark = pytest.mark.e2e
+
+SLOW_CLIENTS = 200  # bench/soak.py raises these
+FLOOD_SECONDS = 8.0
+
+KEYS = [("FX_IDC:EURUSD", "1m", "full"), ("FX_IDC:USDJPY", "1m", "summary")]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with server_stack(
+        tmp_path_factory.mktemp("load"),
+        standin_args=("--step-every", "0.25", "--change-share", "1.0"),
+        QUARTSIG_INTERVAL="0.5", QUARTSIG_SEND_TIMEOUT="1",
+    ) as running:
+        yield running
+
+
+def _upgrade(port: int, token: str) -> bytes:
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    return (f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "\r\n").encode()
+
+
+def _masked(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    assert len(payload) < 65536
+    header = (bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126
+              else bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big"))
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _settled(stack: Stack, name: str, target: float, within: float = 10.0) -> float:
+    deadline = time.monotonic() + within
+    value = stack.metric(name)
+    while value > target and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        value = stack.metric(name)
+    return value
+
+
+async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(stack: Stack) -> None:
+    pid = stack.server.process.pid  # type: ignore[union-attr]
+    port = stack.server.port
+    # warm up once so that lazily built things (plugins, encoders) count in the baseline
+    warm = [await Client(stack.ws_url, stack.token).connect() for _ in range(20)]
+    for client in warm:
+        await client.close()
+    await _settled(stack, "quartsig_connections", 0)
+    await asyncio.sleep(0.5)
+    tasks0, rss0 = stack.metric("quartsig_tasks"), rss_kib(pid)
+    upgrade = _upgrade(port, stack.token)
+    subscribe = _masked(orjson.dumps({"op": "subscribe", "symbol": "EURUSD", "tf": "1m"}))
+    counts = {"connections": 0, "upgraded": 0, "errors": 0}
+    duration = FLOOD_SECONDS
+    stop_at = time.monotonic() + duration
+
+    async def worker(n: int) -> None:
+        rng = random.Random(n)
+        while time.monotonic() < stop_at:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                counts["connections"] += 1
+                writer.write(upgrade)
+                style = rng.random()
+                if style < 0.3:  # hang up mid-handshake
+                    pass
+                else:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                    counts["upgraded"] += head.startswith(b"HTTP/1.1 101")
+                    if style < 0.7:
+                        writer.write(subscribe)
+                        await writer.drain()
+                if style > 0.85:  # abortive close: RST, no close frame
+                    writer.transport.abort()
+                else:
+                    writer.close()
+                    await writer.wait_closed()
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                counts["errors"] += 1
+
+    started = time.monotonic()
+    peak_rss = rss0
+    workers = [asyncio.create_task(worker(n)) for n in range(64)]
+    while not all(w.done() for w in workers):
+        peak_rss = max(peak_rss, rss_kib(pid))
+        await asyncio.sleep(0.5)
+    await asyncio.gather(*workers)
+    elapsed = time.monotonic() - started
+    rate = counts["connections"] / elapsed
+
+    connections = await _settled(stack, "quartsig_connections", 0)
+    tasks1 = await _settled(stack, "quartsig_tasks", tasks0)
+    await asyncio.sleep(1.0)
+    rss1 = rss_kib(pid)
+    # the server still serves
+    client = await Client(stack.ws_url, stack.token).connect()
+    await client.subscribe(*KEYS[1])
+    await client.wait_for(lambda m: m["type"] == "snapshot")
+    await client.close()
+    print(f"\nFIGURES flood: {counts['connections']} connections in {elapsed:.1f}s "
+          f"({rate:.0f}/s, {counts['upgraded']} upgraded, {counts['errors']} client errors); "
+          f"tasks {tasks0:.0f}->{tasks1:.0f}; RSS {rss0}->{peak_rss} peak->{rss1} KiB")
+    assert duration - 1 < elapsed < duration + 8
+    assert counts["connections"] >= 2000
+    assert connections == 0
+    assert tasks1 <= tasks0
+    assert rss1 - rss0 < 16 * 1024  # KiB: allocator high-water marks, not per-connection state
+    assert "Traceback" not in stack.server.log.read_text()
+
+
+async def _stalled_client(stack: Stack, keys: int = 120) -> socket.socket:
+    """A client that subscribes to many full-profile keys and then never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", stack.server.port))
+    await loop.sock_sendall(sock, _upgrade(stack.server.port, stack.token))
+    seen = b""
+    while b'"authed"' not in seen:  # the 101, then the authed frame
+        chunk = await loop.sock_recv(sock, 4096)
+        assert chunk, seen
+        seen += chunk
+    tfs = ["1m", "5m", "15m", "30m", "1h", "2h", "4h", "1d", "1W", "1M"]
+    symbols = ["EURUSD", "GBPUSD", "USDJPY", "USDCHF", "AUDUSD", "NZDUSD", "USDCAD", "EURGBP",
+               "EURJPY", "GBPJPY", "AUDJPY", "EURCHF"]
+    ops = [{"op": "subscribe", "symbol": s, "tf": tf} for s in symbols for tf in tfs][:keys]
+    for start in range(0, len(ops), 40):
+        await loop.sock_sendall(sock, _masked(orjson.dumps(ops[start:start + 40])))
+        await asyncio.sleep(2.05)  # within the 20 ops/s limit (bursts of 40)
+    return sock
+
+
+async def _latencies(clients: list[Client], since: list[int], since_ms: float) -> list[float]:
+    """Latencies of the updates whose data arrived at the server after ``since_ms`` (wall
+    clock). Earlier ones may have waited in this test process while it computed the
+    previous window's figures: that is the harness's delay, not the server's."""
+    now_wall, now_mono = time.time(), time.monotonic()
+    found = []
+    for client, mark in zip(clients, since, strict=True):
+        for at, message in client.messages[mark:]:
+            if message["type"] == "update" and message["ts"] >= since_ms:
+                found.append((now_wall - (now_mono - at)) * 1000 - message["ts"])
+    return found
+
+
+@pytest.fixture
+def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
+    with server_stack(
+        tmp_path, standin_args=("--step-every", "0.25", "--change-share", "1.0"),
+        QUARTSIG_INTERVAL="0.5", QUARTSIG_SEND_TIMEOUT="1",
+    ) as running:
+        yield running
+
+
+async def test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013(
+    fresh_stack: Stack,
+) -> None:
+    stack = fresh_stack
+    count = SLOW_CLIENTS
+    clients = await asyncio.gather(*(Client(stack.ws_url, stack.token).connect()
+                                     for _ in range(count)))
+    try:
+        for client in clients:
+            for key in KEYS:
+                await client.subscribe(*key)
+        # the heavy client (120 full-profile keys) reads at first, so both phases carry the
+        # same demand and fan-out; then it stops reading: the only difference is the stall
+        sock = await _stalled_client(stack)
+        loop = asyncio.get_running_loop()
+
+        async def drain() -> None:
+            while await loop.sock_recv(sock, 65536):
+                pass
+
+        draining = asyncio.create_task(drain())
+        await asyncio.sleep(2.0)
+        assert stack.metric("quartsig_subscriptions") == 2 * count + 120
+        closes0 = stack.metric('quartsig_closes_total{code="1013"}')
+        mark, since_ms = [len(c.messages) for c in clients], time.time() * 1000
+        await asyncio.sleep(6.0)
+        before = await _latencies(clients, mark, since_ms)
+
+        draining.cancel()  # from now on it never reads
+        stalled_at = time.monotonic()
+        mark, since_ms = [len(c.messages) for c in clients], time.time() * 1000
+        await asyncio.sleep(6.0)
+        during = await _latencies(clients, mark, since_ms)
+        deadline = time.monotonic() + 15
+        while (stack.metric('quartsig_closes_total{code="1013"}') <= closes0  # noqa: ASYNC110 (polling a process or peers)
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.25)
+        closed_after = time.monotonic() - stalled_at
+        slow_closes = stack.metric("quartsig_slow_closes_total")
+        sock.close()
+        p99_before, p99_during = percentile(before, 99), percentile(during, 99)
+        p50_before, p50_during = percentile(before, 50), percentile(during, 50)
+        print(f"\nFIGURES slow-consumer: {count} clients, {len(before)}/{len(during)} updates; "
+              f"p50 {p50_before:.1f}->{p50_during:.1f} ms, p99 {p99_before:.1f}->{p99_during:.1f}"
+              f" ms; stalled client closed 1013 {closed_after:.1f}s after it stopped reading "
+              f"(slow closes {slow_closes:.0f})")
+        assert stack.metric('quartsig_closes_total{code="1013"}') > closes0
+        assert slow_closes >= 1
+        assert all(c.close_code is None for c in clients)
+        # 10 %, plus 2 ms for the millisecond resolution of ``ts``
+        assert p99_during <= p99_before * 1.10 + 2.0, (p99_before, p99_during)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+
+
+# ------------------------------------------------------------------------- SIGTERM, restart
+
+
+class Reconnecting:
+    """A client following protocol.md's Reconnecting: full-jitter backoff 0.5 s .. 20 s, then
+    auth and every subscribe again."""
+
+    def __init__(self, url: str, token: str, rng: random.Random) -> None:
+        self.url, self.token, self.rng = url, token, rng
+        self.closes: list[int | None] = []
+        self.connected_at: list[float] = []
+        self.snapshots_at: list[float] = []
+        self.attempts = 0
+        self.stop = False
+
+    async def run(self) -> None:
+        failures = 0
+        while not self.stop:
+            try:
+                self.attempts += 1
+                async with connect(self.url, compression=None, open_timeout=5) as ws:
+                    await ws.send(orjson.dumps({"op": "auth", "token": self.token}).decode())
+                    for symbol, tf, profile in KEYS:
+                        await ws.send(orjson.dumps({"op": "subscribe", "symbol": symbol,
+                                                    "tf": tf, "profile": profile}).decode())
+                    self.connected_at.append(time.monotonic())
+                    failures = 0
+                    async for frame in ws:
+                        value = orjson.loads(frame)
+                        for message in value if isinstance(value, list) else [value]:
+                            if message["type"] == "snapshot":
+                                self.snapshots_at.append(time.monotonic())
+                    self.closes.append(ws.close_code)
+            except ConnectionClosed as closed:
+                self.closes.append(closed.rcvd.code if closed.rcvd else None)
+            except (OSError, InvalidStatus, TimeoutError):
+                pass
+            if self.stop or (self.closes and self.closes[-1] in (4401, 4403, 1008, 1009)):
+                return
+            failures += 1
+            await asyncio.sleep(self.rng.uniform(0, min(20.0, 0.5 * 2 ** (failures - 1))))
+
+
+def test_sigterm_under_load_closes_1001_and_clients_come_back_jittered(tmp_path: Path) -> None:
+    asyncio.run(_sigterm_and_back(tmp_path))
+
+
+async def _sigterm_and_back(tmp_path: Path) -> None:
+    count = 60
+    with server_stack(tmp_path, standin_args=("--step-every", "0.25", "--change-share", "1.0"),
+                      QUARTSIG_INTERVAL="0.5") as stack:
+        rng = random.Random(7)
+        clients = [Reconnecting(stack.ws_url, stack.token, random.Random(rng.random()))
+                   for _ in range(count)]
+        tasks = [asyncio.create_task(c.run()) for c in clients]
+        deadline = time.monotonic() + 20
+        while (sum(len(c.snapshots_at) >= 2 for c in clients) < count  # noqa: ASYNC110 (polling a process or peers)
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.1)
+        assert all(len(c.snapshots_at) >= 2 for c in clients)
+
+        process = stack.server.process
+        assert process is not None
+        term = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        while process.poll() is None and time.monotonic() - term < 15:  # noqa: ASYNC110 (polling a process or peers)
+            await asyncio.sleep(0.02)
+        exited = time.monotonic() - term
+        assert process.returncode == 0, stack.server.tail()
+        await asyncio.sleep(0.2)
+        closes = [c.closes[0] if c.closes else None for c in clients]
+        assert closes == [1001] * count, closes
+
+        down = time.monotonic()
+        for c in clients:
+            c.snapshots_at.clear()
+        await asyncio.to_thread(stack.server.launch)
+        back = time.monotonic()
+        deadline = back + 25
+        while (sum(bool(c.snapshots_at) for c in clients) < count  # noqa: ASYNC110 (polling a process or peers)
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.1)
+        for c in clients:
+            c.stop = True
+        assert all(c.snapshots_at for c in clients), "a client did not resubscribe"
+        reconnects = sorted(c.connected_at[-1] - back for c in clients)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    spread = statistics.pstdev(reconnects)
+    bins: dict[int, int] = {}
+    for at in reconnects:
+        bins[int(at * 10)] = bins.get(int(at * 10), 0) + 1
+    busiest = max(bins.values())
+    print(f"\nFIGURES sigterm: {count} clients closed 1001, exit in {exited:.2f}s; server down "
+          f"{back - down:.1f}s; reconnects after ready: min {reconnects[0]:.2f}s median "
+          f"{statistics.median(reconnects):.2f}s max {reconnects[-1]:.2f}s, stdev {spread:.2f}s, "
+          f"busiest 100 ms holds {busiest}/{count}; attempts "
+          f"{sum(c.attempts for c in clients)}")
+    assert exited < 5.0
+    assert spread > 0.3  # spread over seconds, not a thundering herd
+    assert busiest <= count * 0.25
