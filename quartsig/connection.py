@@ -51,6 +51,8 @@ class Outbox:
         self._dirty: list[Connection] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: The connection whose send ran out of time; the outbox task was cancelled for it.
+        self.overdue: Connection | None = None
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -65,6 +67,12 @@ class Outbox:
 
     def add(self, connection: Connection) -> None:
         self._dirty.append(connection)
+
+    def expire(self, connection: Connection) -> None:
+        """Timer callback: ``connection``'s send took too long; interrupt it."""
+        if self._task is not None:
+            self.overdue = connection
+            self._task.cancel()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="quartsig-outbox")
@@ -178,11 +186,19 @@ class Connection:
         frame = self.take()
         if frame is None:
             return
+        outbox = self._outbox
+        assert outbox is not None
         self._sending = True
+        # A bare timer handle, not asyncio.timeout(): this runs for every connection of every
+        # tick, and the Timeout object's bookkeeping was a fifth of the outbox's time (py-spy).
+        timer = asyncio.get_running_loop().call_later(within, outbox.expire, self)
         try:
-            async with asyncio.timeout(within):
-                await self._send(frame)
-        except TimeoutError:
+            await self._send(frame)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if outbox.overdue is not self or task is None or task.uncancel() > 0:
+                raise
+            outbox.overdue = None
             # The frame is in the transport's buffer; the socket did not drain in time.
             self.congested = True
         except Exception as error:  # the peer is gone; its handler will notice
@@ -192,6 +208,7 @@ class Connection:
         else:
             self._sent(frame)
         finally:
+            timer.cancel()
             self._sending = False
         if self.backlog:  # delivered while this send was under way
             self._wake()

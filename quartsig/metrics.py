@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from quart import Blueprint, Response
 
 from .runtime import current_runtime
@@ -26,8 +28,10 @@ class Metrics:
         self.keys = Gauge(
             "quartsig_keys", "Distinct (profile, symbol, tf) keys watched", registry=r
         )
-        self.frames = Counter("quartsig_frames_sent", "WebSocket frames sent", registry=r)
-        self.bytes = Counter("quartsig_bytes_sent", "Characters of frames sent", registry=r)
+        #: Counted in plain ints on the hot path, exported at scrape time (see _Sent).
+        self.frames_sent = 0
+        self.chars_sent = 0
+        r.register(_Sent(self))
         self.closes = Counter(
             "quartsig_closes", "Connections closed, by code", ["code"], registry=r
         )
@@ -52,8 +56,8 @@ class Metrics:
         self.tasks.set_function(_tasks_alive)
 
     def frame_sent(self, frames: int, size: int) -> None:
-        self.frames.inc(frames)
-        self.bytes.inc(size)
+        self.frames_sent += frames
+        self.chars_sent += size
 
     def watch(
         self,
@@ -65,6 +69,22 @@ class Metrics:
         self.connections.set_function(connections)
         self.subscriptions.set_function(subscriptions)
         self.keys.set_function(keys)
+
+
+class _Sent(Collector):
+    """Frames and characters sent, as counters. A prometheus ``Counter.inc`` takes a lock,
+    twice per frame per connection per tick; two int additions do not."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "quartsig_frames_sent", "WebSocket frames sent", value=self.metrics.frames_sent
+        )
+        yield CounterMetricFamily(
+            "quartsig_bytes_sent", "Characters of frames sent", value=self.metrics.chars_sent
+        )
 
 
 def _tasks_alive() -> float:
