@@ -7,6 +7,8 @@ resurrect access that was taken away.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from tortoise import fields
 from tortoise.models import Model
 
@@ -18,9 +20,9 @@ __all__ = [
     "DisabledAccount",
     "InvalidTelegramId",
     "UnknownAccount",
-    "active_among",
     "add",
     "disable",
+    "disabled_since",
     "enable",
     "get_active",
     "is_active",
@@ -105,12 +107,16 @@ async def is_active(tg_id: int) -> bool:
     return await get_active(tg_id) is not None
 
 
-async def active_among(tg_ids: set[int]) -> set[int]:
-    """Which of ``tg_ids`` are active, in one query (the per-tick revocation check)."""
-    valid = {tg_id for tg_id in tg_ids if _valid(tg_id)}
-    if not valid:
-        return set()
-    rows = await Account.filter(tg_id__in=valid, active=True).values_list("tg_id", flat=True)
+async def disabled_since(when: datetime) -> set[int]:
+    """Accounts disabled (or otherwise changed and now inactive) since ``when``.
+
+    The per-tick revocation check asks this rather than "which of these N connected
+    users are still active": the answer is usually empty, and the query does not grow
+    with the number of connections (at 5 000 an ``IN`` list cost a tenth of the CPU).
+    """
+    rows = await Account.filter(updated_at__gte=when, active=False).values_list(
+        "tg_id", flat=True
+    )
     return {int(tg_id) for tg_id in rows}
 
 

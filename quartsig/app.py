@@ -109,7 +109,7 @@ def build_runtime(settings: Settings, tokens: TokenAuthority, *, demo: bool = Fa
         profiles=load_profiles(manager),
         screeners=load_screeners(manager, SCREENERS),
         account_active=accounts.is_active,
-        active_among=accounts.active_among,
+        disabled_since=accounts.disabled_since,
         demo=demo,
     )
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -27,6 +28,7 @@ from .tokens import TokenAuthority
 log = logging.getLogger(__name__)
 
 EXTENSION = "quartsig"
+ACCOUNT_CLOCK_MARGIN = timedelta(seconds=60)
 
 
 class Expiring:
@@ -60,7 +62,7 @@ class Runtime:
     profiles: dict[str, Profile]
     screeners: dict[str, str]
     account_active: Callable[[int], Awaitable[bool]]
-    active_among: Callable[[set[int]], Awaitable[set[int]]]
+    disabled_since: Callable[[datetime], Awaitable[set[int]]]
     demo: bool = False
     hub: Hub = field(init=False)
     metrics: Any = field(init=False)
@@ -71,6 +73,7 @@ class Runtime:
     scanner: Any = None
     standin: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _accounts_checked: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         from .connection import Outbox
@@ -163,11 +166,19 @@ class Runtime:
                 log.warning("account check failed; connections kept", exc_info=True)
 
     async def check_accounts(self) -> int:
-        """Close the connections of accounts disabled since they connected (once per tick)."""
-        users = set(self.hub.users.values())
-        if not users:
+        """Close the connections of accounts disabled since the last check (once per tick).
+
+        Asks only for accounts changed since the previous check, less a margin for clocks
+        of other hosts (the CLI or the bot may disable from elsewhere); closing twice is
+        harmless, missing one is not.
+        """
+        started = datetime.now(UTC)
+        since = self._accounts_checked - ACCOUNT_CLOCK_MARGIN
+        disabled = await self.disabled_since(since)
+        self._accounts_checked = started
+        if not disabled:
             return 0
-        sinks = self.hub.sinks_of(users - await self.active_among(users))
+        sinks = self.hub.sinks_of(disabled)
         for sink in sinks:
             sink.close(Close.FORBIDDEN, "account disabled")  # type: ignore[attr-defined]
         return len(sinks)

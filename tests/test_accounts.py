@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -101,17 +102,6 @@ async def test_disable_and_enable(db: TortoiseContext) -> None:
     assert (await accounts.get_active(42)).tg_id == 42  # type: ignore[union-attr]
 
 
-async def test_active_among_answers_for_a_set_in_one_go(db: TortoiseContext) -> None:
-    for tg_id in (1, 2, 3):
-        await accounts.add(tg_id)
-    await accounts.disable(2)
-    assert await accounts.active_among({1, 2, 3, 4, 0, -1}) == {1, 3}
-    assert await accounts.active_among(set()) == set()
-    assert await accounts.is_active(1)
-    assert not await accounts.is_active(2)
-    assert not await accounts.is_active(4)
-
-
 async def test_re_adding_a_disabled_account_keeps_it_disabled(db: TortoiseContext) -> None:
     await accounts.add(42)
     await accounts.disable(42)
@@ -166,3 +156,18 @@ async def test_open_database_is_isolated_to_its_task(settings: Settings) -> None
         with pytest.raises(Exception, match="TortoiseContext"):
             await task
         assert [a.tg_id for a in await accounts.list_accounts()] == [42]
+
+
+async def test_disabled_since_names_only_accounts_disabled_after_the_instant(
+    db: TortoiseContext,
+) -> None:
+    for tg_id in (1, 2, 3):
+        await accounts.add(tg_id)
+    await accounts.disable(1)
+    await asyncio.sleep(0.01)
+    instant = datetime.now(UTC)
+    await accounts.disable(2)
+    await accounts.enable(1)  # changed after the instant, but active again
+    assert await accounts.disabled_since(instant) == {2}
+    assert await accounts.disabled_since(instant - timedelta(hours=1)) == {2}
+    assert await accounts.disabled_since(datetime.now(UTC) + timedelta(seconds=5)) == set()
