@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
-from quart import Quart
-
-from quartsig import __version__, accounts, database, logs
-from quartsig.app import create_app, services
+from quartsig import __version__, accounts, database, logs, server
+from quartsig.app import create_app
 from quartsig.config import ConfigError, Settings
-from quartsig.deflate import decline_permessage_deflate
 from quartsig.plugins import PluginError
 from quartsig.tokens import (
     InvalidTelegramId,
@@ -37,7 +30,6 @@ from quartsig.tokens import (
 )
 
 HYPERCORN_CONFIG = "hypercorn.toml"
-DEFAULT_BIND = "127.0.0.1:8000"
 
 EXIT_REFUSED = 1
 EXIT_CONFIG = 2
@@ -65,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use the built-in stand-in scanner instead of TradingView")
     serve.add_argument("--bind", metavar="HOST:PORT",
                        help=f"address to listen on (default: $PORT on 0.0.0.0, "
-                            f"else {HYPERCORN_CONFIG}, else {DEFAULT_BIND})")
+                            f"else {HYPERCORN_CONFIG}, else {server.DEFAULT_BIND})")
     serve.add_argument("--config", type=Path, default=Path(HYPERCORN_CONFIG),
                        help="Hypercorn TOML config, used when it exists (default: %(default)s)")
     serve.set_defaults(handler=_serve)
@@ -151,153 +143,15 @@ def _token_issue(args: argparse.Namespace) -> int:
     return 0
 
 
-def hypercorn_config(path: Path, bind: str | None, environ: Mapping[str, str]) -> Config:
-    """Hypercorn's config from ``path`` (if it exists), then ``$PORT``, then ``--bind``.
-
-    Hypercorn's ``"-"`` log targets are swapped for plain named loggers, so its
-    lines go through the root handler (once, redacted) instead of handlers of
-    its own that would print errors twice.
-    """
-    if path.is_file():
-        try:
-            config = Config.from_toml(path)
-        except (OSError, ValueError) as error:  # TOMLDecodeError is a ValueError
-            raise ConfigError(f"{path}: {error}") from None
-    else:
-        config = Config()
-        config.bind = [DEFAULT_BIND]
-    if config.errorlog == "-":
-        config.errorlog = logging.getLogger("hypercorn.error")
-    if config.accesslog == "-":
-        config.accesslog = logging.getLogger("hypercorn.access")
-    port = environ.get("PORT", "").strip()
-    if bind:
-        config.bind = [bind]
-    elif port:
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError("PORT: must be a TCP port number")
-        config.bind = [f"0.0.0.0:{port}"]
-    return config
-
-
-def _event_loop_factory(worker_class: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if worker_class != "uvloop":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def apply_stream_settings(config: Config, settings: Settings) -> Config:
-    """Hypercorn's side of the stream's limits.
-
-    Hypercorn pings every ``HEARTBEAT_INTERVAL`` but never checks for pongs; a
-    read timeout of interval + ``HEARTBEAT_TIMEOUT`` turns those pings into a
-    liveness check, since a live peer's pong is read within it and a dead one's
-    connection is dropped.
-    """
-    config.websocket_ping_interval = settings.heartbeat_interval
-    config.read_timeout = settings.heartbeat_interval + settings.heartbeat_timeout  # type: ignore[assignment]
-    config.websocket_max_message_size = min(
-        config.websocket_max_message_size, 4 * settings.max_frame_bytes
-    )
-    return config
-
-
-def end_pings_with_their_stream() -> None:
-    """Make Hypercorn's websocket ping loop end as soon as its stream closes. Idempotent.
-
-    Hypercorn 0.18's ``WSStream._send_pings`` looks at ``closed`` only after sleeping a
-    whole ``websocket_ping_interval``, and the connection's task waits for it: every
-    closed websocket lingers up to ``HEARTBEAT_INTERVAL`` (25 s), and a SIGTERM after
-    any client closed waited out ``graceful_timeout`` before the process could exit.
-    """
-    from hypercorn.protocol.ws_stream import WSStream
-    from wsproto.events import Ping
-
-    if getattr(WSStream, "_quartsig_pings", False):
-        return
-    handle = WSStream.handle
-
-    async def _send_pings(self: WSStream) -> None:
-        closed = self.__dict__.setdefault("_quartsig_closed", asyncio.Event())
-        while not self.closed:
-            await self._send_wsproto_event(Ping())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.websocket_ping_interval):
-                    await closed.wait()
-
-    async def handle_and_wake(self: WSStream, event: object) -> None:
-        await handle(self, event)  # type: ignore[arg-type]
-        closed = self.__dict__.get("_quartsig_closed")
-        if self.closed and closed is not None:
-            closed.set()
-
-    WSStream._send_pings = _send_pings  # type: ignore[method-assign]
-    WSStream.handle = handle_and_wake  # type: ignore[method-assign,assignment]
-    WSStream._quartsig_pings = True  # type: ignore[attr-defined]
-
-
-def cap_websocket_messages() -> None:
-    """Make Hypercorn drop an oversized client message instead of storing it. Idempotent.
-
-    Hypercorn 0.18's ``WebsocketBuffer.extend`` appends each fragment *before* checking
-    ``websocket_max_message_size``, and keeps appending after it has answered 1009, so one
-    endless fragmented message grew the server's memory without bound (200 MB sent: RSS
-    +230 MB). Checked first, nothing past the limit is ever stored.
-    """
-    from hypercorn.protocol.ws_stream import FrameTooLargeError, WebsocketBuffer
-
-    if getattr(WebsocketBuffer, "_quartsig_capped", False):
-        return
-    extend = WebsocketBuffer.extend
-
-    def capped_extend(self: WebsocketBuffer, event: Any) -> None:
-        if self.length + len(event.data) > self.max_length:
-            raise FrameTooLargeError()
-        extend(self, event)
-
-    WebsocketBuffer.extend = capped_extend  # type: ignore[method-assign]
-    WebsocketBuffer._quartsig_capped = True  # type: ignore[attr-defined]
-
-
-async def _serve_until_signalled(app: Quart, config: Config) -> None:
-    """Serve until SIGTERM/SIGINT; then close every client with 1001 before Hypercorn stops.
-
-    Hypercorn would otherwise wait out ``graceful_timeout`` for websocket handlers
-    that never end on their own, then cut them without a close frame.
-    """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
-    async def shutdown_trigger() -> None:
-        await stop.wait()
-        runtime = services(app).runtime
-        runtime.close_all()
-        async with asyncio.timeout(config.graceful_timeout):
-            while runtime.hub.subscriptions:  # noqa: ASYNC110 (shutdown only; a poll is simplest)
-                await asyncio.sleep(0.02)
-
-    await serve(app, config, shutdown_trigger=shutdown_trigger)
-
-
 def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    config = apply_stream_settings(
-        hypercorn_config(args.config, args.bind, os.environ), settings
+    config = server.apply_stream_settings(
+        server.hypercorn_config(args.config, args.bind, os.environ), settings
     )
     app = create_app(settings, demo=args.demo)
-    decline_permessage_deflate()
-    end_pings_with_their_stream()
-    cap_websocket_messages()
     # Fail before binding, with one clean line, if the database is unreachable.
     asyncio.run(database.prepare_schema(settings))
-    with asyncio.Runner(loop_factory=_event_loop_factory(config.worker_class)) as runner:
-        runner.run(_serve_until_signalled(app, config))
+    server.run(app, config)
     return 0
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from quartsig.cli import DEFAULT_BIND, hypercorn_config
 from quartsig.config import ConfigError
+from quartsig.server import DEFAULT_BIND, hypercorn_config
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -25,9 +25,8 @@ from quart import Quart, websocket
 
 from bench.clients import raise_nofile
 from bench.peers.control import control, padded
-from quartsig.cli import apply_stream_settings, hypercorn_config
 from quartsig.config import Settings
-from quartsig.deflate import decline_permessage_deflate
+from quartsig.server import apply_stream_settings, decline_permessage_deflate, hypercorn_config
 
 REPO = Path(__file__).resolve().parents[2]
 
