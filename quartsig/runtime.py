@@ -72,6 +72,7 @@ class Runtime:
     collector: Any = None
     scanner: Any = None
     standin: Any = None
+    shutting_down: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _accounts_checked: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -139,6 +140,9 @@ class Runtime:
         ]
 
     def close_all(self, code: int = Close.GOING_AWAY, reason: str = "server shutting down") -> int:
+        """Close every connection; from now on a new one is closed as soon as it authenticates
+        (clients reconnect at once on 1001, and Hypercorn would wait for them to finish)."""
+        self.shutting_down = True
         sinks = list(self.hub.subscriptions)
         for sink in sinks:
             sink.close(code, reason)  # type: ignore[attr-defined]

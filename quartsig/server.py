@@ -162,10 +162,11 @@ async def serve_until_signalled(app: Quart, config: Config) -> None:
     async def shutdown_trigger() -> None:
         await stop.wait()
         runtime = services(app).runtime
-        runtime.close_all()
-        async with asyncio.timeout(config.graceful_timeout):
-            while runtime.hub.subscriptions:  # noqa: ASYNC110 (shutdown only; a poll is simplest)
-                await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(config.graceful_timeout):
+                # Again until none is left: one may have been authenticating meanwhile.
+                while runtime.close_all():  # noqa: ASYNC110 (shutdown only; a poll is simplest)
+                    await asyncio.sleep(0.02)
 
     await serve(app, config, shutdown_trigger=shutdown_trigger)
 

