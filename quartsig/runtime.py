@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
+from aiohttp import web
 from quart import current_app
 
 from .config import Settings
@@ -24,6 +25,12 @@ from .hub import Hub
 from .profiles import Profile
 from .protocol import Close, Vocabulary
 from .tokens import TokenAuthority
+
+if TYPE_CHECKING:  # imported where used: they import this module for current_runtime()
+    from .collector import Collector
+    from .connection import Outbox
+    from .metrics import Metrics
+    from .scanner import ScannerClient
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +72,13 @@ class Runtime:
     disabled_since: Callable[[datetime], Awaitable[set[int]]]
     demo: bool = False
     hub: Hub = field(init=False)
-    metrics: Any = field(init=False)
+    metrics: Metrics = field(init=False)
     vocabulary: Vocabulary = field(init=False)
     unknown_symbols: Expiring = field(default_factory=Expiring)
-    outbox: Any = None
-    collector: Any = None
-    scanner: Any = None
-    standin: Any = None
+    outbox: Outbox = field(init=False)
+    collector: Collector | None = None
+    scanner: ScannerClient | None = None
+    standin: web.AppRunner | None = None
     shutting_down: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _accounts_checked: datetime = field(default_factory=lambda: datetime.now(UTC))
