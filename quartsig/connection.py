@@ -90,7 +90,11 @@ class Outbox:
             dirty, self._dirty = self._dirty, []
             for connection in dirty:
                 connection.queued = False
-                await connection.send_inline(self.inline_timeout)
+                try:
+                    await connection.send_inline(self.inline_timeout)
+                except Exception:  # one connection's bug must not stop everyone's frames
+                    log.exception("outbox send failed")
+                    connection.close(Close.NORMAL, "")
 
 
 class Connection:
