@@ -121,7 +121,6 @@ class Connection:
         self.queued = False  # in the outbox's list for the current tick
         self.congested = False
         self.conflated = 0
-        self.user: int | None = None
         #: Why this connection must close, once someone decided it must: (code, reason).
         self.closing: tuple[int, str] | None = None
 

@@ -58,6 +58,8 @@ class Sink(Protocol):
 
     def send(self, text: str) -> None: ...
 
+    def close(self, code: int, reason: str) -> None: ...
+
 
 class TooManySubscriptions(Exception):
     pass

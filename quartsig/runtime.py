@@ -152,7 +152,7 @@ class Runtime:
         self.shutting_down = True
         sinks = list(self.hub.subscriptions)
         for sink in sinks:
-            sink.close(code, reason)  # type: ignore[attr-defined]
+            sink.close(code, reason)
         return len(sinks)
 
     async def stop(self) -> None:
@@ -191,7 +191,7 @@ class Runtime:
             return 0
         sinks = self.hub.sinks_of(disabled)
         for sink in sinks:
-            sink.close(Close.FORBIDDEN, "account disabled")  # type: ignore[attr-defined]
+            sink.close(Close.FORBIDDEN, "account disabled")
         return len(sinks)
 
 

@@ -92,7 +92,6 @@ async def _serve(runtime: Runtime) -> tuple[int, str]:
         on_frame=runtime.metrics.frame_sent,
         on_close=handler.cancel,
     )
-    connection.user = user
     # authed first: attach() queues a status when upstream is not ok, and nothing may
     # precede authed (docs/protocol.md).
     connection.send(protocol.reply("authed", auth_id, tg_id=user))
