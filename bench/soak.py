@@ -1,6 +1,6 @@
 """Long soaks, run by hand: the hardening scenarios of the suite at full size.
 
-    python -m bench.soak slow --clients 1000      # 1 stalled client among 1 000: p99 before/during
+    python -m bench.soak slow --clients 1000 --rounds 5   # 1 stalled among 1 000: p99 before/during
     python -m bench.soak flood --seconds 60       # connect/disconnect flood, then tasks and RSS
     python -m bench.soak faults --ticks 10000     # faulted collector ticks: tasks and fds
 
@@ -35,7 +35,9 @@ class _Caplog:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.soak")
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("slow").add_argument("--clients", type=int, default=1000)
+    slow = sub.add_parser("slow")
+    slow.add_argument("--clients", type=int, default=1000)
+    slow.add_argument("--rounds", type=int, default=5, help="reading+stalled window pairs")
     sub.add_parser("flood").add_argument("--seconds", type=float, default=60.0)
     sub.add_parser("faults").add_argument("--ticks", type=int, default=10_000)
     args = parser.parse_args()
@@ -48,6 +50,7 @@ def main() -> None:
     from tests import test_hardening as load
 
     load.SLOW_CLIENTS = getattr(args, "clients", load.SLOW_CLIENTS)
+    load.SLOW_ROUNDS = getattr(args, "rounds", load.SLOW_ROUNDS)
     load.FLOOD_SECONDS = getattr(args, "seconds", load.FLOOD_SECONDS)
     with _stack() as stack:
         if args.what == "slow":

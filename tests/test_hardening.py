@@ -21,11 +21,20 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support.hardening import Client, Stack, percentile, rss_kib, server_stack
+from tests.support.hardening import (
+    Client,
+    Stack,
+    percentile,
+    quiet_gc,
+    rss_kib,
+    server_stack,
+)
 
 pytestmark = pytest.mark.e2e
 
 SLOW_CLIENTS = 200  # bench/soak.py raises these
+SLOW_ROUNDS = 1
+SLOW_WINDOW = 6.0  # seconds; the stalled client is closed 6 s after it stops reading
 FLOOD_SECONDS = 8.0
 
 KEYS = [("FX_IDC:EURUSD", "1m", "full"), ("FX_IDC:USDJPY", "1m", "summary")]
@@ -158,17 +167,16 @@ async def _stalled_client(stack: Stack, keys: int = 120) -> socket.socket:
     return sock
 
 
-async def _latencies(clients: list[Client], since: list[int], since_ms: float) -> list[float]:
-    """Latencies of the updates whose data arrived at the server after ``since_ms`` (wall
-    clock). Earlier ones may have waited in this test process while it computed the
-    previous window's figures: that is the harness's delay, not the server's."""
+def _latencies(clients: list[Client], since: list[int], window: tuple[float, float]
+               ) -> list[list[float]]:
+    """Per client, the latencies (ms) of the updates whose data reached the server within
+    ``window`` (wall clock, ms), counted from the messages at index ``since`` on."""
     now_wall, now_mono = time.time(), time.monotonic()
-    found = []
-    for client, mark in zip(clients, since, strict=True):
-        for at, message in client.messages[mark:]:
-            if message["type"] == "update" and message["ts"] >= since_ms:
-                found.append((now_wall - (now_mono - at)) * 1000 - message["ts"])
-    return found
+    start, end = window
+    return [[(now_wall - (now_mono - at)) * 1000 - message["ts"]
+             for at, message in client.messages[mark:]
+             if message["type"] == "update" and start <= message["ts"] < end]
+            for client, mark in zip(clients, since, strict=True)]
 
 
 @pytest.fixture
@@ -183,57 +191,72 @@ def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
 async def test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013(
     fresh_stack: Stack,
 ) -> None:
+    """Each round: a heavy client (120 full-profile keys) reads for a window, then stops
+    reading for a window. Both windows carry the same demand and fan-out, so the only
+    difference is the stall; the others' latencies are pooled per kind of window."""
     stack = fresh_stack
     count = SLOW_CLIENTS
     clients = await asyncio.gather(*(Client(stack.ws_url, stack.token).connect()
                                      for _ in range(count)))
+    loop = asyncio.get_running_loop()
+    before: list[float] = []
+    during: list[float] = []
+    close_delays = []
+    short: list[int] = []  # per window: reading clients with fewer updates than the most
     try:
         for client in clients:
             for key in KEYS:
                 await client.subscribe(*key)
-        # the heavy client (120 full-profile keys) reads at first, so both phases carry the
-        # same demand and fan-out; then it stops reading: the only difference is the stall
-        sock = await _stalled_client(stack)
-        loop = asyncio.get_running_loop()
+        for _ in range(SLOW_ROUNDS):
+            sock = await _stalled_client(stack)
 
-        async def drain() -> None:
-            while await loop.sock_recv(sock, 65536):
-                pass
+            async def drain(sock: socket.socket = sock) -> None:
+                while await loop.sock_recv(sock, 65536):
+                    pass
 
-        draining = asyncio.create_task(drain())
-        await asyncio.sleep(2.0)
-        assert stack.metric("quartsig_subscriptions") == 2 * count + 120
-        closes0 = stack.metric('quartsig_closes_total{code="1013"}')
-        mark, since_ms = [len(c.messages) for c in clients], time.time() * 1000
-        await asyncio.sleep(6.0)
-        before = await _latencies(clients, mark, since_ms)
-
-        draining.cancel()  # from now on it never reads
-        stalled_at = time.monotonic()
-        mark, since_ms = [len(c.messages) for c in clients], time.time() * 1000
-        await asyncio.sleep(6.0)
-        during = await _latencies(clients, mark, since_ms)
-        deadline = time.monotonic() + 15
-        while (stack.metric('quartsig_closes_total{code="1013"}') <= closes0  # noqa: ASYNC110 (polling a process or peers)
-               and time.monotonic() < deadline):
-            await asyncio.sleep(0.25)
-        closed_after = time.monotonic() - stalled_at
+            draining = asyncio.create_task(drain())
+            await asyncio.sleep(2.0)
+            assert stack.metric("quartsig_subscriptions") == 2 * count + 120
+            closes0 = stack.metric('quartsig_closes_total{code="1013"}')
+            with quiet_gc():  # the figures are computed after both windows, not between
+                mark0, start = [len(c.messages) for c in clients], time.time() * 1000
+                await asyncio.sleep(SLOW_WINDOW)
+                draining.cancel()  # from now on it never reads
+                stalled_at, middle = time.monotonic(), time.time() * 1000
+                mark1 = [len(c.messages) for c in clients]
+                await asyncio.sleep(SLOW_WINDOW)
+                end = time.time() * 1000
+                await asyncio.sleep(1.0)  # the last window's updates arrive
+            for window, mark, pooled in (((start, middle), mark0, before),
+                                         ((middle, end), mark1, during)):
+                each = _latencies(clients, mark, window)
+                # every reading client kept getting updates; one that fell behind on a busy
+                # loop may have had two ticks merged into one (conflation), never a gap
+                most = max(len(got) for got in each)
+                short.append(sum(len(got) < most for got in each))
+                assert min(len(got) for got in each) >= most // 2, sorted({len(g) for g in each})
+                pooled += [latency for got in each for latency in got]
+            deadline = time.monotonic() + 15
+            while (stack.metric('quartsig_closes_total{code="1013"}') <= closes0  # noqa: ASYNC110 (polling a process or peers)
+                   and time.monotonic() < deadline):
+                await asyncio.sleep(0.25)
+            close_delays.append(time.monotonic() - stalled_at)
+            sock.close()
         slow_closes = stack.metric("quartsig_slow_closes_total")
-        sock.close()
         p99_before, p99_during = percentile(before, 99), percentile(during, 99)
         p50_before, p50_during = percentile(before, 50), percentile(during, 50)
-        print(f"\nFIGURES slow-consumer: {count} clients, {len(before)}/{len(during)} updates; "
+        print(f"\nFIGURES slow-consumer: {count} clients, {SLOW_ROUNDS} round(s) of "
+              f"{SLOW_WINDOW:.0f}+{SLOW_WINDOW:.0f} s, {len(before)}/{len(during)} updates; "
               f"p50 {p50_before:.1f}->{p50_during:.1f} ms, p99 {p99_before:.1f}->{p99_during:.1f}"
-              f" ms; stalled client closed 1013 {closed_after:.1f}s after it stopped reading "
-              f"(slow closes {slow_closes:.0f})")
-        assert stack.metric('quartsig_closes_total{code="1013"}') > closes0
-        assert slow_closes >= 1
+              f" ms (x{p99_during / p99_before:.2f}); stalled client closed 1013 "
+              f"{', '.join(f'{d:.1f}' for d in close_delays)} s after it stopped reading "
+              f"(slow closes {slow_closes:.0f}); clients short of an update per window: {short}")
+        assert slow_closes >= SLOW_ROUNDS
         assert all(c.close_code is None for c in clients)
         # Nobody waited on the stalled client: that would cost its whole send timeout (1 s)
-        # per tick. The issue's finer target (p99 within 10 %) is not asserted here: on this
-        # 2-core machine one tick shortly after the stall sometimes arrives 0.1-0.4 s late
-        # (seen in CI: p99 27 -> 418 ms; usually within noise). It is measured by hand with
-        # `python -m bench.soak slow` and reported in docs/reliability.md.
+        # per tick. The 10 % target itself is measured by `python -m bench.soak slow` at
+        # 1 000 clients (docs/reliability.md); a timed assertion would only measure this
+        # machine's neighbours.
         assert p50_during <= p50_before * 1.10 + 5.0, (p50_before, p50_during)
         assert p99_during < 1000.0, (p99_before, p99_during)
     finally:

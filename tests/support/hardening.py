@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import time
 from collections.abc import Iterator
@@ -159,3 +160,22 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No garbage collection in this (measuring) process while the block runs.
+
+    The recording clients keep every message they parse; with 1 000 of them the
+    collector's full passes over that heap paused this process for 100-200 ms now and
+    then, and the updates that arrived meanwhile were timed late. Seen as one tick in a
+    window "arriving" 0.2 s late whether or not the server had a stalled client: with
+    the collector off, p99 over 1 000 clients stayed within 1-8 % between windows."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
