@@ -1,7 +1,7 @@
 """Long soaks, run by hand: the hardening scenarios of the suite at full size.
 
     python -m bench.soak slow --clients 1000 --rounds 5   # 1 stalled among 1 000: p99 before/during
-    python -m bench.soak flood --seconds 60       # connect/disconnect flood, then tasks and RSS
+    python -m bench.soak flood --seconds 60 --processes 2   # connect/disconnect flood
     python -m bench.soak faults --ticks 10000     # faulted collector ticks: tasks and fds
 
 Each prints one FIGURES line (the shape the suite prints) for docs/reliability.md.
@@ -38,7 +38,9 @@ def main() -> None:
     slow = sub.add_parser("slow")
     slow.add_argument("--clients", type=int, default=1000)
     slow.add_argument("--rounds", type=int, default=5, help="reading+stalled window pairs")
-    sub.add_parser("flood").add_argument("--seconds", type=float, default=60.0)
+    flood = sub.add_parser("flood")
+    flood.add_argument("--seconds", type=float, default=60.0)
+    flood.add_argument("--processes", type=int, default=2, help="flood client processes")
     sub.add_parser("faults").add_argument("--ticks", type=int, default=10_000)
     args = parser.parse_args()
     if args.what == "faults":
@@ -52,6 +54,7 @@ def main() -> None:
     load.SLOW_CLIENTS = getattr(args, "clients", load.SLOW_CLIENTS)
     load.SLOW_ROUNDS = getattr(args, "rounds", load.SLOW_ROUNDS)
     load.FLOOD_SECONDS = getattr(args, "seconds", load.FLOOD_SECONDS)
+    load.FLOOD_PROCESSES = getattr(args, "processes", load.FLOOD_PROCESSES)
     with _stack() as stack:
         if args.what == "slow":
             scenario = load.test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -36,6 +36,49 @@ log = logging.getLogger(__name__)
 
 EXTENSION = "quartsig"
 ACCOUNT_CLOCK_MARGIN = timedelta(seconds=60)
+ADMITTED_TTL = 300.0  # seconds; only a safety net for when the account checks keep failing
+
+
+class Admitted:
+    """Accounts found active in the database recently, so that a reconnect (a tab shown
+    again, a phone changing networks, every client after a restart) costs no database
+    round trip: the look-up was a fifth of the server's work per connection in a
+    connect/disconnect flood (py-spy), and an account database under a reconnect storm is
+    the first thing to fall over.
+
+    Safe because the same once-per-interval check that closes a disabled account's
+    connections also forgets it here (:meth:`forget`), and that check looks back over a margin
+    (``ACCOUNT_CLOCK_MARGIN``) longer than any look-up: a newcomer admitted from here just
+    before its account was disabled is closed by the next check, like a connected one.
+    Only "active" is remembered; unknown and disabled ids always ask the database.
+    """
+
+    def __init__(self, ttl: float = ADMITTED_TTL, limit: int = 100_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._until: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def __contains__(self, tg_id: int) -> bool:
+        until = self._until.get(tg_id)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._until[tg_id]
+            return False
+        return True
+
+    def add(self, tg_id: int) -> None:
+        self._until.pop(tg_id, None)  # re-inserted last: the oldest entries go first
+        if len(self._until) >= self.limit:
+            self._until.pop(next(iter(self._until)))
+        self._until[tg_id] = time.monotonic() + self.ttl
+
+    def forget(self, tg_ids: Iterable[int]) -> None:
+        for tg_id in tg_ids:
+            self._until.pop(tg_id, None)
 
 
 class Expiring:
@@ -75,6 +118,7 @@ class Runtime:
     metrics: Metrics = field(init=False)
     vocabulary: Vocabulary = field(init=False)
     unknown_symbols: Expiring = field(default_factory=Expiring)
+    admitted: Admitted = field(default_factory=Admitted)
     outbox: Outbox = field(init=False)
     collector: Collector | None = None
     scanner: ScannerClient | None = None
@@ -168,6 +212,16 @@ class Runtime:
             await self.standin.cleanup()
             self.standin = None
 
+    async def admit(self, tg_id: int) -> bool:
+        """Whether ``tg_id``'s account is active: from :class:`Admitted` when it was found
+        active lately, else from the database (raises when the database does)."""
+        if tg_id in self.admitted:
+            return True
+        active = await self.account_active(tg_id)
+        if active:
+            self.admitted.add(tg_id)
+        return active
+
     async def _watch_accounts(self) -> None:
         while True:
             await asyncio.sleep(self.settings.interval)
@@ -187,6 +241,7 @@ class Runtime:
         since = self._accounts_checked - ACCOUNT_CLOCK_MARGIN
         disabled = await self.disabled_since(since)
         self._accounts_checked = started
+        self.admitted.forget(disabled)
         if not disabled:
             return 0
         sinks = self.hub.sinks_of(disabled)

@@ -154,7 +154,7 @@ async def _authenticate(runtime: Runtime) -> tuple[int, object]:
     except TokenError:
         raise Closing(Close.BAD_TOKEN, "bad token") from None
     try:
-        active = await runtime.account_active(user)
+        active = await runtime.admit(user)
     except Exception:
         log.exception("account lookup failed")
         raise Closing(Close.TRY_AGAIN_LATER, "accounts unavailable") from None

@@ -19,7 +19,7 @@ import pytest
 
 from quartsig.standin import Standin as StandinState
 from tests.support.hardening import Client, Stack, server_stack
-from tests.support.processes import http, http_json
+from tests.support.processes import http, http_json, quartsig_cli
 
 INTERVAL = 0.5
 TIMEOUT = 0.25
@@ -426,6 +426,8 @@ async def test_database_restart_leaves_connected_clients_alone(tmp_path: Path) -
     try:
         with server_stack(tmp_path / "stack", standin_args=("--step-every", "0.3"),
                           QUARTSIG_INTERVAL="0.5", QUARTSIG_DATABASE_URL=pg.url) as stack:
+            quartsig_cli(stack.env, "account", "add", "43")  # never connects before the outage
+            stranger = quartsig_cli(stack.env, "token", "issue", "43").strip()
             clients = [await Client(stack.ws_url, stack.token).connect() for _ in range(5)]
             for client in clients:
                 await client.subscribe(*SUMMARY)
@@ -435,15 +437,19 @@ async def test_database_restart_leaves_connected_clients_alone(tmp_path: Path) -
 
             await asyncio.to_thread(pg.stop)
             down_at, marks = time.monotonic(), [len(c.messages) for c in clients]
-            # a newcomer is told to come back later (1013), not that its token is bad
-            late = Client(stack.ws_url, stack.token)
+            # an account not seen lately is told to come back later (1013), not that its
+            # token is bad; one admitted lately (a reconnect) gets in from memory
+            late = Client(stack.ws_url, stranger)
             with pytest.raises(AssertionError, match=r"closed \(1013\)"):
                 await late.connect()
             assert late.close_reason == "accounts unavailable"
+            back = await Client(stack.ws_url, stack.token).connect()
+            await back.subscribe(*SUMMARY)
             await asyncio.sleep(2.5)  # several account checks and ticks without a database
             for client, mark in zip(clients, marks, strict=True):
                 updates = [m for _, m in client.messages[mark:] if m["type"] == "update"]
                 assert updates and client.close_code is None
+            assert any(m["type"] == "snapshot" for _, m in back.messages)
             down_for = time.monotonic() - down_at
 
             await asyncio.to_thread(pg.start)
@@ -451,7 +457,7 @@ async def test_database_restart_leaves_connected_clients_alone(tmp_path: Path) -
             attempts, delay = 0, 0.2
             while True:
                 attempts += 1
-                newcomer = Client(stack.ws_url, stack.token)
+                newcomer = Client(stack.ws_url, stranger)
                 try:
                     await newcomer.connect()
                     break
@@ -466,10 +472,11 @@ async def test_database_restart_leaves_connected_clients_alone(tmp_path: Path) -
                 assert client.close_code is None
             log = stack.server.log.read_text()
             assert "account check failed; connections kept" in log
-            for client in [*clients, newcomer]:
+            for client in [*clients, back, newcomer]:
                 await client.close()
             print(f"\nFIGURES db-restart: 5 clients kept data through {down_for:.1f}s without "
-                  f"a database; newcomer 1013 while down, in after {attempts} attempt(s)")
+                  f"a database, a 6th reconnected meanwhile; an account not seen lately 1013 "
+                  f"while down, in after {attempts} attempt(s)")
     finally:
         import contextlib
 

@@ -1,0 +1,140 @@
+"""A connect/disconnect flood from its own process:
+
+    python -m tests.support.flood --port P --token T --seconds S [--concurrency 64] [--seed 0]
+                                  [--only hangup|upgrade|subscribe|reset]
+
+The flood must not be limited by the tool that makes it, and the test process
+shares its core with everything else; so each flood process runs on uvloop with
+bare ``asyncio.Protocol`` connections (no streams, no WebSocket library) and
+prints one JSON line of counts when it is done. Each connection, by a seeded
+draw, does one of:
+
+- ``hangup`` (30 %): sends the upgrade request and closes at once;
+- ``upgrade`` (40 %): waits for the response head, then closes;
+- ``subscribe`` (15 %): as ``upgrade``, then sends a subscribe frame, then closes;
+- ``reset`` (15 %): as ``subscribe``, then aborts the connection (RST, no FIN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import struct
+import time
+
+STYLES = (("hangup", 0.30), ("upgrade", 0.70), ("subscribe", 0.85), ("reset", 1.0))
+
+
+def upgrade_request(port: int, token: str) -> bytes:
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    return (
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def masked_text(payload: bytes) -> bytes:
+    """One masked client text frame (payload under 126 bytes)."""
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + body
+
+
+class _Once(asyncio.Protocol):
+    """One flood connection: writes the request, and settles ``done`` with the outcome."""
+
+    def __init__(self, request: bytes, subscribe: bytes, style: str,
+                 done: asyncio.Future[str]) -> None:
+        self.request, self.subscribe, self.style, self.done = request, subscribe, style, done
+        self.head = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment] (uvloop's is no subclass)
+        transport.write(self.request)
+        if self.style == "hangup":
+            transport.close()
+            self._settle("hangup")
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done() or self.transport is None:
+            return
+        self.head += data
+        if b"\r\n\r\n" not in self.head:
+            return
+        if not self.head.startswith(b"HTTP/1.1 101"):
+            self.transport.close()
+            self._settle("refused")
+            return
+        if self.style in ("subscribe", "reset"):
+            self.transport.write(self.subscribe)
+        if self.style == "reset":
+            self.transport.abort()
+        else:
+            self.transport.close()
+        self._settle(self.style)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._settle("dropped")
+
+    def _settle(self, outcome: str) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+
+
+async def flood(port: int, token: str, seconds: float, concurrency: int, seed: int,
+                only: str | None = None) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    request = upgrade_request(port, token)
+    subscribe = masked_text(b'{"op":"subscribe","symbol":"EURUSD","tf":"1m"}')
+    counts: dict[str, float] = {"connections": 0, "errors": 0}
+    stop_at = time.monotonic() + seconds
+
+    async def worker(n: int) -> None:
+        rng = random.Random(seed * 10_000 + n)
+        while time.monotonic() < stop_at:
+            draw = rng.random()
+            style = only or next(name for name, upto in STYLES if draw < upto)
+            done: asyncio.Future[str] = loop.create_future()
+            transport = None
+            try:
+                transport, _ = await loop.create_connection(
+                    lambda style=style, done=done: _Once(request, subscribe, style, done),
+                    "127.0.0.1", port)
+                outcome = await asyncio.wait_for(done, 5)
+            except (OSError, TimeoutError):
+                outcome = "errors"
+                if transport is not None:
+                    transport.abort()
+            counts["connections"] += 1
+            counts[outcome] = counts.get(outcome, 0) + 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    counts["elapsed"] = time.monotonic() - started
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.flood")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=[name for name, _ in STYLES],
+                        help="every connection in this style (to cost one style at a time)")
+    args = parser.parse_args()
+    import uvloop
+
+    counts = uvloop.run(flood(args.port, args.token, args.seconds, args.concurrency, args.seed,
+                                 args.only))
+    print(json.dumps(counts), flush=True)
+
+
+if __name__ == "__main__":
+    main()
