@@ -1,7 +1,7 @@
 """Long soaks, run by hand: the hardening scenarios of the suite at full size.
 
     python -m bench.soak slow --clients 1000 --rounds 5   # 1 stalled among 1 000: p99 before/during
-    python -m bench.soak flood --seconds 60 --processes 2   # connect/disconnect flood
+    python -m bench.soak flood --seconds 60 [--rate 3000]   # connect/disconnect flood
     python -m bench.soak faults --ticks 10000     # faulted collector ticks: tasks and fds
 
 Each prints one FIGURES line (the shape the suite prints) for docs/reliability.md.
@@ -41,6 +41,7 @@ def main() -> None:
     flood = sub.add_parser("flood")
     flood.add_argument("--seconds", type=float, default=60.0)
     flood.add_argument("--processes", type=int, default=2, help="flood client processes")
+    flood.add_argument("--rate", type=float, help="open loop: connections offered per second")
     sub.add_parser("faults").add_argument("--ticks", type=int, default=10_000)
     args = parser.parse_args()
     if args.what == "faults":
@@ -55,6 +56,7 @@ def main() -> None:
     load.SLOW_ROUNDS = getattr(args, "rounds", load.SLOW_ROUNDS)
     load.FLOOD_SECONDS = getattr(args, "seconds", load.FLOOD_SECONDS)
     load.FLOOD_PROCESSES = getattr(args, "processes", load.FLOOD_PROCESSES)
+    load.FLOOD_RATE = getattr(args, "rate", load.FLOOD_RATE)
     with _stack() as stack:
         if args.what == "slow":
             scenario = load.test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013

@@ -41,6 +41,7 @@ SLOW_ROUNDS = 1
 SLOW_WINDOW = 6.0  # seconds; the stalled client is closed 6 s after it stops reading
 FLOOD_SECONDS = 8.0
 FLOOD_PROCESSES = 1
+FLOOD_RATE: float | None = None  # None: closed loop, as fast as the server goes
 
 KEYS = [("FX_IDC:EURUSD", "1m", "full"), ("FX_IDC:USDJPY", "1m", "summary")]
 
@@ -99,6 +100,8 @@ async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(stac
         await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.support.flood", "--port", str(stack.server.port),
             "--token", stack.token, "--seconds", str(FLOOD_SECONDS), "--seed", str(n),
+            *(("--rate", str(FLOOD_RATE / FLOOD_PROCESSES), "--concurrency", "2000")
+              if FLOOD_RATE else ()),
             cwd=REPO, stdout=asyncio.subprocess.PIPE)
         for n in range(FLOOD_PROCESSES)
     ]
@@ -129,9 +132,11 @@ async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(stac
     assert witness.close_code is None
     await witness.close()
     upgraded = sum(counts.get(name, 0) for name in ("upgrade", "subscribe", "reset"))
-    print(f"\nFIGURES flood: {FLOOD_PROCESSES} process(es), {counts['connections']:.0f} "
+    offered = f"offered {FLOOD_RATE:.0f}/s open loop, " if FLOOD_RATE else ""
+    print(f"\nFIGURES flood: {FLOOD_PROCESSES} process(es), {offered}{counts['connections']:.0f} "
           f"connections in {elapsed:.1f}s ({rate:.0f}/s; {upgraded:.0f} upgraded, "
-          f"{counts.get('hangup', 0):.0f} hang-ups, {counts['errors']:.0f} client errors); "
+          f"{counts.get('hangup', 0):.0f} hang-ups, {counts['errors']:.0f} client errors, "
+          f"{counts.get('skipped', 0):.0f} not started: in-flight cap); "
           f"server CPU {cpu / elapsed:.0%} of a core, {cpu / counts['connections'] * 1e6:.0f} us "
           f"per connection; witness: longest wait for an update {gap * 1000:.0f} ms; "
           f"tasks {tasks0:.0f}->{tasks1:.0f}; RSS {rss0}->{peak_rss} peak->{rss1} KiB")

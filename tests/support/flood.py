@@ -1,7 +1,7 @@
 """A connect/disconnect flood from its own process:
 
     python -m tests.support.flood --port P --token T --seconds S [--concurrency 64] [--seed 0]
-                                  [--only hangup|upgrade|subscribe|reset]
+                                  [--only hangup|upgrade|subscribe|reset] [--rate R]
 
 The flood must not be limited by the tool that makes it, and the test process
 shares its core with everything else; so each flood process runs on uvloop with
@@ -87,34 +87,58 @@ class _Once(asyncio.Protocol):
 
 
 async def flood(port: int, token: str, seconds: float, concurrency: int, seed: int,
-                only: str | None = None) -> dict[str, float]:
+                only: str | None = None, rate: float | None = None) -> dict[str, float]:
+    """Closed loop (``rate`` None): ``concurrency`` workers, each starting its next
+    connection when the last is done, so the server's pace sets the rate. Open loop: a
+    new connection every ``1 / rate`` s whatever the server does (the excess waits in the
+    listen backlog or is dropped by the kernel), at most ``concurrency`` in flight; the
+    ones not started because of that cap count as ``skipped``."""
     loop = asyncio.get_running_loop()
     request = upgrade_request(port, token)
     subscribe = masked_text(b'{"op":"subscribe","symbol":"EURUSD","tf":"1m"}')
     counts: dict[str, float] = {"connections": 0, "errors": 0}
+    rng = random.Random(seed)
     stop_at = time.monotonic() + seconds
 
-    async def worker(n: int) -> None:
-        rng = random.Random(seed * 10_000 + n)
-        while time.monotonic() < stop_at:
-            draw = rng.random()
-            style = only or next(name for name, upto in STYLES if draw < upto)
-            done: asyncio.Future[str] = loop.create_future()
-            transport = None
-            try:
+    async def one() -> None:
+        draw = rng.random()
+        style = only or next(name for name, upto in STYLES if draw < upto)
+        done: asyncio.Future[str] = loop.create_future()
+        transport = None
+        try:
+            async with asyncio.timeout(5):  # SYN retries included
                 transport, _ = await loop.create_connection(
-                    lambda style=style, done=done: _Once(request, subscribe, style, done),
-                    "127.0.0.1", port)
-                outcome = await asyncio.wait_for(done, 5)
-            except (OSError, TimeoutError):
-                outcome = "errors"
-                if transport is not None:
-                    transport.abort()
-            counts["connections"] += 1
-            counts[outcome] = counts.get(outcome, 0) + 1
+                    lambda: _Once(request, subscribe, style, done), "127.0.0.1", port)
+                outcome = await done
+        except (OSError, TimeoutError):
+            outcome = "errors"
+            if transport is not None:
+                transport.abort()
+        counts["connections"] += 1
+        counts[outcome] = counts.get(outcome, 0) + 1
+
+    async def worker() -> None:
+        while time.monotonic() < stop_at:
+            await one()
 
     started = time.monotonic()
-    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    if rate is None:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    else:
+        in_flight: set[asyncio.Task[None]] = set()
+        launched = 0
+        while (now := time.monotonic()) < stop_at:
+            due = int((now - started) * rate) - launched
+            launched += due
+            for _ in range(due):
+                if len(in_flight) >= concurrency:
+                    counts["skipped"] = counts.get("skipped", 0) + 1
+                    continue
+                task = loop.create_task(one())
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*in_flight)
     counts["elapsed"] = time.monotonic() - started
     return counts
 
@@ -124,7 +148,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--seconds", type=float, required=True)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="workers (closed loop) or the cap on connections in flight")
+    parser.add_argument("--rate", type=float, help="open loop: new connections per second")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=[name for name, _ in STYLES],
                         help="every connection in this style (to cost one style at a time)")
@@ -132,7 +158,7 @@ def main() -> None:
     import uvloop
 
     counts = uvloop.run(flood(args.port, args.token, args.seconds, args.concurrency, args.seed,
-                                 args.only))
+                                 args.only, args.rate))
     print(json.dumps(counts), flush=True)
 
 
