@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 REDACTED = "[redacted]"
 
@@ -50,6 +51,31 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+class Sparse:
+    """One report per ``period`` seconds, and how many were held back in between.
+
+    For failures that strike every request at once, such as the account database
+    being down during a reconnect storm: a traceback per connection would bury the
+    log (and fill its disk) while saying nothing the first one did not.
+    """
+
+    def __init__(self, period: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self.clock = clock
+        self.held = 0
+        self._next = float("-inf")
+
+    def due(self) -> int | None:
+        """The number held back since the last report if one is due now, else ``None``."""
+        now = self.clock()
+        if now < self._next:
+            self.held += 1
+            return None
+        self._next = now + self.period
+        held, self.held = self.held, 0
+        return held
 
 
 _FILTER = RedactingFilter()

@@ -22,6 +22,7 @@ from quart import current_app
 
 from .config import Settings
 from .hub import Hub
+from .logs import Sparse
 from .profiles import Profile
 from .protocol import Close, Vocabulary
 from .tokens import TokenAuthority
@@ -119,6 +120,9 @@ class Runtime:
     vocabulary: Vocabulary = field(init=False)
     unknown_symbols: Expiring = field(default_factory=Expiring)
     admitted: Admitted = field(default_factory=Admitted)
+    #: How often failing account look-ups (newcomers) and checks may log a traceback.
+    lookup_failures: Sparse = field(default_factory=Sparse)
+    check_failures: Sparse = field(default_factory=Sparse)
     outbox: Outbox = field(init=False)
     collector: Collector | None = None
     scanner: ScannerClient | None = None
@@ -228,7 +232,9 @@ class Runtime:
             try:
                 await self.check_accounts()
             except Exception:
-                log.warning("account check failed; connections kept", exc_info=True)
+                if (held := self.check_failures.due()) is not None:
+                    log.warning("account check failed; connections kept (%d more since the "
+                                "last report)", held, exc_info=True)
 
     async def check_accounts(self) -> int:
         """Close the connections of accounts disabled since the last check (once per tick).

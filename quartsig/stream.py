@@ -156,7 +156,8 @@ async def _authenticate(runtime: Runtime) -> tuple[int, object]:
     try:
         active = await runtime.admit(user)
     except Exception:
-        log.exception("account lookup failed")
+        if (held := runtime.lookup_failures.due()) is not None:
+            log.exception("account lookup failed (%d more since the last report)", held)
         raise Closing(Close.TRY_AGAIN_LATER, "accounts unavailable") from None
     if not active:
         raise Closing(Close.FORBIDDEN, "account unknown or disabled")

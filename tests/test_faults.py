@@ -443,6 +443,10 @@ async def test_database_restart_leaves_connected_clients_alone(tmp_path: Path) -
             with pytest.raises(AssertionError, match=r"closed \(1013\)"):
                 await late.connect()
             assert late.close_reason == "accounts unavailable"
+            for _ in range(20):  # a reconnect storm of strangers: one traceback, not 21
+                storm = Client(stack.ws_url, stranger)
+                with pytest.raises(AssertionError, match=r"closed \(1013\)"):
+                    await storm.connect()
             back = await Client(stack.ws_url, stack.token).connect()
             await back.subscribe(*SUMMARY)
             await asyncio.sleep(2.5)  # several account checks and ticks without a database
@@ -472,6 +476,7 @@ async def test_database_restart_leaves_connected_clients_alone(tmp_path: Path) -
                 assert client.close_code is None
             log = stack.server.log.read_text()
             assert "account check failed; connections kept" in log
+            assert log.count("account lookup failed") <= 2, log.count("account lookup failed")
             for client in [*clients, back, newcomer]:
                 await client.close()
             print(f"\nFIGURES db-restart: 5 clients kept data through {down_for:.1f}s without "

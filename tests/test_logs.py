@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from cryptography.fernet import Fernet
 
-from quartsig.logs import REDACTED, RedactingFilter, install, redact
+from quartsig.logs import REDACTED, RedactingFilter, Sparse, install, redact
 
 TOKEN = Fernet(Fernet.generate_key()).encrypt(b"42").decode()
 
@@ -97,3 +97,15 @@ def test_install_is_idempotent() -> None:
 def test_a_broken_format_string_is_passed_through() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "%d", ("nope",), None)
     assert RedactingFilter().filter(record)
+
+
+def test_sparse_lets_one_report_through_per_period_and_counts_the_rest():
+    now = [100.0]
+    sparse = Sparse(period=10.0, clock=lambda: now[0])
+    assert sparse.due() == 0
+    assert [sparse.due() for _ in range(3)] == [None, None, None]
+    now[0] += 9.9
+    assert sparse.due() is None
+    now[0] += 0.1
+    assert sparse.due() == 4
+    assert sparse.due() is None
