@@ -252,13 +252,15 @@ async def test_retry_after_is_capped(standin):
 
 async def test_deadline_stops_retries(standin):
     standin.state.add_faults([{"kind": "status", "status": 503, "sticky": True}])
-    async with client(standin.url, retry_delays=(0.2, 0.2, 0.2, 0.2, 0.2)) as scanner:
+    async with client(standin.url, retry_delays=(0.2,) * 20) as scanner:
         started = time.monotonic()
-        result = await scanner.scan(REQUEST, deadline=started + 0.3)
+        result = await scanner.scan(REQUEST, deadline=started + 0.5)
     assert not result.ok
-    assert result.error.kind == "blocked"
-    assert time.monotonic() - started < 0.6  # the deadline, plus scheduling slack
-    assert result.attempts >= 1
+    assert time.monotonic() - started < 0.8  # the deadline, plus scheduling slack
+    assert result.attempts >= 2
+    # the upstream's 503, unless the deadline cut the last attempt short (full jitter can
+    # start one just before it; on a loaded machine even the first may take that long)
+    assert result.error.kind in ("blocked", "timeout")
 
 
 async def test_no_backoff_sleeps_across_the_deadline(standin):
