@@ -29,7 +29,7 @@ from quartsig.connection import Connection
 from quartsig.hub import Hub, diff
 from quartsig.planner import Key, plan
 from quartsig.plugins import get_plugin_manager, load_profiles
-from quartsig.scanner import ScanResult, parse_body
+from quartsig.scanner import Row, ScanResult, parse_body
 from quartsig.standin import Standin, synthetic_universe
 from quartsig.symbols import SCREENERS, screener_for
 from quartsig.timeframes import TIMEFRAMES, column
@@ -94,15 +94,20 @@ async def _run(args: argparse.Namespace) -> None:
             out.append(ScanResult(request, parsed[0], parsed[1], None, 1, 0.0))
         return out
 
-    pairs = {tf: tuple((base, column(base, tf)) for base in profile.columns) for tf in TIMEFRAMES}
+    columns_on = {tf: tuple(column(base, tf) for base in profile.columns) for tf in TIMEFRAMES}
     merged_first = merge_results(results(first)).rows
     merged_second = merge_results(results(second)).rows
 
-    def compute(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        return [
-            profile.compute({base: rows[key.symbol].get(col) for base, col in pairs[key.tf]})
-            for key in keys
-        ]
+    def compute(rows: dict[str, Row]) -> list[dict[str, Any]]:
+        """As the collector computes: the key's values picked from its row, then the
+        profile's ``compute_values`` (or ``compute`` on a mapping, if it has none)."""
+        if profile.compute_values is not None:
+            by_position = profile.compute_values
+            return [by_position(rows[key.symbol].pick(columns_on[key.tf])) for key in keys]
+        return [profile.compute(dict(zip(profile.columns,
+                                         rows[key.symbol].pick(columns_on[key.tf]),
+                                         strict=True)))
+                for key in keys]
 
     old, new = compute(merged_first), compute(merged_second)
     changes = [diff(a, b) for a, b in zip(old, new, strict=True)]

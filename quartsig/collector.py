@@ -20,7 +20,7 @@ from .hub import Hub
 from .planner import Key, Limits, plan
 from .profiles import Profile
 from .protocol import ErrorCode
-from .scanner import ScannerClient, ScanRequest, ScanResult, summarise
+from .scanner import Row, ScannerClient, ScanRequest, ScanResult, summarise
 from .timeframes import column
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Outcome:
     """What one fetch brought back, merged per ticker (a ticker may span several requests)."""
 
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: dict[str, Row] = field(default_factory=dict)
     incomplete: set[str] = field(default_factory=set)  # tickers in a failed request
     unknown: set[str] = field(default_factory=set)  # tickers TradingView does not have
     bad_columns: set[str] = field(default_factory=set)
@@ -43,10 +43,7 @@ def merge_results(results: Iterable[ScanResult]) -> Outcome:
         if result.ok:
             for ticker, row in result.rows.items():
                 known = outcome.rows.get(ticker)
-                if known is None:
-                    outcome.rows[ticker] = row
-                else:
-                    known.update(row)
+                outcome.rows[ticker] = row if known is None else known.merged(row)
             missing.update(result.missing)
         else:
             outcome.incomplete.update(result.request.tickers)
@@ -156,10 +153,14 @@ class Collector:
             bases, columns = self._columns_for(key.profile, key.tf)
             if key.symbol in outcome.incomplete and any(col not in row for col in columns):
                 continue  # part of its columns failed: keep the last good data
-            values = tuple(map(row.get, columns))
+            values = row.pick(columns)
             if self.hub.unchanged(key, values):
                 continue  # same inputs as last time: same data, nothing to compute or send
-            data = self.profiles[key.profile].compute(dict(zip(bases, values, strict=True)))
+            profile = self.profiles[key.profile]
+            if profile.compute_values is not None:
+                data = profile.compute_values(values)
+            else:
+                data = profile.compute(dict(zip(bases, values, strict=True)))
             changed += self.hub.publish(key, data, ts, values)
         for symbol, symbol_keys in rejected.items():
             message = f"TradingView has no symbol {symbol}"

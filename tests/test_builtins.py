@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from quartsig.builtins import full, summary
 from quartsig.columns import FULL_COLUMNS
 from quartsig.plugins import DEFAULT_PLUGINS, get_plugin_manager, load_profiles
@@ -93,3 +98,35 @@ def test_builtins_register_like_any_plugin() -> None:
     assert profiles["full"].columns == FULL_COLUMNS
     assert profiles["summary"].columns == ("Recommend.All",)
     assert profiles["full"].compute is full.compute
+
+
+# Values as a scanner (or a broken one) may send them; mostly near the rules' thresholds so
+# that every branch of every rule is taken, and the rest anything at all.
+_near = st.sampled_from([-100.0, -80.0, -50.0, -20.0, -1.0, 0.0, 1.0, 20.0, 30.0, 70.0, 80.0])
+_value = st.one_of(
+    st.none(),
+    _near,
+    _near.map(lambda x: x + 0.5),
+    st.sampled_from([-1, 0, 1, 2, -1.0, 1.0, 0.1, -0.1, 0.5, -0.5]),
+    st.floats(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.text(max_size=3),
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(_value, min_size=len(FULL_COLUMNS), max_size=len(FULL_COLUMNS)))
+def test_full_compute_values_is_compute_on_any_row(values) -> None:
+    """The generated kernel and the readable ``compute`` agree, key order included."""
+    by_name = full.compute(dict(zip(FULL_COLUMNS, values, strict=True)))
+    by_position = full.compute_values(tuple(values))
+    assert list(by_position.items()) == list(by_name.items())
+    assert not any(isinstance(v, float) and not math.isfinite(v) for v in by_position.values())
+
+
+def test_full_compute_values_on_a_real_looking_row_and_an_empty_one() -> None:
+    row = dict.fromkeys(FULL_COLUMNS, 1.5) | {"RSI": 25.0, "RSI[1]": 20.0, "close": 2.0}
+    assert full.compute_values(tuple(row.values())) == full.compute(row)
+    assert full.compute_values((None,) * len(FULL_COLUMNS)) == full.compute({})
+    assert full.compute_values((None,) * len(FULL_COLUMNS))["act.RSI"] is None

@@ -24,7 +24,7 @@ from quartsig.hub import Hub
 from quartsig.planner import Key, Limits
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.profiles import Profile
-from quartsig.scanner import ScanError, ScannerClient, ScanRequest, ScanResult
+from quartsig.scanner import Row, ScanError, ScannerClient, ScanRequest, ScanResult
 from quartsig.standin import STANDIN, Standin, serve_standin
 from quartsig.symbols import screener_for
 from quartsig.timeframes import split_column
@@ -62,7 +62,7 @@ def ok(request: ScanRequest, rows: Mapping[str, dict[str, Any]]) -> ScanResult:
     """A successful answer to ``request``: these rows; the other tickers are missing."""
     return ScanResult(
         request,
-        {ticker: dict(row) for ticker, row in rows.items()},
+        {ticker: Row.of(row) for ticker, row in rows.items()},
         frozenset(set(request.tickers) - set(rows)),
         None,
         1,

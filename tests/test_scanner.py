@@ -9,9 +9,13 @@ import time
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quartsig import __version__
 from quartsig.scanner import (
+    Layout,
+    Row,
     ScanError,
     ScannerClient,
     ScanRequest,
@@ -40,6 +44,42 @@ def client(url: str, **options) -> ScannerClient:
 
 
 # --- pure parts -------------------------------------------------------------------------------
+
+
+def test_a_row_reads_like_the_dict_of_its_columns():
+    row = Row(Layout(("RSI|5", "close|5", "RSI|15")), [40.0, None, "x"])
+    assert row == {"RSI|5": 40.0, "close|5": None, "RSI|15": "x"}
+    assert (row["RSI|5"], row.get("close|5"), row.get("nope"), row.get("nope", 1)) == (
+        40.0, None, None, 1,
+    )  # fmt: skip
+    assert "RSI|15" in row and "RSI|60" not in row and len(row) == 3
+    with pytest.raises(KeyError):
+        row["RSI|60"]
+
+
+def test_pick_gives_a_tuple_even_of_one_and_none_for_absent_columns():
+    row = Row.of({"a": 1.0, "b": 2.0, "c": 3.0})
+    assert row.pick(("c", "a")) == (3.0, 1.0)
+    assert row.pick(("b",)) == (2.0,)
+    assert row.pick(("b", "zz")) == (2.0, None)
+    assert row.pick(()) == ()
+
+
+def test_a_merged_row_has_both_columns_and_the_later_value_wins_like_update():
+    merged = Row.of({"a": 1, "b": 2}).merged(Row.of({"b": 3, "c": 4}))
+    assert merged == {"a": 1, "b": 3, "c": 4}
+    assert merged.pick(("a", "b", "c")) == (1, 3, 4)
+
+
+names = st.sampled_from(["RSI|5", "RSI|15", "close|5", "close", "MACD.macd|60", "x"])
+
+
+@given(st.dictionaries(names, st.none() | st.floats() | st.integers()),
+       st.lists(names, max_size=8).map(tuple))
+def test_pick_matches_dict_get_whatever_the_columns(values, wanted):
+    picked, expected = Row.of(values).pick(wanted), tuple(map(values.get, wanted))
+    assert len(picked) == len(expected)
+    assert all(a is b for a, b in zip(picked, expected, strict=True))  # the same objects, NaN too
 
 
 def test_request_cells_and_body():
