@@ -1,5 +1,7 @@
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quartsig.connection import Connection
 from quartsig.hub import Hub, TooManySubscriptions, diff
@@ -29,6 +31,21 @@ def frames(conn: Connection) -> list[dict]:
 def test_diff_keeps_only_changed_and_new_keys():
     assert diff({"a": 1, "b": None}, {"a": 1, "b": 2, "c": None}) == {"b": 2, "c": None}
     assert diff({"a": 1}, {"a": 1}) == {}
+
+
+_maps = st.dictionaries(st.sampled_from("abcdef"),
+                        st.none() | st.integers(-2, 2) | st.floats() | st.text(max_size=1))
+
+
+@given(_maps, _maps, st.booleans())
+def test_diff_is_the_keys_whose_value_differs_whether_or_not_the_keys_line_up(old, new, align):
+    if align:  # the fast path: same keys, same order
+        new = {name: new.get(name, value) for name, value in old.items()}
+    expected = {name: value for name, value in new.items()
+                if name not in old or old[name] != value}
+    got = diff(old, new)
+    assert list(got) == list(expected)
+    assert all(got[name] is expected[name] for name in got)
 
 
 async def test_first_data_is_a_snapshot_then_only_changes():
