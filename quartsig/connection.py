@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 
 from . import protocol
@@ -114,7 +113,7 @@ class Connection:
         self._outbox = outbox
         self._on_frame = on_frame
         self._on_close = on_close
-        self._replies: deque[str] = deque()
+        self._replies: list[str] = []  # a list: an empty deque costs 600 B more, idle or not
         self._pending: dict[Key, Piece] = {}
         self._task: asyncio.Task[None] | None = None  # the own drain task, while needed
         self._sending = False  # the outbox is sending for this connection right now
@@ -163,8 +162,7 @@ class Connection:
         """Everything pending as one frame: replies first, then one piece per key."""
         if not self._replies and not self._pending:
             return None
-        pieces = list(self._replies)
-        self._replies.clear()
+        pieces, self._replies = self._replies, []
         pieces.extend(piece.encoded(key) for key, piece in self._pending.items())
         self._pending.clear()
         return protocol.join(pieces)

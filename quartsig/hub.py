@@ -128,10 +128,14 @@ class Hub:
             return False
         if len(keys) >= self.max_subscriptions:
             raise TooManySubscriptions(f"at most {self.max_subscriptions} subscriptions")
-        keys.add(key)
         entry = self.entries.get(key)
         if entry is None:
             entry = self.entries[key] = Entry(key)
+        else:
+            # The entry's Key, not the one just parsed from this client's frame: every
+            # subscriber of a key then shares one Key and its strings (~350 B a subscription).
+            key = entry.key
+        keys.add(key)
         entry.subscribers.add(sink)
         entry.idle_since = None
         if entry.data is None:

@@ -165,32 +165,42 @@ async def _authenticate(runtime: Runtime) -> tuple[int, object]:
 
 
 async def _read(runtime: Runtime, connection: Connection) -> None:
-    """Drain the client's frames for as long as it is connected, obeying each op in order."""
+    """Drain the client's frames for as long as it is connected, obeying each op in order.
+
+    Each frame is handled by a plain function, so that nothing parsed from it is still
+    referenced while this waits for the next: an idle connection kept its last frame's
+    JSON alive (~350 B each, tracemalloc) when the loop held it in its locals."""
     settings = runtime.settings
     bucket = TokenBucket(settings.ops_per_second, 2 * settings.ops_per_second)
     strikes = 0
     while True:
-        frame = await _receive(runtime)
-        if isinstance(frame, bytes):
-            connection.send(protocol.error(ErrorCode.BAD_JSON, "frames must be JSON text"))
+        strikes = _handle(runtime, connection, await _receive(runtime), bucket, strikes)
+
+
+def _handle(runtime: Runtime, connection: Connection, frame: str | bytes,
+            bucket: TokenBucket, strikes: int) -> int:
+    """Obey one client frame; returns the count of rate-limited ops in a row so far."""
+    if isinstance(frame, bytes):
+        connection.send(protocol.error(ErrorCode.BAD_JSON, "frames must be JSON text"))
+        return strikes
+    try:
+        messages = protocol.decode(frame)
+    except ProtocolError as error:
+        connection.send(protocol.error(error.code, error.message))
+        return strikes
+    for raw in messages:
+        if not bucket.take():
+            strikes += 1
+            if strikes > MAX_STRIKES:
+                raise Closing(Close.POLICY, "rate limit")
+            connection.send(protocol.error(ErrorCode.RATE_LIMITED, "slow down", _id_of(raw)))
             continue
+        strikes = 0
         try:
-            messages = protocol.decode(frame)
+            _obey(runtime, connection, protocol.parse_message(raw, runtime.vocabulary))
         except ProtocolError as error:
-            connection.send(protocol.error(error.code, error.message))
-            continue
-        for raw in messages:
-            if not bucket.take():
-                strikes += 1
-                if strikes > MAX_STRIKES:
-                    raise Closing(Close.POLICY, "rate limit")
-                connection.send(protocol.error(ErrorCode.RATE_LIMITED, "slow down", _id_of(raw)))
-                continue
-            strikes = 0
-            try:
-                _obey(runtime, connection, protocol.parse_message(raw, runtime.vocabulary))
-            except ProtocolError as error:
-                connection.send(protocol.error(error.code, error.message, error.id))
+            connection.send(protocol.error(error.code, error.message, error.id))
+    return strikes
 
 
 def _id_of(raw: object) -> object:
