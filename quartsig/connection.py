@@ -162,7 +162,10 @@ class Connection:
         """Everything pending as one frame: replies first, then one piece per key."""
         if not self._replies and not self._pending:
             return None
-        pieces, self._replies = self._replies, []
+        # Copied and cleared in place, not swapped for a new list: a new list per connection
+        # per tick would be one more object surviving into the collector's older generations.
+        pieces = self._replies[:]
+        self._replies.clear()
         pieces.extend(piece.encoded(key) for key, piece in self._pending.items())
         self._pending.clear()
         return protocol.join(pieces)
