@@ -130,3 +130,8 @@ def test_full_compute_values_on_a_real_looking_row_and_an_empty_one() -> None:
     assert full.compute_values(tuple(row.values())) == full.compute(row)
     assert full.compute_values((None,) * len(FULL_COLUMNS)) == full.compute({})
     assert full.compute_values((None,) * len(FULL_COLUMNS))["act.RSI"] is None
+
+
+@given(_value)
+def test_summary_compute_values_is_compute(value) -> None:
+    assert summary.compute_values((value,)) == summary.compute({"Recommend.All": value})

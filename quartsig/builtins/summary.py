@@ -6,7 +6,7 @@ large watch-lists small.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quartsig.hookspecs import hookimpl
@@ -18,7 +18,12 @@ COLUMNS = ("Recommend.All",)
 
 def compute(row: Mapping[str, Any]) -> dict[str, Any]:
     """``Recommend.All`` as a clean number and its label."""
-    rating = number(row.get("Recommend.All"))
+    return compute_values((row.get("Recommend.All"),))
+
+
+def compute_values(values: Sequence[Any]) -> dict[str, Any]:
+    """The same from the row's values in ``COLUMNS`` order (what the collector passes)."""
+    rating = number(values[0])
     return {"Recommend.All": rating, "rec.all": label(rating)}
 
 
@@ -27,6 +32,7 @@ PROFILE = Profile(
     description="TradingView's overall rating (Recommend.All) and its label",
     columns=COLUMNS,
     compute=compute,
+    compute_values=compute_values,
 )
 
 
