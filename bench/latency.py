@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from bench.clients import raise_nofile
-from bench.fanout import Clients, Server, Stack, http, percentile, subscriptions
+from bench.fanout import VARIANTS, Clients, Server, Stack, http, percentile, subscriptions
 
 
 async def _snapshot_of(ws: Any, key: tuple[str, str, str]) -> None:
@@ -142,7 +142,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--interval", type=float, default=2.0, help="QUARTSIG_INTERVAL")
     parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--variant", metavar="DIR", type=Path,
+                        help="serve the quartsig package in DIR (another checkout), for A/B runs")
     args = parser.parse_args(argv)
+    if args.variant is not None:
+        VARIANTS["quartsig"] = args.variant.resolve()
     hard = raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="quartsig-latency-"))
     lines = [
