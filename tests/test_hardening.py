@@ -118,7 +118,8 @@ async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(stac
             counts[name] = counts.get(name, 0) + value
     rate = counts["connections"] / elapsed
     arrivals = [at for at, m in witness.messages[mark:] if m["type"] in ("update", "status")]
-    gap = max(b - a for a, b in itertools.pairwise([started, *arrivals]))
+    ended = started + elapsed
+    gap = max(b - a for a, b in itertools.pairwise([started, *arrivals, ended]))
 
     connections = await _settled(stack, "quartsig_connections", 1)  # the witness
     tasks1 = await _settled(stack, "quartsig_tasks", tasks0)
