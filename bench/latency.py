@@ -52,6 +52,17 @@ async def _snapshot_of(ws: Any, key: tuple[str, str, str]) -> None:
                 raise RuntimeError(message)
 
 
+async def _time_snapshot(ws: Any, key: tuple[str, str, str]) -> float:
+    """Milliseconds from sending ``subscribe`` for ``key`` to its snapshot; then unsubscribe."""
+    started = time.perf_counter()
+    await ws.send(_op("subscribe", key))
+    await _snapshot_of(ws, key)
+    elapsed = (time.perf_counter() - started) * 1000
+    await ws.send(_op("unsubscribe", key))
+    await _until(ws, "unsubscribed")
+    return elapsed
+
+
 async def _until(ws: Any, kind: str) -> None:
     while True:
         raw = orjson.loads(await ws.recv())
@@ -95,23 +106,13 @@ async def sample(url: str, stack: Stack, cached: int, new: int, seed: int) -> di
         draining = asyncio.create_task(drain())
         for i in range(cached):
             key = held[i % len(held)]
-            started = time.perf_counter()
-            await ws.send(_op("subscribe", key))
-            await _snapshot_of(ws, key)
-            out["cached"].append((time.perf_counter() - started) * 1000)
-            await ws.send(_op("unsubscribe", key))
-            await _until(ws, "unsubscribed")
+            out["cached"].append(await _time_snapshot(ws, key))
             await asyncio.sleep(0.11)  # 2 ops a sample: stay under 20 ops/s
         fresh = [(s, tf, "full") for s in symbols for tf in TIMEFRAMES]
         rng.shuffle(fresh)
         for key in fresh[:new]:
             started_wall = time.time()
-            started = time.perf_counter()
-            await ws.send(_op("subscribe", key))
-            await _snapshot_of(ws, key)
-            out["new"].append((time.perf_counter() - started) * 1000)
-            await ws.send(_op("unsubscribe", key))
-            await _until(ws, "unsubscribed")
+            out["new"].append(await _time_snapshot(ws, key))
             scans = [r for r in stack.scans()
                      if key[0] in r["tickers"] and r["time"] >= started_wall - 0.01
                      and r["finished"]]  # fmt: skip
