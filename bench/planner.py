@@ -18,10 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from quartsig.columns import FULL_COLUMNS
+from quartsig.model import Key, ScanRequest
 from quartsig.planner import (
-    Key,
     Limits,
-    ScanRequest,
     needed_cells,
     overfetch,
     plan,

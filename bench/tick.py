@@ -27,9 +27,10 @@ from quartsig import protocol
 from quartsig.collector import Collector, merge_results
 from quartsig.connection import Connection
 from quartsig.hub import Hub, diff
-from quartsig.planner import Key, plan
+from quartsig.model import Key, Row, ScanResult
+from quartsig.planner import plan
 from quartsig.plugins import get_plugin_manager, load_profiles
-from quartsig.scanner import Row, ScanResult, parse_body
+from quartsig.scanner import parse_body
 from quartsig.standin import Standin, synthetic_universe
 from quartsig.symbols import SCREENERS, screener_for
 from quartsig.timeframes import TIMEFRAMES, column

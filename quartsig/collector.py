@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .hub import Hub
-from .planner import Key, Limits, plan
+from .model import Key, Row, ScanRequest, ScanResult
+from .planner import Limits, plan
 from .profiles import Profile
 from .protocol import ErrorCode
-from .scanner import Row, ScannerClient, ScanRequest, ScanResult, summarise
+from .scanner import ScannerClient, summarise
 from .timeframes import column
 
 log = logging.getLogger(__name__)

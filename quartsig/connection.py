@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from . import protocol
 from .hub import Piece
-from .planner import Key
+from .model import Key
 from .protocol import Close
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import protocol
-from .planner import Key
+from .model import Key
 
 SNAPSHOT = "snapshot"
 UPDATE = "update"

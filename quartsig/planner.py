@@ -23,28 +23,17 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress
-from typing import NamedTuple
 
-from quartsig.scanner import ScanRequest
+from quartsig.model import Key, ScanRequest
 from quartsig.timeframes import column
 
 __all__ = [
-    "Key",
     "Limits",
-    "ScanRequest",
     "needed_cells",
     "overfetch",
     "plan",
     "seed_grouping",
 ]
-
-
-class Key(NamedTuple):
-    """One thing somebody watches: normalised ``EXCHANGE:TICKER``, canonical timeframe."""
-
-    profile: str
-    symbol: str
-    tf: str
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,8 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from operator import itemgetter
 from typing import Any
 
 import aiohttp
@@ -34,6 +32,7 @@ import orjson
 from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
 from quartsig import __version__
+from quartsig.model import Layout, Row, ScanError, ScanRequest, ScanResult
 from quartsig.proxies import DEFAULT_COOLDOWNS, ProxyPool, ProxySlot
 
 log = logging.getLogger(__name__)
@@ -46,129 +45,6 @@ SLOT_FAULTS = frozenset({"throttled", "blocked", "timeout", "connection"})
 RENEW_FAULTS = frozenset({"throttled", "blocked"})
 
 _UNKNOWN_FIELD = re.compile(r'Unknown field "([^"]*)"')
-
-
-@dataclass(frozen=True, slots=True)
-class ScanRequest:
-    """One POST to ``/{screener}/scan``: these tickers, these (suffixed) columns."""
-
-    screener: str  # "forex", "crypto", "america", ...
-    tickers: tuple[str, ...]  # "FX_IDC:USDJPY", ...
-    columns: tuple[str, ...]  # full column names with suffix: "RSI|5", "Recommend.All"
-
-    @property
-    def cells(self) -> int:
-        return len(self.tickers) * len(self.columns)
-
-
-@dataclass(frozen=True, slots=True)
-class ScanError:
-    """Why a request failed, and whether trying again could help."""
-
-    # "bad_column" | "bad_request" | "not_found" | "throttled" | "blocked" | "server"
-    # | "timeout" | "connection" | "bad_body"
-    kind: str
-    message: str  # human-readable, never contains proxy credentials
-    retryable: bool
-    status: int | None = None
-    column: str | None = None  # for bad_column: the offending column as TradingView named it
-    retry_after: float | None = None
-
-
-class Layout:
-    """One request's columns: where each sits in a row's ``d`` list, and pickers over them.
-
-    Every row of a reply shares its request's layout, so parsing a row costs one small
-    object instead of a dict of all its values (910 for ``full`` over ten timeframes: that
-    dict was most of the parse), and a key's values come out through one ``itemgetter``.
-    """
-
-    __slots__ = ("_pickers", "columns", "index")
-
-    def __init__(self, columns: Sequence[str]) -> None:
-        self.columns = tuple(columns)
-        self.index = {name: position for position, name in enumerate(self.columns)}
-        self._pickers: dict[tuple[str, ...], Callable[[list[Any]], tuple[Any, ...]] | None] = {}
-
-    def picker(self, names: tuple[str, ...]) -> Callable[[list[Any]], tuple[Any, ...]] | None:
-        """A function from a row's values to those of ``names``; ``None`` if one is absent."""
-        try:
-            return self._pickers[names]
-        except KeyError:
-            pass
-        index = self.index
-        if not names or any(name not in index for name in names):
-            found = None
-        elif len(names) == 1:
-            position = index[names[0]]
-            found = lambda values: (values[position],)  # noqa: E731 (itemgetter of one is no tuple)
-        else:
-            found = itemgetter(*(index[name] for name in names))
-        self._pickers[names] = found
-        return found
-
-
-class Row(Mapping[str, Any]):
-    """One ticker's values in a reply, read by full column name (``"RSI|60"``)."""
-
-    __slots__ = ("layout", "values")
-
-    def __init__(self, layout: Layout, values: list[Any]) -> None:
-        self.layout = layout
-        self.values = values
-
-    @classmethod
-    def of(cls, values: Mapping[str, Any]) -> Row:
-        """A row holding ``values``, for results made by hand (tests, tools)."""
-        return cls(Layout(tuple(values)), list(values.values()))
-
-    def __getitem__(self, name: str) -> Any:
-        return self.values[self.layout.index[name]]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.layout.index)
-
-    def __len__(self) -> int:
-        return len(self.layout.index)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.layout.index
-
-    def get(self, name: str, default: Any = None) -> Any:
-        position = self.layout.index.get(name)
-        return default if position is None else self.values[position]
-
-    def pick(self, names: tuple[str, ...]) -> tuple[Any, ...]:
-        """The values of ``names`` in order, ``None`` for any the row does not have."""
-        picker = self.layout.picker(names)
-        if picker is None:
-            return tuple(map(self.get, names))
-        return picker(self.values)
-
-    def merged(self, other: Row) -> Row:
-        """This row with ``other``'s columns added (a ticker that spans two requests); where
-        both have a column, ``other``'s value wins, as ``dict.update`` would have it."""
-        return Row(Layout(self.layout.columns + other.layout.columns),
-                   self.values + other.values)
-
-    def __repr__(self) -> str:
-        return f"Row({dict(self)!r})"
-
-
-@dataclass(slots=True)
-class ScanResult:
-    """What one request produced. Failed requests carry no rows: last good values stay put."""
-
-    request: ScanRequest
-    rows: dict[str, Row]  # ticker -> its values, by full column name
-    missing: frozenset[str]  # requested tickers absent from a successful response
-    error: ScanError | None  # None on success; on failure rows is {} and missing is empty
-    attempts: int
-    elapsed: float  # seconds, monotonic
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 # --- pure functions -----------------------------------------------------------------------

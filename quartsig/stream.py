@@ -18,7 +18,7 @@ from quart import Blueprint, websocket
 from . import protocol
 from .connection import TOO_SLOW, Connection
 from .hub import TooManySubscriptions
-from .planner import Key
+from .model import Key
 from .protocol import Close, ErrorCode, ProtocolError
 from .ratelimit import TokenBucket
 from .runtime import Runtime, current_runtime

@@ -21,10 +21,11 @@ import orjson
 from quartsig.collector import Collector, merge_results
 from quartsig.connection import Connection
 from quartsig.hub import Hub
-from quartsig.planner import Key, Limits
+from quartsig.model import Key, Row, ScanError, ScanRequest, ScanResult
+from quartsig.planner import Limits
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.profiles import Profile
-from quartsig.scanner import Row, ScanError, ScannerClient, ScanRequest, ScanResult
+from quartsig.scanner import ScannerClient
 from quartsig.standin import STANDIN, Standin, serve_standin
 from quartsig.symbols import screener_for
 from quartsig.timeframes import split_column

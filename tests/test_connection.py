@@ -4,7 +4,7 @@ import orjson
 
 from quartsig.connection import TOO_SLOW, Connection, Outbox
 from quartsig.hub import UPDATE, Piece
-from quartsig.planner import Key
+from quartsig.model import Key
 
 KEY = Key("summary", "FX_IDC:USDJPY", "1m")
 OTHER = Key("summary", "FX_IDC:EURUSD", "1m")

@@ -39,7 +39,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from quartsig.planner import Key
+from quartsig.model import Key
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.tokens import TokenAuthority
 from tests.support.processes import (

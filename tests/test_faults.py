@@ -163,7 +163,7 @@ def collector_for(url: str, **client_options: Any) -> tuple[Any, Any, Sink]:
 
     from quartsig.collector import Collector
     from quartsig.hub import Hub
-    from quartsig.planner import Key
+    from quartsig.model import Key
     from quartsig.plugins import get_plugin_manager, load_profiles
     from quartsig.scanner import ScannerClient
     from quartsig.symbols import screener_for

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from quartsig.connection import Connection
 from quartsig.hub import Hub, TooManySubscriptions, diff
-from quartsig.planner import Key
+from quartsig.model import Key
 from quartsig.protocol import ErrorCode
 
 KEY = Key("summary", "FX_IDC:USDJPY", "1m")

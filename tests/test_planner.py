@@ -12,10 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quartsig.columns import FULL_COLUMNS
+from quartsig.model import Key, ScanRequest
 from quartsig.planner import (
-    Key,
     Limits,
-    ScanRequest,
     needed_cells,
     overfetch,
     plan,

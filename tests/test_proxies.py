@@ -13,6 +13,7 @@ import logging
 import pytest
 from aiohttp_socks import ProxyConnector, ProxyType
 
+from quartsig.model import ScanRequest
 from quartsig.proxies import (
     ProxyPool,
     ProxyURLError,
@@ -21,7 +22,7 @@ from quartsig.proxies import (
     parse_proxy,
     redact,
 )
-from quartsig.scanner import ScannerClient, ScanRequest
+from quartsig.scanner import ScannerClient
 from tests.support.scanning import (
     Microsocks,
     free_port,

@@ -13,13 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quartsig import __version__
+from quartsig.model import Layout, Row, ScanError, ScanRequest, ScanResult
 from quartsig.scanner import (
-    Layout,
-    Row,
-    ScanError,
     ScannerClient,
-    ScanRequest,
-    ScanResult,
     backoff_delay,
     build_body,
     classify_status,
