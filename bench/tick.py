@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from quartsig import protocol
+from quartsig.broker.memory import MemoryBroker
 from quartsig.collector import Collector, merge_results
 from quartsig.connection import Connection
 from quartsig.hub import Hub, diff
@@ -128,15 +129,16 @@ async def _run(args: argparse.Namespace) -> None:
     # The whole publish step, as the collector runs it, with one connection per key.
     def publish_once() -> float:
         hub = Hub(max_subscriptions=len(keys))
-        collector = Collector(hub, profiles, None, lambda s: "forex")  # type: ignore[arg-type]
+        broker = MemoryBroker(hub, hub.apply)
+        collector = Collector(broker, profiles, None, lambda s: "forex")  # type: ignore[arg-type]
         conn = Connection(_noop)
         hub.attach(conn, 1)
         for key in keys:
             hub.subscribe(conn, key)
-        collector.publish(keys, results(first))
+        hub.apply(collector.compose(keys, results(first)))
         conn.take()
         started = time.process_time()
-        collector.publish(keys, results(second))
+        hub.apply(collector.compose(keys, results(second)))
         elapsed = (time.process_time() - started) * 1000
         return elapsed
 

@@ -13,15 +13,15 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from quart import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from quart import Blueprint, Response, jsonify, request
 
 from quartsig import __version__, accounts, database
+from quartsig.runtime import current_state
 from quartsig.tokens import InvalidTelegramId, IssuedToken, board_link, check_tg_id
-
-if TYPE_CHECKING:
-    from quartsig.app import Services
 
 blueprint = Blueprint("api", __name__)
 
@@ -38,13 +38,6 @@ class ApiError(Exception):
 class TokenRequest:
     tg_id: int
     create: bool = False
-
-
-def _services() -> Services:
-    # Imported here because ``quartsig.app`` imports this module to register the blueprint.
-    from quartsig.app import services
-
-    return services(current_app)
 
 
 def parse_token_request(body: bytes) -> TokenRequest:
@@ -105,7 +98,7 @@ async def _too_large(_: Exception) -> tuple[Response, int]:
 
 @blueprint.post("/api/tokens")
 async def issue_token() -> tuple[Response, int] | Response:
-    state = _services()
+    state = current_state()
     secret = state.settings.bot_secret
     if not secret:
         return _error(404, "not_found", "not found")  # off: look like any unknown route
@@ -130,13 +123,15 @@ async def issue_token() -> tuple[Response, int] | Response:
 
 @blueprint.get("/healthz")
 async def healthz() -> tuple[Response, int]:
-    state = _services()
+    state = current_state()
     body: dict[str, Any] = {
         "status": "ok",
         "database": "ok",
         "version": __version__,
         "uptime": round(time.monotonic() - state.started_at, 3),
     }
+    if state.broker is not None:
+        body.update(state.broker.health())
     try:
         if state.database is None:
             raise database.DatabaseError("database is not started")
@@ -145,3 +140,9 @@ async def healthz() -> tuple[Response, int]:
         body.update(status="error", database="unreachable")
         return jsonify(body), 503
     return jsonify(body), 200
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    body = generate_latest(current_state().metrics.registry)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -1,68 +1,37 @@
-"""``create_app()``: settings, services, blueprints and the lifespan in one place.
+"""``create_app()``: settings, state, blueprints and the lifespan in one place.
 
-Long-lived pieces are *components* with ``start(app)`` / ``stop(app)``. They
-start in list order before the first request and stop in reverse order after
-the last, and a failure half-way stops the ones already started, so start-up
-never leaves a connection or task behind. To add a piece, append it to
-:func:`default_components`; to add routes, append a blueprint to
-:data:`BLUEPRINTS`.
+To add a long-lived piece, append a component to :func:`default_components` (see
+:class:`~quartsig.runtime.Component`); to add routes, append a blueprint to :data:`BLUEPRINTS`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator, Sequence
+import asyncio
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from quart import Blueprint, Quart
-from tortoise.context import TortoiseContext
 
-from quartsig import accounts, api, board, database, logs, metrics, stream
+from quartsig import accounts, api, board, database, logs, stream
+from quartsig.admission import Gate
+from quartsig.broker import Broker
+from quartsig.broker.memory import MemoryBroker
+from quartsig.collector import Collector
 from quartsig.config import Settings
 from quartsig.plugins import get_plugin_manager, load_profiles, load_screeners
-from quartsig.runtime import Runtime
+from quartsig.runtime import EXTENSION, Component, State
+from quartsig.scanner import ScannerClient
 from quartsig.symbols import SCREENERS
 from quartsig.tokens import TokenAuthority
 
-EXTENSION = "quartsig"
+log = logging.getLogger(__name__)
 
 MAX_HTTP_BODY = 16 * 1024
 """Bytes an HTTP body may have: the only body we accept is a tiny JSON object."""
 
-BLUEPRINTS: tuple[Blueprint, ...] = (
-    api.blueprint,
-    stream.blueprint,
-    metrics.blueprint,
-    board.blueprint,
-)
-
-
-class Component(Protocol):
-    """Something with a life tied to the server's (a database, a collector loop)."""
-
-    name: str
-
-    async def start(self, app: Quart) -> None: ...
-
-    async def stop(self, app: Quart) -> None: ...
-
-
-@dataclass
-class Services:
-    """What request handlers and components share, stored as ``app.extensions[EXTENSION]``."""
-
-    settings: Settings
-    tokens: TokenAuthority
-    runtime: Runtime
-    demo: bool = False
-    database: TortoiseContext | None = None
-    components: list[Component] = field(default_factory=list)
-    started_at: float = field(default_factory=time.monotonic)
-
-
-def services(app: Quart) -> Services:
-    return app.extensions[EXTENSION]
+BLUEPRINTS: tuple[Blueprint, ...] = (api.blueprint, stream.blueprint, board.blueprint)
 
 
 @dataclass
@@ -71,62 +40,105 @@ class DatabaseComponent:
 
     name: str = "database"
 
-    async def start(self, app: Quart) -> None:
-        state = services(app)
+    async def start(self, state: State) -> None:
         state.database = await database.init_database(state.settings, share=True)
 
-    async def stop(self, app: Quart) -> None:
-        state = services(app)
+    async def stop(self, state: State) -> None:
         if state.database is not None:
             await database.close_database(state.database)
             state.database = None
 
 
+def open_broker(state: State) -> Broker:
+    """Redis when ``QUARTSIG_REDIS_URL`` (or the platform's ``REDIS_URL``) is set, else memory."""
+    if state.settings.redis_url:
+        from quartsig.broker.redis import RedisBroker
+
+        return RedisBroker.from_settings(state.settings, state.hub, state.apply, state.metrics)
+    return MemoryBroker(state.hub, state.apply)
+
+
 @dataclass
-class RuntimeComponent:
-    """Hub, scanner client and collector: they start once the database is there."""
+class FeedComponent:
+    """Scanner client, broker, collector and the account sweep: the data's whole path."""
 
-    name: str = "runtime"
+    name: str = "feed"
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def start(self, app: Quart) -> None:
-        await services(app).runtime.start()
+    async def start(self, state: State) -> None:
+        settings = state.settings
+        scanner_url = settings.scanner_url
+        if state.demo:
+            from quartsig.demo import serve_standin
 
-    async def stop(self, app: Quart) -> None:
-        await services(app).runtime.stop()
+            # Its values move once per interval, like a live market.
+            state.standin, scanner_url = await serve_standin(step_every=settings.interval)
+            log.warning("demo mode: serving data from the built-in stand-in scanner %s",
+                        scanner_url)
+        state.scanner = ScannerClient(
+            scanner_url,
+            proxies=settings.proxies,
+            concurrency=settings.scanner_concurrency,
+            timeout=settings.scanner_timeout,
+            min_start_interval=settings.scanner_min_start_interval,
+            headers=dict(settings.scanner_headers) or None,
+            tor_isolation=settings.tor_isolation,
+        )
+        await state.scanner.start()
+        state.broker = open_broker(state)
+        await state.broker.start()
+        state.collector = Collector(
+            state.broker,
+            state.profiles,
+            state.scanner,
+            state.screener_of,
+            interval=settings.interval,
+            metrics=state.metrics,
+        )
+        state.outbox.start()
+        self.tasks = [
+            asyncio.create_task(state.collector.run(), name="quartsig-collector"),
+            asyncio.create_task(state.watch_accounts(), name="quartsig-accounts"),
+        ]
+
+    async def stop(self, state: State) -> None:
+        state.close_all()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+        if state.broker is not None:
+            await state.broker.stop()  # releases a held lease: a successor leads at once
+        await state.outbox.stop()
+        if state.scanner is not None:
+            await state.scanner.close()
+        if state.standin is not None:
+            await state.standin.cleanup()
+            state.standin = None
 
 
-def default_components(settings: Settings) -> list[Component]:
-    return [DatabaseComponent(), RuntimeComponent()]
+def default_components() -> list[Component]:
+    return [DatabaseComponent(), FeedComponent()]
 
 
-def build_runtime(settings: Settings, tokens: TokenAuthority, *, demo: bool = False) -> Runtime:
-    """Load the plugins (a broken one stops start-up here, named) and build the runtime."""
+def build_state(
+    settings: Settings,
+    *,
+    demo: bool = False,
+    components: Sequence[Component] | None = None,
+) -> State:
+    """Load the plugins (a broken one stops start-up here, named) and build the state."""
     plugins_dir = settings.plugins_dir if settings.plugins_dir.is_dir() else None
     manager = get_plugin_manager(plugins_dir)
-    return Runtime(
+    return State(
         settings=settings,
-        tokens=tokens,
+        tokens=TokenAuthority.from_settings(settings),
         profiles=load_profiles(manager),
         screeners=load_screeners(manager, SCREENERS),
-        account_active=accounts.is_active,
-        disabled_since=accounts.disabled_since,
+        gate=Gate(accounts.is_active, accounts.disabled_since),
+        components=list(default_components() if components is None else components),
         demo=demo,
     )
-
-
-async def _lifespan(app: Quart) -> AsyncGenerator[None, None]:
-    started: list[Component] = []
-    try:
-        for component in services(app).components:
-            await component.start(app)
-            started.append(component)
-        yield
-    finally:
-        for component in reversed(started):
-            try:
-                await component.stop(app)
-            except Exception:
-                app.logger.exception("stopping %s failed", component.name)
 
 
 def create_app(
@@ -147,16 +159,16 @@ def create_app(
         settings = settings.replace(**overrides)
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
-    tokens = TokenAuthority.from_settings(settings)
-    app.extensions[EXTENSION] = Services(
-        settings=settings,
-        tokens=tokens,
-        runtime=build_runtime(settings, tokens, demo=demo),
-        demo=demo,
-        components=list(default_components(settings) if components is None else components),
-    )
+    state = build_state(settings, demo=demo, components=components)
+    app.extensions[EXTENSION] = state
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    app.while_serving(lambda: _lifespan(app))
+    app.while_serving(state.lifespan)
     logs.install([app.logger])
     return app
+
+
+def state_of(app: Quart) -> State:
+    """The app's state, outside a request (tests, the server's shutdown)."""
+    state: State = app.extensions[EXTENSION]
+    return state

@@ -1,9 +1,13 @@
 """The collector: every ``interval`` seconds, demand -> plan -> fetch -> compute -> publish.
 
-Only the fetch awaits. Taking the demand and publishing the results are each one
-synchronous step, so connections change the hub between steps, never inside one.
-A key nobody had before does not wait for the next tick: new keys are batched for
-``batch_delay`` seconds into an early fetch of just those keys.
+It runs only while its broker says this node leads (always, standalone), reads demand from the
+broker and publishes each tick's outcome to it as one :class:`~quartsig.model.Batch`; it never
+touches a hub, so the same loop serves one process or a cluster. A key nobody had before does not
+wait for the next tick: new keys are gathered for ``batch_delay`` seconds into an early fetch of
+just those keys.
+
+Computing is pure (:meth:`Collector.compose`): rows in, a batch out, with the inputs each key's
+data came from remembered so that an unchanged row costs neither a compute nor a publication.
 """
 
 from __future__ import annotations
@@ -12,12 +16,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hub import Hub
-from .model import Key, Row, ScanRequest, ScanResult
+from .broker import Broker
+from .model import Batch, Key, Row, ScanRequest, ScanResult
 from .planner import Limits, plan
 from .profiles import Profile
 from .protocol import ErrorCode
@@ -57,7 +60,7 @@ def merge_results(results: Iterable[ScanResult]) -> Outcome:
 class Collector:
     def __init__(
         self,
-        hub: Hub,
+        broker: Broker,
         profiles: Mapping[str, Profile],
         client: ScannerClient,
         screener_of: Callable[[str], str],
@@ -65,85 +68,107 @@ class Collector:
         interval: float = 20.0,
         limits: Limits | None = None,
         batch_delay: float = 0.5,
-        on_unknown: Callable[[str], None] | None = None,
         metrics: Any = None,
-        batch: Callable[[], AbstractContextManager[object]] = nullcontext,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
-        self.hub = hub
+        self.broker = broker
         self.profiles = profiles
         self.client = client
         self.screener_of = screener_of
         self.interval = interval
         self.limits = limits or Limits()
         self.batch_delay = batch_delay
-        self.on_unknown = on_unknown
         self.metrics = metrics
-        #: Wraps each publish step, so that its frames go out together (connection.Outbox).
-        self.batch = batch
+        self.clock = clock
+        self.wall = wall
         self.ticks = 0
+        #: Set after every tick, full or early: tests and tools wait on it instead of sleeping.
+        self.ticked = asyncio.Event()
         self._columns = {name: tuple(profile.columns) for name, profile in profiles.items()}
         self._pairs: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        self._fresh = asyncio.Event()
-        hub.on_fresh(self._fresh.set)
+        #: The inputs each key's data was last computed from: an unchanged row is skipped.
+        self._sources: dict[Key, tuple[Any, ...]] = {}
+        #: Keys asked for by a newcomer and not published since: published even if unchanged
+        #: (the newcomer's node has nothing for them, whatever this collector last computed).
+        self._owed: set[Key] = set()
 
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Tick until cancelled. Nothing a tick meets escapes this loop but cancellation."""
-        next_tick = time.monotonic()
+        """Collect whenever this node leads, until cancelled."""
         while True:
-            now = time.monotonic()
+            await self.broker.leadership()
+            self._sources.clear()  # a new term: what others published meanwhile is unknown
+            await self._lead()
+
+    async def _lead(self) -> None:
+        """Tick while leading. Nothing a tick meets escapes this loop but cancellation."""
+        next_tick = self.clock()
+        while self.broker.leading():
+            now = self.clock()
             if now >= next_tick:
-                await self._guarded(self.hub.demand())
-                next_tick = max(next_tick + self.interval, time.monotonic() + self.interval / 10)
-                self.hub.sweep()
+                await self._guarded(await self.broker.demand(), full=True)
+                next_tick = max(next_tick + self.interval, self.clock() + self.interval / 10)
                 continue
             try:
                 async with asyncio.timeout(next_tick - now):
-                    await self._fresh.wait()
+                    await self.broker.wanted()
             except TimeoutError:
                 continue
             await asyncio.sleep(self.batch_delay)  # gather the other new keys of this burst
-            self._fresh.clear()
-            if next_tick - time.monotonic() > self.batch_delay and self.hub.fresh:
-                await self._guarded(set(self.hub.fresh))
+            fresh = self.broker.wanted_now()
+            if fresh and next_tick - self.clock() > self.batch_delay:
+                await self._guarded(fresh)
 
-    async def _guarded(self, keys: set[Key]) -> None:
+    async def _guarded(self, keys: set[Key], *, full: bool = False) -> None:
         try:
-            await self.tick(keys)
+            await self.tick(keys, full=full)
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug in a plugin or here must not stop the server's data
+        except Exception:  # a bug here must not stop the server's data
             log.exception("collector tick failed")
-            self.hub.set_status("degraded", "internal error in the collector")
+            await self.broker.publish(
+                Batch(status=("degraded", "internal error in the collector"))
+            )
+        finally:
+            self.ticked.set()
 
     # -- one tick -----------------------------------------------------------------------
 
     def plan(self, keys: Iterable[Key]) -> list[ScanRequest]:
         return plan(keys, self._columns, self.screener_of, self.limits)
 
-    async def tick(self, keys: set[Key]) -> int:
-        """Fetch ``keys`` and publish what changed; returns how many keys changed."""
+    async def tick(self, keys: set[Key], *, full: bool = False) -> int:
+        """Fetch ``keys`` and publish what changed; returns how many keys' data changed.
+
+        ``full``: ``keys`` is the whole demand, so what is not in it is forgotten."""
+        if full:
+            self._forget_all_but(keys)
+        else:
+            self._owed |= keys
         if not keys:
-            self.hub.set_status("ok")
+            await self.broker.publish(Batch(status=("ok", "")))
             return 0
-        started = time.monotonic()
+        started = self.clock()
         requests = self.plan(keys)
         results = await self.client.scan_all(requests, deadline=started + self.interval * 0.9)
-        with self.batch():
-            changed = self.publish(keys, results)
+        batch = self.compose(keys, results)
+        if await self.broker.publish(batch):
+            self._owed.difference_update(key for key, _, _ in batch.values)
+        else:
+            self._sources.clear()  # fenced: nothing of it reached anyone
         if self.metrics is not None:
-            self.metrics.tick.observe(time.monotonic() - started)
+            self.metrics.tick.observe(self.clock() - started)
         self.ticks += 1
-        return changed
+        return len(batch.values)
 
-    def publish(self, keys: Iterable[Key], results: list[ScanResult]) -> int:
-        """Synchronous: compute each key's data and hand changes to the hub."""
-        started = time.perf_counter()
-        ts = int(time.time() * 1000)
+    def compose(self, keys: Iterable[Key], results: list[ScanResult]) -> Batch:
+        """Synchronous and pure but for the remembered sources: rows in, one batch out."""
+        ts = int(self.wall() * 1000)
         outcome = merge_results(results)
         self._count(results)
-        changed = 0
+        batch = Batch(term=self.broker.term)
         rejected: dict[str, list[Key]] = {}
         for key in keys:
             row = outcome.rows.get(key.symbol)
@@ -155,24 +180,29 @@ class Collector:
             if key.symbol in outcome.incomplete and any(col not in row for col in columns):
                 continue  # part of its columns failed: keep the last good data
             values = row.pick(columns)
-            if self.hub.unchanged(key, values):
+            if self._sources.get(key) == values and key not in self._owed:
                 continue  # same inputs as last time: same data, nothing to compute or send
             profile = self.profiles[key.profile]
             if profile.compute_values is not None:
                 data = profile.compute_values(values)
             else:
                 data = profile.compute(dict(zip(bases, values, strict=True)))
-            changed += self.hub.publish(key, data, ts, values)
+            self._sources[key] = values
+            batch.values.append((key, data, ts))
         for symbol, symbol_keys in rejected.items():
             message = f"TradingView has no symbol {symbol}"
-            if self.on_unknown is not None:
-                self.on_unknown(symbol)
             for key in symbol_keys:
-                self.hub.reject(key, ErrorCode.UNKNOWN_SYMBOL, message)
-        self._report(results, outcome)
-        if self.metrics is not None:
-            self.metrics.fanout.observe(time.perf_counter() - started)
-        return changed
+                self._sources.pop(key, None)
+                self._owed.discard(key)
+                batch.rejected.append((key, str(ErrorCode.UNKNOWN_SYMBOL), message))
+        batch.status = self._report(results, outcome)
+        return batch
+
+    def _forget_all_but(self, demand: set[Key]) -> None:
+        """Drop what this collector remembers of keys nobody watches any more."""
+        for key in [key for key in self._sources if key not in demand]:
+            del self._sources[key]
+        self._owed &= demand
 
     def _columns_for(self, profile: str, tf: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The profile's base names and their scanner columns on ``tf``, built once."""
@@ -190,7 +220,7 @@ class Collector:
             self.metrics.upstream.labels(outcome=outcome).inc()
             self.metrics.cells.inc(result.request.cells)
 
-    def _report(self, results: list[ScanResult], outcome: Outcome) -> None:
+    def _report(self, results: list[ScanResult], outcome: Outcome) -> tuple[str, str]:
         upstream, reason = summarise(results)
         if outcome.bad_columns:
             names = ", ".join(sorted(outcome.bad_columns))
@@ -205,4 +235,4 @@ class Collector:
             reason = f"TradingView rejected column(s) {names} (profile {owners or '?'})"
         elif upstream != "ok":
             log.warning("upstream %s: %s", upstream, reason)
-        self.hub.set_status(upstream, reason)
+        return upstream, reason

@@ -84,6 +84,12 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _redis_url(value: str) -> str:
+    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return value
+
+
 def _exchange(value: str) -> str:
     value = value.strip().upper()
     if not value or not value.replace("_", "").isalnum():
@@ -204,6 +210,16 @@ class Settings:
     tor_isolation: bool = _setting(
         False, _boolean, "Give each proxy slot its own SOCKS credentials (Tor: its own circuit)."
     )
+    redis_url: str | None = _setting(
+        None, _optional(_redis_url), "redis://host:6379/0 turns on the cluster mode "
+        "(default: the platform's REDIS_URL; unset: one process, in memory)."
+    )
+    redis_prefix: str = _setting(
+        "quartsig:", str, "Prefix of every Redis key, so deployments can share one Redis."
+    )
+    lease_ttl: float = _setting(
+        3.0, _positive_float, "Seconds the collector's lease lasts unless renewed (cluster mode)."
+    )
 
     @classmethod
     def from_env(
@@ -226,6 +242,11 @@ class Settings:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         data_dir = Path(values.get("data_dir") or _default_data_dir())
         values["data_dir"] = data_dir
+        if "redis_url" not in values and environ.get("REDIS_URL"):
+            try:  # the platform's Redis add-on, as Heroku and its kin name it
+                values["redis_url"] = _redis_url(environ["REDIS_URL"])
+            except ValueError as error:
+                raise ConfigError(f"REDIS_URL: {error}") from None
         if not values.get("database_url"):
             values["database_url"] = f"sqlite://{data_dir / 'quartsig.sqlite3'}"
         if values.get("heartbeat_timeout", cls.heartbeat_timeout) >= values.get(

@@ -13,13 +13,14 @@ connection that falls behind merges its pending pieces per key (see
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import protocol
-from .model import Key
+from .model import Batch, Key
 
 SNAPSHOT = "snapshot"
 UPDATE = "update"
@@ -76,8 +77,6 @@ class Entry:
     snapshot: Piece | None = None
     subscribers: set[Sink] = field(default_factory=set)
     idle_since: float | None = None
-    #: The raw inputs ``data`` was computed from, so an unchanged row skips the compute.
-    source: Any = None
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,8 +104,9 @@ class Hub:
         self.users: dict[Sink, int] = {}
         #: Keys subscribed to that have no data yet; the collector fetches them early.
         self.fresh: set[Key] = set()
+        #: Set whenever a key joins ``fresh``; whoever fetches early waits on it and clears it.
+        self.fresh_added = asyncio.Event()
         self.status: tuple[str, str] = ("ok", "")
-        self._listeners: list[Callable[[], None]] = []
 
     # -- connections ----------------------------------------------------------------------
 
@@ -141,8 +141,7 @@ class Hub:
         if entry.data is None:
             if key not in self.fresh:
                 self.fresh.add(key)
-                for listener in self._listeners:
-                    listener()
+                self.fresh_added.set()
         else:
             sink.deliver(key, self._snapshot(entry))
         return True
@@ -168,27 +167,28 @@ class Hub:
             else:
                 entry.idle_since = self.clock()
 
-    def on_fresh(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` whenever a key nobody had before is subscribed to."""
-        self._listeners.append(listener)
-
     # -- the collector's side -------------------------------------------------------------
 
     def demand(self) -> set[Key]:
         """The keys someone watches now: what the next tick must fetch."""
         return {key for key, entry in self.entries.items() if entry.subscribers}
 
-    def unchanged(self, key: Key, source: Any) -> bool:
-        """Whether ``key``'s data was already computed from exactly ``source``."""
-        entry = self.entries.get(key)
-        return entry is None or (entry.data is not None and entry.source == source)
+    def apply(self, batch: Batch) -> int:
+        """Everything a tick brought, in one synchronous step; how many keys changed."""
+        changed = 0
+        for key, data, ts in batch.values:
+            changed += self.publish(key, data, ts)
+        for key, code, message in batch.rejected:
+            self.reject(key, code, message)
+        if batch.status is not None:
+            self.set_status(*batch.status)
+        return changed
 
-    def publish(self, key: Key, data: dict[str, Any], ts: int, source: Any = None) -> bool:
+    def publish(self, key: Key, data: dict[str, Any], ts: int) -> bool:
         """Store ``data`` for ``key`` and send subscribers what changed. True if anything did."""
         entry = self.entries.get(key)
         if entry is None:
             return False  # nobody watches it any more
-        entry.source = source
         if entry.data is None:
             entry.data, entry.ts, entry.snapshot = data, ts, None
             self.fresh.discard(key)
@@ -209,7 +209,7 @@ class Hub:
                 sink.deliver(key, piece)
         return True
 
-    def reject(self, key: Key, code: protocol.ErrorCode, message: str) -> None:
+    def reject(self, key: Key, code: str, message: str) -> None:
         """Drop ``key`` for everyone, telling each subscriber why (e.g. an unknown symbol)."""
         entry = self.entries.pop(key, None)
         self.fresh.discard(key)

@@ -1,17 +1,15 @@
-"""Prometheus series, one registry per app so that tests and several apps never collide."""
+"""Prometheus series, one registry per app so that tests and several apps never collide.
+
+The ``/metrics`` route that serves them lives in :mod:`quartsig.api`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from quart import Blueprint, Response
-
-from .runtime import current_runtime
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
@@ -92,12 +90,3 @@ def _tasks_alive() -> float:
         return float(len(asyncio.all_tasks()))
     except RuntimeError:  # scraped outside the event loop
         return 0.0
-
-
-blueprint = Blueprint("metrics", __name__)
-
-
-@blueprint.get("/metrics")
-async def metrics() -> Response:
-    body = generate_latest(current_runtime().metrics.registry)
-    return Response(body, content_type=CONTENT_TYPE_LATEST)

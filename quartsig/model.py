@@ -8,7 +8,7 @@ pulling in another's dependencies (the hub used to load aiohttp through the plan
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -142,3 +142,21 @@ class ScanResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(slots=True)
+class Batch:
+    """One tick's outcome as the collector publishes it and every node applies it to its hub.
+
+    It carries computed data, not raw rows, so that a node needs no profile code to apply it and
+    each node diffs and encodes once for its own subscribers. ``term`` is the leader's fencing
+    term (0 standalone): a node never applies an older term after a newer one.
+    """
+
+    values: list[tuple[Key, dict[str, Any], int]] = field(default_factory=list)  # key, data, ts
+    rejected: list[tuple[Key, str, str]] = field(default_factory=list)  # key, code, message
+    status: tuple[str, str] | None = None  # upstream health and why; None: unchanged
+    term: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.values or self.rejected or self.status is not None)

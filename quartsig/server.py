@@ -24,8 +24,8 @@ from hypercorn.protocol import ws_stream
 from quart import Quart
 from wsproto.extensions import Extension, PerMessageDeflate
 
-from quartsig.app import services
 from quartsig.config import ConfigError, Settings
+from quartsig.runtime import EXTENSION, State
 
 DEFAULT_BIND = "127.0.0.1:8000"
 
@@ -161,11 +161,11 @@ async def serve_until_signalled(app: Quart, config: Config) -> None:
 
     async def shutdown_trigger() -> None:
         await stop.wait()
-        runtime = services(app).runtime
+        state: State = app.extensions[EXTENSION]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(config.graceful_timeout):
                 # Again until none is left: one may have been authenticating meanwhile.
-                while runtime.close_all():  # noqa: ASYNC110 (shutdown only; a poll is simplest)
+                while state.close_all():  # noqa: ASYNC110 (shutdown only; a poll is simplest)
                     await asyncio.sleep(0.02)
 
     await serve(app, config, shutdown_trigger=shutdown_trigger)

@@ -21,7 +21,7 @@ from .hub import TooManySubscriptions
 from .model import Key
 from .protocol import Close, ErrorCode, ProtocolError
 from .ratelimit import TokenBucket
-from .runtime import Runtime, current_runtime
+from .runtime import State, current_state
 from .tokens import ExpiredToken, TokenError
 
 log = logging.getLogger(__name__)
@@ -52,24 +52,24 @@ def origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...]) -> b
 
 @blueprint.websocket("/ws")
 async def ws() -> tuple[str, int] | None:
-    runtime = current_runtime()
-    if runtime.shutting_down:  # refused before the upgrade: a client's backoff keeps growing
+    state = current_state()
+    if state.shutting_down:  # refused before the upgrade: a client's backoff keeps growing
         return "server shutting down", 503
     if not origin_allowed(
-        websocket.headers.get("Origin"), websocket.host, runtime.settings.allowed_origins
+        websocket.headers.get("Origin"), websocket.host, state.settings.allowed_origins
     ):
-        runtime.metrics.closes.labels(code="403").inc()
+        state.metrics.closes.labels(code="403").inc()
         return "origin not allowed", 403
     await websocket.accept()
-    code, reason = await _serve(runtime)
-    runtime.metrics.closes.labels(code=str(code)).inc()
+    code, reason = await _serve(state)
+    state.metrics.closes.labels(code=str(code)).inc()
     with contextlib.suppress(Exception, asyncio.CancelledError):
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await websocket.close(code, reason)
     return None
 
 
-async def _serve(runtime: Runtime) -> tuple[int, str]:
+async def _serve(state: State) -> tuple[int, str]:
     """Run one connection to its end; return the close code and reason.
 
     The handler task itself reads. Whoever decides the connection must close (its
@@ -78,48 +78,48 @@ async def _serve(runtime: Runtime) -> tuple[int, str]:
     us the client went away, and goes on up.
     """
     try:
-        user, auth_id = await _authenticate(runtime)
+        user, auth_id = await _authenticate(state)
     except Closing as closing:
         return closing.code, closing.reason
-    if runtime.shutting_down:  # it authenticated while the others were being told 1001
+    if state.shutting_down:  # it authenticated while the others were being told 1001
         return Close.GOING_AWAY, "server shutting down"
     handler = asyncio.current_task()
     assert handler is not None
     connection = Connection(
         websocket.send,
-        send_timeout=runtime.settings.send_timeout,
-        outbox=runtime.outbox,
-        on_frame=runtime.metrics.frame_sent,
+        send_timeout=state.settings.send_timeout,
+        outbox=state.outbox,
+        on_frame=state.metrics.frame_sent,
         on_close=handler.cancel,
     )
     # authed first: attach() queues a status when upstream is not ok, and nothing may
     # precede authed (docs/protocol.md).
     connection.send(protocol.reply("authed", auth_id, tg_id=user))
-    runtime.hub.attach(connection, user)
+    state.hub.attach(connection, user)
     try:
-        await _read(runtime, connection)
+        await _read(state, connection)
     except Closing as closing:
         connection.close(closing.code, closing.reason, interrupt=False)
     except asyncio.CancelledError:
         if connection.closing is None or handler.uncancel() > 0:
             raise
     finally:
-        runtime.hub.detach(connection)
+        state.hub.detach(connection)
         await connection.dispose()
     code, reason = connection.closing or (Close.NORMAL, "")
     if code in (Close.GOING_AWAY, Close.FORBIDDEN):  # let it see what was on its way
         with contextlib.suppress(Exception):
             await connection.flush(CLOSE_TIMEOUT)
     if reason == TOO_SLOW:
-        runtime.metrics.slow_closes.inc()
+        state.metrics.slow_closes.inc()
     return code, reason
 
 
-async def _receive(runtime: Runtime) -> str | bytes:
+async def _receive(state: State) -> str | bytes:
     frame = await websocket.receive()
     if frame is None:  # Quart hands an empty binary frame over as None (`b"" or text`)
         return b""
-    limit = runtime.settings.max_frame_bytes
+    limit = state.settings.max_frame_bytes
     if len(frame) > limit or (  # the limit is in bytes: a str of 1 400 "€" is 4 200 of them
         isinstance(frame, str)
         and 4 * len(frame) > limit
@@ -129,34 +129,34 @@ async def _receive(runtime: Runtime) -> str | bytes:
     return frame
 
 
-async def _authenticate(runtime: Runtime) -> tuple[int, object]:
+async def _authenticate(state: State) -> tuple[int, object]:
     """The token from ``?token=`` or a first ``auth`` frame -> the account's Telegram id."""
     token = websocket.args.get("token")
     auth_id = None
     if token is None:
         try:
-            async with asyncio.timeout(runtime.settings.auth_timeout):
-                frame = await _receive(runtime)
+            async with asyncio.timeout(state.settings.auth_timeout):
+                frame = await _receive(state)
         except TimeoutError:
             raise Closing(Close.AUTH_TIMEOUT, "auth timeout") from None
         try:
             messages = protocol.decode(frame)
-            message = protocol.parse_message(messages[0], runtime.vocabulary)
+            message = protocol.parse_message(messages[0], state.vocabulary)
         except ProtocolError:
             message = None
         if not isinstance(message, protocol.Auth):
             raise Closing(Close.BAD_TOKEN, "auth required")
         token, auth_id = message.token, message.id
     try:
-        user = runtime.tokens.verify(token)
+        user = state.tokens.verify(token)
     except ExpiredToken:
         raise Closing(Close.BAD_TOKEN, "token expired") from None
     except TokenError:
         raise Closing(Close.BAD_TOKEN, "bad token") from None
     try:
-        active = await runtime.admit(user)
+        active = await state.gate.admit(user)
     except Exception:
-        if (held := runtime.lookup_failures.due()) is not None:
+        if (held := state.lookup_failures.due()) is not None:
             log.exception("account lookup failed (%d more since the last report)", held)
         raise Closing(Close.TRY_AGAIN_LATER, "accounts unavailable") from None
     if not active:
@@ -164,20 +164,20 @@ async def _authenticate(runtime: Runtime) -> tuple[int, object]:
     return user, auth_id
 
 
-async def _read(runtime: Runtime, connection: Connection) -> None:
+async def _read(state: State, connection: Connection) -> None:
     """Drain the client's frames for as long as it is connected, obeying each op in order.
 
     Each frame is handled by a plain function, so that nothing parsed from it is still
     referenced while this waits for the next: an idle connection kept its last frame's
     JSON alive (~350 B each, tracemalloc) when the loop held it in its locals."""
-    settings = runtime.settings
+    settings = state.settings
     bucket = TokenBucket(settings.ops_per_second, 2 * settings.ops_per_second)
     strikes = 0
     while True:
-        strikes = _handle(runtime, connection, await _receive(runtime), bucket, strikes)
+        strikes = _handle(state, connection, await _receive(state), bucket, strikes)
 
 
-def _handle(runtime: Runtime, connection: Connection, frame: str | bytes,
+def _handle(state: State, connection: Connection, frame: str | bytes,
             bucket: TokenBucket, strikes: int) -> int:
     """Obey one client frame; returns the count of rate-limited ops in a row so far."""
     if isinstance(frame, bytes):
@@ -197,7 +197,7 @@ def _handle(runtime: Runtime, connection: Connection, frame: str | bytes,
             continue
         strikes = 0
         try:
-            _obey(runtime, connection, protocol.parse_message(raw, runtime.vocabulary))
+            _obey(state, connection, protocol.parse_message(raw, state.vocabulary))
         except ProtocolError as error:
             connection.send(protocol.error(error.code, error.message, error.id))
     return strikes
@@ -210,8 +210,8 @@ def _id_of(raw: object) -> object:
         return None
 
 
-def _obey(runtime: Runtime, connection: Connection, message: protocol.Message) -> None:
-    hub = runtime.hub
+def _obey(state: State, connection: Connection, message: protocol.Message) -> None:
+    hub = state.hub
     if isinstance(message, protocol.Ping):
         connection.send(protocol.reply("pong", message.id))
     elif isinstance(message, protocol.Auth):
@@ -220,7 +220,7 @@ def _obey(runtime: Runtime, connection: Connection, message: protocol.Message) -
         target = {"symbol": message.symbol, "tf": message.tf, "profile": message.profile}
         key = Key(message.profile, message.symbol, message.tf)
         if isinstance(message, protocol.Subscribe):
-            unknown = runtime.unknown_symbols.get(message.symbol)
+            unknown = state.unknown_symbols.get(message.symbol)
             if unknown is not None:
                 raise ProtocolError(ErrorCode.UNKNOWN_SYMBOL, unknown, message.id)
             try:

@@ -15,8 +15,9 @@ from tortoise.context import TortoiseContext
 
 from quartsig import accounts, database
 from quartsig.api import authorised, parse_token_request
-from quartsig.app import MAX_HTTP_BODY, create_app, services
+from quartsig.app import MAX_HTTP_BODY, create_app, state_of
 from quartsig.config import Settings
+from quartsig.runtime import State
 
 SECRET = "bot-secret_0123456789+/="
 KEY = Fernet.generate_key().decode()
@@ -66,7 +67,7 @@ async def test_mints_a_token_for_an_active_account(app: Quart) -> None:
     expires = datetime.fromisoformat(body["expires_at"])
     issued = Fernet(KEY.encode()).extract_timestamp(body["token"])
     assert expires == datetime.fromtimestamp(issued + 86400, UTC)
-    assert services(app).tokens.verify(body["token"]) == 42
+    assert state_of(app).tokens.verify(body["token"]) == 42
 
 
 async def test_create_true_creates_then_keeps_the_account(app: Quart) -> None:
@@ -167,7 +168,7 @@ async def test_healthz_reports_process_and_database(app: Quart) -> None:
 
 
 async def test_healthz_is_503_when_the_database_stops_answering(app: Quart) -> None:
-    state = services(app)
+    state = state_of(app)
     live = state.database
     unreachable = TortoiseContext()
     with unreachable:  # configured but never connected: the first query has to connect
@@ -194,12 +195,12 @@ class Recorder:
     def __init__(self, name: str, log: list[str], fail: bool = False) -> None:
         self.name, self.log, self.fail = name, log, fail
 
-    async def start(self, app: Quart) -> None:
+    async def start(self, state: State) -> None:
         if self.fail:
             raise RuntimeError(f"{self.name} cannot start")
         self.log.append(f"start {self.name}")
 
-    async def stop(self, app: Quart) -> None:
+    async def stop(self, state: State) -> None:
         self.log.append(f"stop {self.name}")
 
 

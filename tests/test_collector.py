@@ -18,10 +18,11 @@ from typing import Any
 
 import orjson
 
+from quartsig.broker.memory import MemoryBroker
 from quartsig.collector import Collector, merge_results
 from quartsig.connection import Connection
 from quartsig.hub import Hub
-from quartsig.model import Key, Row, ScanError, ScanRequest, ScanResult
+from quartsig.model import Batch, Key, Row, ScanError, ScanRequest, ScanResult
 from quartsig.planner import Limits
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.profiles import Profile
@@ -123,14 +124,32 @@ def collector(
     **options: Any,
 ) -> Collector:
     unknown: list[str] = options.pop("unknown", [])
+    hub = Hub()
+
+    def deliver(batch: Batch) -> int:
+        unknown.extend(sorted({key.symbol for key, _, _ in batch.rejected}))
+        return hub.apply(batch)
+
     return Collector(
-        Hub(),
+        MemoryBroker(hub, deliver),
         dict(PROFILES if profiles is None else profiles),
-        client or ScannerClient("http://127.0.0.1:9"),  # publish() never fetches
+        client or ScannerClient("http://127.0.0.1:9"),  # compose() never fetches
         screener_for,
-        on_unknown=unknown.append,
         **options,
     )
+
+
+def hub_of(col: Collector) -> Hub:
+    broker = col.broker
+    assert isinstance(broker, MemoryBroker)
+    return broker.hub
+
+
+def publish(col: Collector, keys: Iterable[Key], results: list[ScanResult]) -> int:
+    """Compose a batch from ``results`` and apply it to the collector's hub, as a tick does."""
+    broker = col.broker
+    assert isinstance(broker, MemoryBroker)
+    return int(broker.deliver(col.compose(list(keys), results)))  # type: ignore[call-overload]
 
 
 def attach(hub: Hub, *keys: Key, user: int = 1) -> Connection:
@@ -230,20 +249,20 @@ async def test_publish_sends_snapshots_then_only_what_changed():
     market = Market()
     col = collector()
     full, summary = Key("full", USDJPY, "5m"), Key("summary", USDJPY, "5m")
-    conn = attach(col.hub, full, summary)
+    conn = attach(hub_of(col), full, summary)
     assert messages(conn) == []  # nothing cached yet
 
-    keys = col.hub.demand()
-    assert col.publish(keys, [market.answer(r) for r in col.plan(keys)]) == 2
+    keys = hub_of(col).demand()
+    assert publish(col, keys, [market.answer(r) for r in col.plan(keys)]) == 2
     first = messages(conn)
     assert sorted(m["type"] for m in first) == ["snapshot", "snapshot"]
     state: dict[Key, dict[str, Any]] = {}
     apply(state, first)
     assert state == {full: market.expected(FULL, full), summary: market.expected(SUMMARY, summary)}
-    assert col.hub.fresh == set()
+    assert hub_of(col).fresh == set()
 
     # The same answer again: nothing to send.
-    assert col.publish(keys, [market.answer(r) for r in col.plan(keys)]) == 0
+    assert publish(col, keys, [market.answer(r) for r in col.plan(keys)]) == 0
     assert messages(conn) == []
 
     # The market moves until the full profile changes (a step moves 30% of the series).
@@ -252,7 +271,7 @@ async def test_publish_sends_snapshots_then_only_what_changed():
         if market.expected(FULL, full) != state[full]:
             break
     before = {key: dict(data) for key, data in state.items()}
-    changed = col.publish(keys, [market.answer(r) for r in col.plan(keys)])
+    changed = publish(col, keys, [market.answer(r) for r in col.plan(keys)])
     received = messages(conn)
     assert changed == len(received) >= 1
     assert {m["type"] for m in received} == {"update"}
@@ -270,13 +289,13 @@ async def test_two_subscribers_receive_the_same_encoded_piece():
     market = Market()
     col = collector()
     key = Key("full", EURUSD, "1h")
-    one, two = attach(col.hub, key, user=1), attach(col.hub, key, user=2)
-    keys = col.hub.demand()
-    col.publish(keys, [market.answer(r) for r in col.plan(keys)])
+    one, two = attach(hub_of(col), key, user=1), attach(hub_of(col), key, user=2)
+    keys = hub_of(col).demand()
+    publish(col, keys, [market.answer(r) for r in col.plan(keys)])
     assert one.take() == two.take()
     for _ in range(20):
         market.model.step()
-        if col.publish(keys, [market.answer(r) for r in col.plan(keys)]):
+        if publish(col, keys, [market.answer(r) for r in col.plan(keys)]):
             break
     assert one._pending[key] is two._pending[key]  # one piece, encoded once
     assert one.take() == two.take()
@@ -287,15 +306,15 @@ async def test_unchanged_inputs_are_not_recomputed():
     market = Market()
     col = collector({"counting": profile})
     usd5, usd1h = Key("counting", USDJPY, "5m"), Key("counting", USDJPY, "1h")
-    conn = attach(col.hub, usd5, usd1h)
-    keys = col.hub.demand()
+    conn = attach(hub_of(col), usd5, usd1h)
+    keys = hub_of(col).demand()
 
-    col.publish(keys, [market.answer(r) for r in col.plan(keys)])
+    publish(col, keys, [market.answer(r) for r in col.plan(keys)])
     assert len(calls) == 2  # one compute per key
     assert len(messages(conn)) == 2
 
     for _ in range(3):
-        col.publish(keys, [market.answer(r) for r in col.plan(keys)])
+        publish(col, keys, [market.answer(r) for r in col.plan(keys)])
     assert len(calls) == 2  # same rows: no compute, nothing sent
     assert messages(conn) == []
 
@@ -303,7 +322,7 @@ async def test_unchanged_inputs_are_not_recomputed():
     row = market.row(USDJPY, ("RSI|5", "Recommend.All|5", "RSI|60", "Recommend.All|60"))
     row["RSI|5"] += 1.0
     [req] = col.plan(keys)
-    col.publish(keys, [ok(req, {USDJPY: {c: row[c] for c in req.columns}})])
+    publish(col, keys, [ok(req, {USDJPY: {c: row[c] for c in req.columns}})])
     assert len(calls) == 3 and calls[-1]["RSI"] == row["RSI|5"]
     [update] = messages(conn)
     assert (update["type"], update["tf"], update["data"]) == ("update", "5m", {"RSI": row["RSI|5"]})
@@ -313,18 +332,18 @@ async def test_a_key_in_a_failed_request_keeps_its_data_and_status_reports_it():
     market = Market()
     col = collector()
     forex, crypto = Key("summary", USDJPY, "5m"), Key("summary", BTC, "5m")
-    fx_conn, btc_conn = attach(col.hub, forex, user=1), attach(col.hub, crypto, user=2)
-    keys = col.hub.demand()
+    fx_conn, btc_conn = attach(hub_of(col), forex, user=1), attach(hub_of(col), crypto, user=2)
+    keys = hub_of(col).demand()
     requests = col.plan(keys)
     assert len(requests) == 2  # one per screener
 
-    col.publish(keys, [market.answer(r) for r in requests])
+    publish(col, keys, [market.answer(r) for r in requests])
     kept = {c: messages(c)[0]["data"] for c in (fx_conn, btc_conn)}
-    assert col.hub.status[0] == "ok"
+    assert hub_of(col).status[0] == "ok"
 
     def tick(fail: set[str]) -> None:
         results = [failed(r) if r.screener in fail else market.answer(r) for r in requests]
-        col.publish(keys, results)
+        publish(col, keys, results)
 
     # Move both symbols until each summary value differs, so a sent update would show.
     for _ in range(50):
@@ -338,8 +357,8 @@ async def test_a_key_in_a_failed_request_keeps_its_data_and_status_reports_it():
     assert [m["type"] for m in fx] == ["status", "update"]
     assert fx[0]["upstream"] == "degraded" and "1 of 2 requests failed" in fx[0]["reason"]
     assert btc == [fx[0]]  # the status only: the crypto key keeps its last data
-    assert col.hub.entries[crypto].data == kept[btc_conn]
-    assert col.hub.demand() == keys  # and it is still wanted
+    assert hub_of(col).entries[crypto].data == kept[btc_conn]
+    assert hub_of(col).demand() == keys  # and it is still wanted
 
     tick({"crypto", "forex"})
     down = [messages(c) for c in (fx_conn, btc_conn)]
@@ -352,18 +371,18 @@ async def test_a_key_in_a_failed_request_keeps_its_data_and_status_reports_it():
     assert btc[0]["upstream"] == "ok"
     assert btc[1]["data"]["Recommend.All"] == market.expected(SUMMARY, crypto)["Recommend.All"]
     assert [m["type"] for m in messages(fx_conn)] == ["status"]
-    assert col.hub.status[0] == "ok"
+    assert hub_of(col).status[0] == "ok"
 
 
 async def test_a_ticker_split_across_requests_keeps_its_data_when_one_part_fails():
     market = Market()
     col = collector(limits=Limits(max_columns=40, max_cells=40))
     key = Key("full", USDJPY, "1d")
-    conn = attach(col.hub, key)
-    keys = col.hub.demand()
+    conn = attach(hub_of(col), key)
+    keys = hub_of(col).demand()
     requests = col.plan(keys)
     assert len(requests) > 2  # full has ~90 columns: split by columns
-    col.publish(keys, [market.answer(r) for r in requests])
+    publish(col, keys, [market.answer(r) for r in requests])
     [snapshot] = messages(conn)
     assert snapshot["data"] == market.expected(FULL, key)
 
@@ -373,11 +392,11 @@ async def test_a_ticker_split_across_requests_keeps_its_data_when_one_part_fails
             break
     results = [market.answer(r) for r in requests]
     results[1] = failed(requests[1])
-    col.publish(keys, results)
+    publish(col, keys, results)
     assert [m["type"] for m in messages(conn)] == ["status"]  # degraded, and no half update
-    assert col.hub.entries[key].data == snapshot["data"]
+    assert hub_of(col).entries[key].data == snapshot["data"]
 
-    col.publish(keys, [market.answer(r) for r in requests])
+    publish(col, keys, [market.answer(r) for r in requests])
     status, update = messages(conn)
     assert status["upstream"] == "ok"
     assert {**snapshot["data"], **update["data"]} == market.expected(FULL, key)
@@ -389,9 +408,9 @@ async def test_unknown_tickers_are_rejected_and_reported_once():
     col = collector(unknown=unknown)
     gone = [Key("summary", NOWHERE, "5m"), Key("full", NOWHERE, "1h")]
     fine = Key("summary", USDJPY, "5m")
-    conn = attach(col.hub, *gone, fine)
-    keys = col.hub.demand()
-    col.publish(keys, [market.answer(r) for r in col.plan(keys)])
+    conn = attach(hub_of(col), *gone, fine)
+    keys = hub_of(col).demand()
+    publish(col, keys, [market.answer(r) for r in col.plan(keys)])
 
     received = messages(conn)
     errors = [m for m in received if m["type"] == "error"]
@@ -401,23 +420,23 @@ async def test_unknown_tickers_are_rejected_and_reported_once():
     }
     assert [m["type"] for m in received if m["type"] != "error"] == ["snapshot"]
     assert unknown == [NOWHERE]  # once per symbol, whatever the keys
-    assert col.hub.demand() == {fine}
-    assert col.hub.subscriptions[conn] == {fine}
-    assert col.hub.status[0] == "ok"  # an unknown ticker is not upstream trouble
+    assert hub_of(col).demand() == {fine}
+    assert hub_of(col).subscriptions[conn] == {fine}
+    assert hub_of(col).status[0] == "ok"  # an unknown ticker is not upstream trouble
 
 
 async def test_a_rejected_column_degrades_status_with_the_owning_profile():
     market = Market()
     col = collector()
     forex, crypto = Key("summary", USDJPY, "5m"), Key("summary", BTC, "5m")
-    conn = attach(col.hub, forex, crypto)
-    keys = col.hub.demand()
+    conn = attach(hub_of(col), forex, crypto)
+    keys = hub_of(col).demand()
     requests = col.plan(keys)
     results = [
         failed(r, "bad_column", "Recommend.All|5") if r.screener == "crypto" else market.answer(r)
         for r in requests
     ]
-    col.publish(keys, results)
+    publish(col, keys, results)
     status = next(m for m in messages(conn) if m["type"] == "status")
     assert status["upstream"] == "degraded"
     assert "Recommend.All|5" in status["reason"] and "summary" in status["reason"]
@@ -457,8 +476,8 @@ async def wait_for(predicate: Any, within: float, step: float = 0.01) -> float:
 
 async def test_run_ticks_every_interval():
     async with running(interval=0.3, batch_delay=0.05) as (col, standin):
-        conn = attach(col.hub, Key("summary", USDJPY, "1m"))
-        await wait_for(lambda: col.hub.entries[Key("summary", USDJPY, "1m")].data, 2.0)
+        conn = attach(hub_of(col), Key("summary", USDJPY, "1m"))
+        await wait_for(lambda: hub_of(col).entries[Key("summary", USDJPY, "1m")].data, 2.0)
         messages(conn)
         standin.clear_log()
         await asyncio.sleep(2.0)
@@ -473,10 +492,10 @@ async def test_a_new_key_is_fetched_early_not_at_the_next_tick():
         await asyncio.sleep(0.3)  # the first (empty) tick has passed; the next is 30 s away
         first, second = Key("summary", USDJPY, "5m"), Key("full", BTC, "1h")
         started = time.monotonic()
-        conn = attach(col.hub, first)
+        conn = attach(hub_of(col), first)
         await asyncio.sleep(0.05)
-        other = attach(col.hub, second, user=2)  # same burst: same early fetch
-        await wait_for(lambda: col.hub.entries[second].data is not None, 3.0)
+        other = attach(hub_of(col), second, user=2)  # same burst: same early fetch
+        await wait_for(lambda: hub_of(col).entries[second].data is not None, 3.0)
         elapsed = time.monotonic() - started
         assert 0.2 <= elapsed < 1.5  # batch_delay + a fetch, far below interval
         assert len(standin.log) == 2  # both screeners' requests fetched together, once
@@ -485,7 +504,7 @@ async def test_a_new_key_is_fetched_early_not_at_the_next_tick():
         assert [m["type"] for m in messages(other)] == ["snapshot"]
 
         # A cached key needs no fetch at all: its snapshot is there at subscribe time.
-        late = attach(col.hub, first, user=3)
+        late = attach(hub_of(col), first, user=3)
         assert [m["type"] for m in messages(late)] == ["snapshot"]
         await asyncio.sleep(0.5)
         assert len(standin.log) == 2
@@ -506,14 +525,15 @@ async def test_an_exception_in_a_profile_does_not_stop_the_loop():
         standin,
     ):
         bad_key, good_key = Key("buggy", USDJPY, "5m"), Key("counting", EURUSD, "5m")
-        conn = attach(col.hub, bad_key, good_key)
-        await wait_for(lambda: col.hub.status == ("degraded", "internal error in the collector"),
+        conn = attach(hub_of(col), bad_key, good_key)
+        degraded = ("degraded", "internal error in the collector")
+        await wait_for(lambda: hub_of(col).status == degraded,
                        2.0)
         ticks = len(standin.log)
         await wait_for(lambda: len(standin.log) >= ticks + 2, 2.0)  # still ticking
         fail["on"] = False
-        await wait_for(lambda: col.hub.entries[bad_key].data is not None, 2.0)
-        assert col.hub.status[0] == "ok"
+        await wait_for(lambda: hub_of(col).entries[bad_key].data is not None, 2.0)
+        assert hub_of(col).status[0] == "ok"
         received = messages(conn)
         assert [m["upstream"] for m in received if m["type"] == "status"][-1] == "ok"
         snapshot = next(m for m in received if m["type"] == "snapshot" and m["profile"] == "buggy")
@@ -526,12 +546,12 @@ async def test_a_key_unsubscribed_before_its_answer_is_not_cached():
     async with running(interval=interval, batch_delay=0.05) as (col, standin):
         standin.config.base_delay = 0.15  # answers arrive after the client has left
         key = Key("summary", USDJPY, "5m")
-        conn = attach(col.hub, key)
+        conn = attach(hub_of(col), key)
         await wait_for(lambda: standin.in_flight > 0, 1.0)
-        col.hub.detach(conn)
+        hub_of(col).detach(conn)
         await wait_for(lambda: standin.in_flight == 0 and len(standin.log) >= 1, 1.0)
         await asyncio.sleep(0.05)
-        assert key not in col.hub.entries and col.hub.demand() == set()
+        assert key not in hub_of(col).entries and hub_of(col).demand() == set()
         count = len(standin.log)
         await asyncio.sleep(3 * interval)
         assert len(standin.log) == count  # no demand, no request

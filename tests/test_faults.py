@@ -161,6 +161,7 @@ class Sink:
 def collector_for(url: str, **client_options: Any) -> tuple[Any, Any, Sink]:
     from functools import partial
 
+    from quartsig.broker.memory import MemoryBroker
     from quartsig.collector import Collector
     from quartsig.hub import Hub
     from quartsig.model import Key
@@ -170,7 +171,8 @@ def collector_for(url: str, **client_options: Any) -> tuple[Any, Any, Sink]:
 
     hub = Hub()
     client = ScannerClient(url, **client_options)
-    collector = Collector(hub, load_profiles(get_plugin_manager(None)), client,
+    collector = Collector(MemoryBroker(hub, hub.apply), load_profiles(get_plugin_manager(None)),
+                          client,
                           partial(screener_for), interval=1.0)
     sink = Sink()
     hub.attach(sink, 42)
@@ -205,7 +207,7 @@ async def test_a_thousand_faulted_ticks_leak_no_task_and_no_socket(caplog) -> No
         collector, client, _ = collector_for(
             standin.url, timeout=0.05, retry_delays=(0.0, 0.001))
         async with client:
-            keys = collector.hub.demand()
+            keys = collector.broker.hub.demand()
             for _ in range(5):  # warm up: the keep-alive connection exists
                 await collector.tick(keys)
             gc.collect()
@@ -214,11 +216,11 @@ async def test_a_thousand_faulted_ticks_leak_no_task_and_no_socket(caplog) -> No
             for i in range(LEAK_TICKS):
                 standin.state.add_faults([{**LEAK_FAULTS[i % len(LEAK_FAULTS)], "count": 2}])
                 await collector.tick(keys)
-                statuses.add(collector.hub.status[0])
+                statuses.add(collector.broker.hub.status[0])
             elapsed = time.monotonic() - started
             standin.state.clear_faults()
             await collector.tick(keys)
-            assert collector.hub.status[0] == "ok"
+            assert collector.broker.hub.status[0] == "ok"
             await asyncio.sleep(0.2)
             gc.collect()
             tasks1, fds1 = len(asyncio.all_tasks()), open_fds()
@@ -282,14 +284,14 @@ async def test_proxy_refuses_stalls_and_dies_mid_tick_slots_fail_over(caplog) ->
                 standin.url, proxies=[refused, stalled, steady.url, dying.url], timeout=0.3,
                 retry_delays=(0.02, 0.05, 0.1), proxy_cooldowns=(0.5, 1.0, 2.0))
             async with client:
-                keys = collector.hub.demand()
+                keys = collector.broker.hub.demand()
                 log: list[tuple[str, str]] = []
 
                 async def ticks(count: int) -> None:
                     for _ in range(count):
                         started = time.monotonic()
                         await collector.tick(keys)
-                        log.append((collector.hub.status[0], collector.hub.status[1]))
+                        log.append((collector.broker.hub.status[0], collector.broker.hub.status[1]))
                         await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - started)))
 
                 def peers(since: int = 0) -> set[str]:

@@ -398,10 +398,10 @@ def test_thousands_of_subscriptions_hit_the_limit_not_the_server(tmp_path: Path)
                 return counts
 
         counts = app.run(subscribe_all())
-        runtime = app.app.extensions["quartsig"].runtime
+        state = app.app.extensions["quartsig"]
         assert counts["subscribed"] == 128
         assert counts["too_many_subscriptions"] == 4096 - 128
-        assert not runtime.hub.subscriptions  # the connection is gone and left nothing behind
+        assert not state.hub.subscriptions  # the connection is gone and left nothing behind
         print(f"\nFIGURES many-subscriptions: {counts}")
 
     with AppUnderFuzz(tmp_path / "limited") as app:  # default 20 ops/s: flooding closes

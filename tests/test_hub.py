@@ -190,13 +190,13 @@ async def test_status_changes_reach_everyone_once_and_new_connections_on_attach(
     assert frames(a) == [{"type": "status", "upstream": "ok", "reason": ""}]
 
 
-async def test_fresh_listener_fires_once_per_new_key():
+async def test_a_new_key_raises_fresh_added_once_and_a_second_subscriber_does_not():
     hub = Hub()
-    calls = []
-    hub.on_fresh(lambda: calls.append(1))
     a, b = connection(), connection()
     hub.attach(a, 1)
     hub.attach(b, 2)
     hub.subscribe(a, KEY)
+    assert hub.fresh == {KEY} and hub.fresh_added.is_set()
+    hub.fresh_added.clear()
     hub.subscribe(b, KEY)
-    assert calls == [1]
+    assert not hub.fresh_added.is_set()

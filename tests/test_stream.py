@@ -215,33 +215,33 @@ async def test_unknown_symbol_is_reported_and_dropped(stack: Stack):
         await ws.send('{"op":"subscribe","symbol":"FX_IDC:NOPENOPE","tf":"1m","profile":"summary"}')
         error = await receive_until(ws, "error")
         assert error["code"] == "unknown_symbol" and error["symbol"] == "FX_IDC:NOPENOPE"
-        runtime = stack.app.extensions["quartsig"].runtime
-        assert runtime.hub.demand() == set()
+        state = stack.app.extensions["quartsig"]
+        assert state.hub.demand() == set()
         await ws.send('{"op":"subscribe","symbol":"FX_IDC:NOPENOPE","tf":"5m","id":2}')
         [again] = await receive(ws)
         assert again["code"] == "unknown_symbol" and again["id"] == 2
 
 
 async def test_updates_carry_only_changed_keys_and_rebuild_the_state(stack: Stack):
-    runtime = stack.app.extensions["quartsig"].runtime
+    server = stack.app.extensions["quartsig"]
     async with stack.ws() as ws:
         await authed(ws, stack.token)
         await ws.send('{"op":"subscribe","symbol":"EURUSD","tf":"1h"}')
         snapshot = await receive_until(ws, "snapshot")
         state = dict(snapshot["data"])
         stack.standin.set_values("FX_IDC:EURUSD", "1h", {"RSI": 12.5, "RSI[1]": 11.0})
-        await runtime.collector.tick(runtime.hub.demand())
+        await server.collector.tick(server.hub.demand(), full=True)
         update = await receive_until(ws, "update")
         assert update["data"]["RSI"] == 12.5
         assert "Pivot.M.Classic.R1" not in update["data"] or (
             update["data"]["Pivot.M.Classic.R1"] != state["Pivot.M.Classic.R1"]
         )
         state.update(update["data"])
-        assert state == runtime.hub.entries[next(iter(runtime.hub.demand()))].data
+        assert state == server.hub.entries[next(iter(server.hub.demand()))].data
 
 
 async def test_unsubscribed_key_leaves_the_next_scanner_request(stack: Stack):
-    runtime = stack.app.extensions["quartsig"].runtime
+    state = stack.app.extensions["quartsig"]
     async with stack.ws() as ws:
         await authed(ws, stack.token)
         await ws.send('{"op":"subscribe","symbol":"GBPUSD","tf":"1m","profile":"summary"}')
@@ -249,22 +249,22 @@ async def test_unsubscribed_key_leaves_the_next_scanner_request(stack: Stack):
         await ws.send('{"op":"unsubscribe","symbol":"GBPUSD","tf":"1m","profile":"summary"}')
         await receive_until(ws, "unsubscribed")
         stack.standin.clear_log()
-        await runtime.collector.tick(runtime.hub.demand())
+        await state.collector.tick(state.hub.demand(), full=True)
         assert all("FX_IDC:GBPUSD" not in r.tickers for r in stack.standin.log)
 
 
 async def test_shutdown_closes_clients_with_1001(stack: Stack):
-    runtime = stack.app.extensions["quartsig"].runtime
+    state = stack.app.extensions["quartsig"]
     async with stack.ws() as ws:
         await authed(ws, stack.token)
-        runtime.close_all()
+        state.close_all()
         assert await closed_with(ws) == 1001
 
 
 async def test_disabling_an_account_closes_its_connections(stack: Stack):
-    runtime = stack.app.extensions["quartsig"].runtime
+    state = stack.app.extensions["quartsig"]
     async with stack.ws() as ws:
         await authed(ws, stack.token)
         await accounts.disable(42)
-        await runtime.check_accounts()
+        await state.check_accounts()
         assert await closed_with(ws) == 4403

@@ -1,4 +1,4 @@
-"""The app-lifetime objects: remembered admissions and the account check that revokes them."""
+"""The account gate: remembered admissions, and the check that revokes them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from quartsig import runtime as runtime_module
+from quartsig.admission import Gate
 from quartsig.config import Settings
-from quartsig.runtime import Admitted, Runtime
+from quartsig.expiring import Expiring
+from quartsig.runtime import State
 from quartsig.tokens import TokenAuthority
 
 
@@ -51,62 +52,61 @@ class Sink:
         self.closed = (code, reason)
 
 
-def make_runtime(table: Accounts) -> Runtime:
+def make_state(table: Accounts) -> State:
     settings = Settings(secret_keys=(Fernet.generate_key().decode(),))
-    return Runtime(
+    return State(
         settings=settings,
         tokens=TokenAuthority(settings.secret_keys, 60),
         profiles={"full": object()},  # type: ignore[dict-item]
         screeners={},
-        account_active=table.is_active,
-        disabled_since=table.disabled_since,
+        gate=Gate(table.is_active, table.disabled_since),
     )
 
 
 async def test_a_reconnecting_account_is_admitted_without_asking_the_database_again():
     table = Accounts({42})
-    runtime = make_runtime(table)
-    assert [await runtime.admit(42) for _ in range(5)] == [True] * 5
+    state = make_state(table)
+    assert [await state.gate.admit(42) for _ in range(5)] == [True] * 5
     assert table.lookups == 1
 
 
 async def test_unknown_and_disabled_accounts_are_asked_for_every_time():
     table = Accounts({42})
     table.disable(7)
-    runtime = make_runtime(table)
-    assert [await runtime.admit(7), await runtime.admit(7), await runtime.admit(99)] == [False] * 3
+    state = make_state(table)
+    admitted = [await state.gate.admit(7), await state.gate.admit(7), await state.gate.admit(99)]
+    assert admitted == [False] * 3
     assert table.lookups == 3
 
 
 async def test_the_account_check_revokes_a_remembered_admission_and_closes_the_connection():
     table = Accounts({42})
-    runtime = make_runtime(table)
+    state = make_state(table)
     sink = Sink()
-    assert await runtime.admit(42)
-    runtime.hub.attach(sink, 42)
+    assert await state.gate.admit(42)
+    state.hub.attach(sink, 42)
     table.disable(42)
-    assert await runtime.admit(42)  # not checked yet: as for a connected client
-    assert await runtime.check_accounts() == 1
+    assert await state.gate.admit(42)  # not checked yet: as for a connected client
+    assert await state.check_accounts() == 1
     assert sink.closed == (4403, "account disabled")
-    assert not await runtime.admit(42)
+    assert not await state.gate.admit(42)
     assert table.lookups == 2
 
 
 async def test_a_remembered_account_gets_in_while_the_database_is_down_others_do_not():
     table = Accounts({42, 43})
-    runtime = make_runtime(table)
-    assert await runtime.admit(42)
+    state = make_state(table)
+    assert await state.gate.admit(42)
     table.fail = True
-    assert await runtime.admit(42)
+    assert await state.gate.admit(42)
     with pytest.raises(ConnectionError):
-        await runtime.admit(43)
+        await state.gate.admit(43)
 
 
-def test_admissions_expire(monkeypatch: pytest.MonkeyPatch):
+def test_entries_expire_on_the_injected_clock():
     now = [1000.0]
-    monkeypatch.setattr(runtime_module.time, "monotonic", lambda: now[0])
-    admitted = Admitted(ttl=10.0)
-    admitted.add(42)
+    admitted: Expiring[int, bool] = Expiring(ttl=10.0, clock=lambda: now[0])
+    admitted.add(42, True)
     now[0] += 9.9
     assert 42 in admitted
     now[0] += 0.2
@@ -114,12 +114,12 @@ def test_admissions_expire(monkeypatch: pytest.MonkeyPatch):
     assert len(admitted) == 0
 
 
-def test_admissions_are_bounded_oldest_first():
-    admitted = Admitted(limit=3)
+def test_entries_are_bounded_oldest_first():
+    admitted: Expiring[int, bool] = Expiring(ttl=60.0, limit=3)
     for tg_id in (1, 2, 3):
-        admitted.add(tg_id)
-    admitted.add(1)  # seen again: now the newest
-    admitted.add(4)
+        admitted.add(tg_id, True)
+    admitted.add(1, True)  # seen again: now the newest
+    admitted.add(4, True)
     assert [tg_id in admitted for tg_id in (1, 2, 3, 4)] == [True, False, True, True]
     assert len(admitted) == 3
     admitted.forget([3, 99])
