@@ -120,6 +120,8 @@ class Collector:
             fresh = self.broker.wanted_now()
             if fresh and next_tick - self.clock() > self.batch_delay:
                 await self._guarded(fresh)
+            else:
+                self._owed |= fresh  # the next full tick publishes them, changed or not
 
     async def _guarded(self, keys: set[Key], *, full: bool = False) -> None:
         try:
@@ -149,6 +151,7 @@ class Collector:
             self._owed |= keys
         if not keys:
             await self.broker.publish(Batch(status=("ok", "")))
+            self.ticks += 1
             return 0
         started = self.clock()
         requests = self.plan(keys)

@@ -50,6 +50,19 @@ class Metrics:
             "quartsig_upstream_requests", "Scanner requests by outcome", ["outcome"], registry=r
         )
         self.cells = Counter("quartsig_upstream_cells", "Scanner cells requested", registry=r)
+        self.lease = Gauge(
+            "quartsig_lease_held", "1 while this node holds the collector's lease", registry=r
+        )
+        self.term = Gauge("quartsig_term", "Fencing term this node last led", registry=r)
+        self.fenced = Counter(
+            "quartsig_fenced_publications",
+            "Publications refused because this node no longer held the lease", registry=r,
+        )
+        self.stream_delay = Histogram(
+            "quartsig_stream_delay_seconds",
+            "From the leader's publication to this node applying it (cluster mode)",
+            buckets=_FAST, registry=r,
+        )
         self.tasks = Gauge("quartsig_tasks", "asyncio tasks alive (leak watch)", registry=r)
         self.tasks.set_function(_tasks_alive)
 

@@ -41,10 +41,12 @@ class Broker(Protocol):
         """Every key somebody watches, on any node: what a full tick fetches."""
 
     async def wanted(self) -> set[Key]:
-        """Wait for keys nobody had data for (new to the whole cluster) and return them."""
+        """Wait until keys nobody has data for (new to the whole cluster) are asked for;
+        what they are, without taking them."""
 
     def wanted_now(self) -> set[Key]:
-        """The keys :meth:`wanted` would return, without waiting (possibly none)."""
+        """Take the keys asked for so far (possibly none). Memory returns a key again until it
+        has data; Redis returns each request once, so the collector owes what it takes."""
 
     async def publish(self, batch: Batch) -> bool:
         """Hand ``batch`` to every node; False when this node was fenced off (not the leader)."""
