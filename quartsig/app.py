@@ -63,6 +63,8 @@ class FeedComponent:
     """Scanner client, broker, collector and the account sweep: the data's whole path."""
 
     name: str = "feed"
+    #: Whether to sweep for disabled accounts (not in ``quartsig collect``: it has no clients).
+    accounts: bool = True
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self, state: State) -> None:
@@ -96,10 +98,10 @@ class FeedComponent:
             metrics=state.metrics,
         )
         state.outbox.start()
-        self.tasks = [
-            asyncio.create_task(state.collector.run(), name="quartsig-collector"),
-            asyncio.create_task(state.watch_accounts(), name="quartsig-accounts"),
-        ]
+        self.tasks = [asyncio.create_task(state.collector.run(), name="quartsig-collector")]
+        if self.accounts:
+            self.tasks.append(
+                asyncio.create_task(state.watch_accounts(), name="quartsig-accounts"))
 
     async def stop(self, state: State) -> None:
         state.close_all()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from quartsig import __version__, accounts, database, logs, server
-from quartsig.app import create_app
+from quartsig.app import FeedComponent, build_state, create_app
 from quartsig.config import ConfigError, Settings
 from quartsig.plugins import PluginError
 from quartsig.tokens import (
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=Path(HYPERCORN_CONFIG),
                        help="Hypercorn TOML config, used when it exists (default: %(default)s)")
     serve.set_defaults(handler=_serve)
+
+    collect = commands.add_parser(
+        "collect", help="run only the collector, serving no sockets (needs QUARTSIG_REDIS_URL)")
+    collect.add_argument("--demo", action="store_true",
+                         help="poll the built-in stand-in scanner instead of TradingView")
+    collect.set_defaults(handler=_collect)
 
     commands.add_parser("keygen", help="print a new Fernet key").set_defaults(handler=_keygen)
     commands.add_parser("migrate", help="create missing tables (safe to repeat)").set_defaults(
@@ -148,10 +154,27 @@ def _serve(args: argparse.Namespace) -> int:
     config = server.apply_stream_settings(
         server.hypercorn_config(args.config, args.bind, os.environ), settings
     )
-    app = create_app(settings, demo=args.demo)
+    if config.workers > 1 and not settings.redis_url:
+        raise ConfigError(
+            f"{args.config}: workers = {config.workers} needs QUARTSIG_REDIS_URL (each worker "
+            "would otherwise poll TradingView on its own); see docs/cluster.md")
+    app = create_app(settings, demo=args.demo)  # a broken plugin fails here, before forking
     # Fail before binding, with one clean line, if the database is unreachable.
     asyncio.run(database.prepare_schema(settings))
+    if config.workers > 1:
+        return server.run_workers(server.WorkerSpec(args.demo, args.bind, args.config),
+                                  config.workers)
     server.run(app, config)
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise ConfigError("QUARTSIG_REDIS_URL: must be set for `quartsig collect` (a collector "
+                          "apart from the servers shares its data through Redis)")
+    state = build_state(settings, demo=args.demo, components=[FeedComponent(accounts=False)])
+    asyncio.run(server.run_until_signalled(state))
     return 0
 
 

@@ -12,9 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
 import random
 import signal
+import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +184,91 @@ def close_hypercorn_gaps() -> None:
     cap_websocket_messages()
 
 
+async def run_until_signalled(state: State) -> None:
+    """Live ``state`` (its components) until SIGTERM/SIGINT: ``quartsig collect``."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    lifespan = state.lifespan()
+    await anext(lifespan)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await anext(lifespan)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to build its own app (an app cannot cross processes)."""
+
+    demo: bool
+    bind: str | None
+    config: Path
+
+
+def _worker(spec: WorkerSpec, workers: int) -> None:
+    """One worker process: the same app, fixes and SIGTERM handling as ``quartsig serve``."""
+    from quartsig import logs
+    from quartsig.app import create_app
+
+    logs.configure(logging.INFO)
+    settings = Settings.from_env()
+    config = apply_stream_settings(hypercorn_config(spec.config, spec.bind, os.environ),
+                                   settings)
+    config.workers = workers  # each worker binds with SO_REUSEPORT: the kernel spreads clients
+    run(create_app(settings, demo=spec.demo), config)
+
+
+def run_workers(spec: WorkerSpec, workers: int) -> int:
+    """Run ``workers`` processes on one port, each a full ``quartsig serve``.
+
+    Hypercorn's own multi-worker ``run()`` would skip quartsig's SIGTERM handling (every client
+    told 1001) and restart nothing; here the parent forwards SIGTERM/SIGINT, and a worker that
+    dies unasked is started again (its clients reconnect to the others meanwhile). Only with
+    Redis: the workers elect one collector between them.
+    """
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def spawn() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker, args=(spec, workers), daemon=False)
+        process.start()
+        return process
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
+    processes = [spawn() for _ in range(workers)]
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        multiprocessing.connection.wait([process.sentinel for process in processes])
+        if stopping:
+            break
+        for index, process in enumerate(processes):
+            if not process.is_alive():
+                logging.getLogger(__name__).warning(
+                    "worker %s exited with %s; starting another", process.pid, process.exitcode)
+                processes[index] = spawn()
+    for process in processes:
+        process.join()
+    return 0
+
+
 def run(app: Quart, config: Config) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, on uvloop when the config asks for it."""
     close_hypercorn_gaps()
-    with asyncio.Runner(loop_factory=event_loop_factory(config.worker_class)) as runner:
+    with (asyncio.Runner(loop_factory=event_loop_factory(config.worker_class)) as runner,
+          warnings.catch_warnings()):
+        # A worker of run_workers() keeps ``workers`` > 1 so that it binds with SO_REUSEPORT;
+        # Hypercorn's serve() warns that it runs one process, which is the point.
+        warnings.filterwarnings("ignore", message="The config `workers` has no affect")
         runner.run(serve_until_signalled(app, config))
 
 

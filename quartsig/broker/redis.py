@@ -425,7 +425,9 @@ class RedisBroker:
                         break
                     self._last_id = entry_id
                     self._last_seq = int(fields[b"seq"])
-                    self._apply(decode_entry(fields[b"batch"]), self._last_seq, entry_id)
+                    batch = decode_entry(fields[b"batch"])
+                    self.term = max(self.term, batch.term)
+                    self._apply(batch, self._last_seq, entry_id)
 
     def _apply(self, batch: Batch, seq: int, entry_id: bytes | None = None) -> None:
         fresh = []
