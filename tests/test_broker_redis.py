@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from quartsig.broker.redis import RedisBroker, key_name, parse_key
+from quartsig.broker.redis import (
+    STREAM_LENGTH,
+    RedisBroker,
+    decode_entry,
+    key_name,
+    parse_key,
+    publish_args,
+)
 from quartsig.collector import Collector
 from quartsig.hub import Hub, Piece
 from quartsig.metrics import Metrics
@@ -266,3 +273,36 @@ async def test_a_node_that_missed_entries_resyncs_from_the_latest_values(prefix:
         standin.set_values(EURUSD, "1h", {"Recommend.All": 0.55})
         await until(lambda: follower.sink.state[key].get("Recommend.All") == 0.55)
         assert follower.hub.entries[key].data == follower.sink.state[key]
+
+
+def test_a_value_older_than_the_one_held_is_never_applied_whichever_way_it_comes():
+    hub = Hub()
+    sink = Sink()
+    key = Key("summary", USDJPY, "1h")
+    hub.attach(sink, 1)
+    hub.subscribe(sink, key)
+    broker = RedisBroker(aioredis.Redis.from_url(REDIS_URL), hub, hub.apply)  # never connects
+    broker._apply(Batch(values=[(key, {"Recommend.All": 0.9}, 2)]), seq=7)  # from the stream
+    broker._apply(Batch(values=[(key, {"Recommend.All": 0.1}, 1)]), seq=5)  # an older look-up
+    assert sink.state[key] == {"Recommend.All": 0.9}
+    broker._apply(Batch(values=[(key, {"Recommend.All": 0.5}, 3)]), seq=8)
+    assert sink.state[key] == {"Recommend.All": 0.5}
+
+
+def test_publish_args_chunk_values_and_put_rejections_and_status_on_the_last_entry():
+    keys = [Key("summary", f"FX_IDC:T{n}", "1h") for n in range(450)]
+    batch = Batch(values=[(key, {"n": n}, n) for n, key in enumerate(keys)],
+                  rejected=[(Key("full", "X:NOPE", "1d"), "unknown_symbol", "no such symbol")],
+                  status=("ok", ""), term=9)
+    args = publish_args(batch, "node:9")
+    assert args[:2] == ["node:9", STREAM_LENGTH]
+    entries, at = [], 3
+    while at < len(args):
+        count = int(args[at])
+        entries.append(decode_entry(args[at + 1]))  # type: ignore[arg-type]
+        at += 2 + 2 * count
+    assert [len(entry.values) for entry in entries] == [200, 200, 50]
+    assert entries[0].values[0] == (keys[0], {"n": 0}, 0)
+    assert [bool(entry.rejected) for entry in entries] == [False, False, True]
+    assert [entry.status for entry in entries] == [None, None, ("ok", "")]
+    assert {entry.term for entry in entries} == {9}
