@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 
 PREFIX = "QUARTSIG_"
 
+FALLBACKS = {"database_url": "DATABASE_URL"}
+"""Settings read from a platform's own variable when their ``QUARTSIG_*`` one is unset."""
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -45,9 +48,15 @@ def _positive_int(value: str) -> int:
 
 
 def _database_url(value: str) -> str:
-    scheme = urlsplit(value).scheme
-    if scheme not in {"sqlite", "postgres", "postgresql", "asyncpg", "psycopg"}:
+    parts = urlsplit(value)
+    if parts.scheme not in {"sqlite", "postgres", "postgresql", "asyncpg", "psycopg"}:
         raise ValueError("must start with sqlite://, postgres:// or postgresql://")
+    try:  # checked here, or the driver fails later with a traceback; never echo the URL
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
     return value
 
 
@@ -127,6 +136,16 @@ def _headers(value: str) -> tuple[tuple[str, str], ...]:
     return tuple(parsed.items())
 
 
+MIN_BOT_SECRET = 32
+"""Characters a bot secret needs: a short one could be guessed through /api/tokens."""
+
+
+def _bot_secret(value: str) -> str:
+    if len(value.strip()) < MIN_BOT_SECRET:
+        raise ValueError(f"must be at least {MIN_BOT_SECRET} characters (try `quartsig keygen`)")
+    return value
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse_optional(value: str) -> Any:
         return parse(value) if value.strip() else None
@@ -163,7 +182,8 @@ class Settings:
         (), _origins, "Origins allowed to open /ws besides the server's own; * allows any."
     )
     bot_secret: str | None = _setting(
-        None, _optional(str), "Bearer secret for POST /api/tokens; the route is off when unset."
+        None, _optional(_bot_secret),
+        "Bearer secret (32+ characters) for POST /api/tokens; the route is off when unset.",
     )
     default_exchange: str = _setting(
         "FX_IDC", _exchange, "Exchange prefix given to a bare ticker such as USDJPY."
@@ -225,11 +245,17 @@ class Settings:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
     ) -> Settings:
-        """Read ``QUARTSIG_*`` variables; ``overrides`` (already typed) win over them."""
+        """Read ``QUARTSIG_*`` variables; ``overrides`` (already typed) win over them.
+
+        ``QUARTSIG_DATABASE_URL`` falls back to the platform's ``DATABASE_URL``.
+        """
         environ = os.environ if environ is None else environ
+        fallbacks = FALLBACKS
         values: dict[str, Any] = {}
         for item in dataclasses.fields(cls):
             name = PREFIX + item.name.upper()
+            if name not in environ and environ.get(fallbacks.get(item.name, ""), "").strip():
+                name = fallbacks[item.name]
             if item.name in overrides:
                 values[item.name] = overrides[item.name]
             elif name in environ:
@@ -237,6 +263,11 @@ class Settings:
                     values[item.name] = item.metadata["parse"](environ[name])
                 except (ValueError, TypeError) as error:
                     raise ConfigError(f"{name}: {error}") from None
+        if overrides.get("bot_secret") is not None:
+            try:
+                _bot_secret(overrides["bot_secret"])
+            except ValueError as error:
+                raise ConfigError(f"{PREFIX}BOT_SECRET: {error}") from None
         unknown = set(overrides) - {item.name for item in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")

@@ -19,7 +19,7 @@ from quartsig.app import MAX_HTTP_BODY, create_app, state_of
 from quartsig.config import Settings
 from quartsig.runtime import State
 
-SECRET = "bot-secret_0123456789+/="
+SECRET = "bot-secret_0123456789+/=-long-enough"
 KEY = Fernet.generate_key().decode()
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 

@@ -55,7 +55,7 @@ from tests.support.processes import (
 pytestmark = pytest.mark.e2e
 
 PROFILES = load_profiles(get_plugin_manager(entry_points=False))
-BOT_SECRET = "e2e-bot-secret-" + "x" * 16
+BOT_SECRET = "e2e-bot-secret-" + "x" * 24
 State = dict[Key, dict[str, Any]]
 
 
