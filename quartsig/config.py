@@ -29,6 +29,17 @@ def _default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "quartsig"
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with the directory itself ``0700``.
+
+    It holds the generated key and the SQLite file: nobody but the server's user may
+    list or read it. An existing directory is left as its owner set it.
+    """
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.chmod(0o700)  # mkdir's mode passes through the umask
+
+
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -162,7 +173,8 @@ class Settings:
     """Everything quartsig can be told. Field names are the variables without the prefix."""
 
     data_dir: Path = _setting(
-        None, Path, "Where the SQLite file and a generated key live (created on first run)."
+        None, Path,
+        "Where the SQLite file and a generated key live (created on first run, mode `0700`).",
     )
     database_url: str = _setting(
         None, _database_url, "sqlite://... (default: DATA_DIR/quartsig.sqlite3) or postgres://..."

@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
 
-from quartsig.config import Settings
+from quartsig.config import Settings, make_private_dir
 
 MODEL_MODULES = ("quartsig.accounts",)
 """Every module holding Tortoise models; a new models module is added here."""
@@ -128,7 +128,7 @@ async def init_database(settings: Settings, *, share: bool = True) -> TortoiseCo
     path = sqlite_path(url)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(path.parent)
         except OSError as error:
             raise DatabaseError(f"cannot create {path.parent} for {url}: {error}") from None
     context = TortoiseContext()
