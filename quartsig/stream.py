@@ -99,10 +99,24 @@ async def ws() -> tuple[str, int] | None:
     await websocket.accept()
     code, reason = await _serve(state)
     state.metrics.closes.labels(code=str(code)).inc()
+    await _close(code, reason)
+    return None
+
+
+async def _close(code: int, reason: str) -> None:
+    """Send the close frame, then wait (up to ``CLOSE_TIMEOUT`` in all) for the client's.
+
+    The server returning is what makes Hypercorn (and any ASGI server) drop TCP. Dropped
+    at once, frames the client sent before it read our close met a reset, and a reset can
+    destroy the close frame on its way (Windows' stack does): the client saw 1006 instead
+    of 4401 and retried a bad token forever. So the frames are drained until the client's
+    close frame arrives, when Quart cancels this task (the ASGI ``websocket.disconnect``).
+    """
     with contextlib.suppress(Exception, asyncio.CancelledError):
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await websocket.close(code, reason)
-    return None
+            while True:  # one frame drained a turn; Quart cancels us at the client's close
+                await websocket.receive()
 
 
 async def _serve(state: State) -> tuple[int, str]:
