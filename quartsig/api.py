@@ -169,7 +169,7 @@ async def issue_token() -> tuple[Response, int] | Response:
         response, status = _error(401, "unauthorized", "a valid bearer secret is required")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response, status
-    wanted = parse_token_request(await request.get_data())
+    wanted = parse_token_request(await request.get_data(True, False, False))  # bytes
     if wanted.create:
         await accounts.add(wanted.tg_id)
     try:

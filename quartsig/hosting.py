@@ -214,7 +214,7 @@ def end_pings_with_their_stream() -> None:
     @functools.wraps(WSStream._send_pings)
     async def _send_pings(self: WSStream) -> None:
         closed = self.__dict__.setdefault("_quartsig_closed", asyncio.Event())
-        interval = self.config.websocket_ping_interval
+        interval: float = self.config.websocket_ping_interval or 0.0  # spawned when set
         limits = self.config.__dict__.get("_quartsig_limits")
         loop = asyncio.get_running_loop()
 
@@ -248,7 +248,7 @@ def end_pings_with_their_stream() -> None:
             closed.set()
 
     WSStream._send_pings = _send_pings  # type: ignore[method-assign]
-    WSStream.handle = handle_and_wake  # type: ignore[method-assign,assignment]
+    WSStream.handle = handle_and_wake  # type: ignore[method-assign]
     WSStream._quartsig_pings = True  # type: ignore[attr-defined]
 
 
@@ -304,4 +304,4 @@ def decline_permessage_deflate() -> None:
     """Make this process's Hypercorn refuse permessage-deflate. Idempotent."""
     from hypercorn.protocol import ws_stream
 
-    ws_stream.PerMessageDeflate = DeclinedDeflate  # type: ignore[misc,assignment]
+    ws_stream.PerMessageDeflate = DeclinedDeflate  # type: ignore[attr-defined,assignment]
