@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 PREFIX = "QUARTSIG_"
 
-FALLBACKS = {"database_url": "DATABASE_URL"}
-"""Settings read from a platform's own variable when their ``QUARTSIG_*`` one is unset."""
+FALLBACKS = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+"""Settings read from a platform's own variable (its database and Redis add-ons, as Heroku
+and its kin name them) when their ``QUARTSIG_*`` one is unset."""
 
 
 class ConfigError(ValueError):
@@ -259,7 +260,8 @@ class Settings:
     ) -> Settings:
         """Read ``QUARTSIG_*`` variables; ``overrides`` (already typed) win over them.
 
-        ``QUARTSIG_DATABASE_URL`` falls back to the platform's ``DATABASE_URL``.
+        ``QUARTSIG_DATABASE_URL`` and ``QUARTSIG_REDIS_URL`` fall back to the platform's
+        ``DATABASE_URL`` and ``REDIS_URL`` (:data:`FALLBACKS`).
         """
         environ = os.environ if environ is None else environ
         fallbacks = FALLBACKS
@@ -285,11 +287,6 @@ class Settings:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         data_dir = Path(values.get("data_dir") or _default_data_dir())
         values["data_dir"] = data_dir
-        if "redis_url" not in values and environ.get("REDIS_URL"):
-            try:  # the platform's Redis add-on, as Heroku and its kin name it
-                values["redis_url"] = _redis_url(environ["REDIS_URL"])
-            except ValueError as error:
-                raise ConfigError(f"REDIS_URL: {error}") from None
         if not values.get("database_url"):
             values["database_url"] = f"sqlite://{data_dir / 'quartsig.sqlite3'}"
         if values.get("heartbeat_timeout", cls.heartbeat_timeout) >= values.get(

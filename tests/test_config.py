@@ -136,3 +136,12 @@ def test_redact_url_masks_every_password(url: str, shown: str) -> None:
     from quartsig.database import redact_url
 
     assert redact_url(url) == shown
+
+
+def test_the_platform_redis_url_is_the_fallback(tmp_path: Path) -> None:
+    environ = {"QUARTSIG_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://cache.internal:6379/0"}
+    assert Settings.from_env(environ).redis_url == "redis://cache.internal:6379/0"
+    own = {**environ, "QUARTSIG_REDIS_URL": "redis://own:6379/1"}
+    assert Settings.from_env(own).redis_url == "redis://own:6379/1"
+    with pytest.raises(ConfigError, match=r"^REDIS_URL:"):
+        Settings.from_env({"REDIS_URL": "http://not-redis"})
