@@ -225,8 +225,8 @@ def end_pings_with_their_stream() -> None:
 
         await wait(random.uniform(0, interval))
         while not self.closed:
-            sent = loop.time()
-            await self._send_wsproto_event(Ping())
+            sent = loop.time()  # anything heard from here on answers this ping
+            await self._send_wsproto_event(Ping())  # the deadline runs once it is written
             if limits is None:
                 await wait(interval)
                 continue
