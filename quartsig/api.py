@@ -4,25 +4,32 @@
 otherwise, so an unconfigured deployment exposes nothing). With
 ``"create": true`` the account is created if missing; without it an unknown
 id is refused. Either way a disabled account is refused: creating never
-re-enables, because disabling is how an operator revokes access.
+re-enables, because disabling is how an operator revokes access. Wrong secrets
+are counted per client address: past a burst the address gets 429 with
+``Retry-After`` (see :class:`AuthFailures`), and the refusals are logged sparsely.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
+import math
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from quart import Blueprint, Response, jsonify, request
+from quart import Blueprint, Response, current_app, jsonify, request
 
-from quartsig import __version__, accounts, database
+from quartsig import __version__, accounts, database, logs
 from quartsig.runtime import current_state
 from quartsig.tokens import InvalidTelegramId, IssuedToken, board_link, check_tg_id
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("api", __name__)
 
 _TOKEN_FIELDS = frozenset({"tg_id", "create"})
@@ -82,6 +89,53 @@ def token_response(issued: IssuedToken, tg_id: int, base_url: str | None) -> dic
     return body
 
 
+AUTH_FAILURES = "quartsig.api.auth_failures"
+"""Where the app keeps its :class:`AuthFailures` (``app.extensions``)."""
+
+
+class AuthFailures:
+    """Wrong bot secrets per client address: ``burst`` at once, then one per ``per`` seconds.
+
+    A token bucket per address that only failures draw from, so the bot, which never
+    fails, is never slowed by its own requests. At most ``capacity`` addresses are kept
+    (the least recently failed are forgotten first), so a spray from many addresses
+    costs bounded memory. Over its budget an address is refused before the secret is
+    compared: guessing gets no faster by ignoring the 429s.
+    """
+
+    def __init__(self, burst: int = 10, per: float = 6.0, capacity: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.per, self.capacity, self.clock = burst, per, capacity, clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.sparse = logs.Sparse(clock=clock)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _tokens(self, address: str) -> float:
+        now = self.clock()
+        tokens, stamp = self._buckets.get(address, (self.burst, now))
+        return min(self.burst, tokens + (now - stamp) / self.per)
+
+    def retry_after(self, address: str) -> int | None:
+        """Whole seconds until ``address`` may try again, or ``None`` if it may now."""
+        tokens = self._tokens(address)
+        return None if tokens >= 1 else max(1, math.ceil((1 - tokens) * self.per))
+
+    def failed(self, address: str) -> None:
+        self._buckets[address] = (max(0.0, self._tokens(address) - 1), self.clock())
+        self._buckets.move_to_end(address)
+        while len(self._buckets) > self.capacity:
+            self._buckets.popitem(last=False)
+
+
+def _auth_failures() -> AuthFailures:
+    failures = current_app.extensions.get(AUTH_FAILURES)
+    if failures is None:
+        failures = current_app.extensions[AUTH_FAILURES] = AuthFailures()
+    return failures
+
+
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify({"error": code, "message": message}), status
 
@@ -102,11 +156,20 @@ async def issue_token() -> tuple[Response, int] | Response:
     secret = state.settings.bot_secret
     if not secret:
         return _error(404, "not_found", "not found")  # off: look like any unknown route
+    failures, address = _auth_failures(), request.remote_addr or "-"
+    if (wait := failures.retry_after(address)) is not None:
+        response, status = _error(429, "too_many_failures", "too many wrong secrets; retry later")
+        response.headers["Retry-After"] = str(wait)
+        return response, status
     if not authorised(request.headers.get("Authorization"), secret):
+        failures.failed(address)
+        if (held := failures.sparse.due()) is not None:
+            log.warning("refused a bad bot secret from %s (%d more since the last report)",
+                        address, held)
         response, status = _error(401, "unauthorized", "a valid bearer secret is required")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response, status
-    wanted = parse_token_request(await request.get_data())
+    wanted = parse_token_request(await request.get_data(True, False, False))  # bytes
     if wanted.create:
         await accounts.add(wanted.tg_id)
     try:

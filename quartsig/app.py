@@ -14,7 +14,7 @@ from typing import Any
 
 from quart import Blueprint, Quart
 
-from quartsig import accounts, api, board, database, logs, stream
+from quartsig import accounts, api, board, database, hosting, logs, stream
 from quartsig.admission import Gate
 from quartsig.broker import Broker
 from quartsig.broker.memory import MemoryBroker
@@ -159,6 +159,7 @@ def create_app(
         settings = Settings.from_env(**overrides)
     elif overrides:
         settings = settings.replace(**overrides)
+    hosting.harden(settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
     state = build_state(settings, demo=demo, components=components)

@@ -2,7 +2,7 @@
 
 Plain HTML, CSS and ES modules shipped inside the package (``quartsig/board/``):
 no build step and nothing fetched from elsewhere, so the Content-Security-Policy
-can allow only this origin (plus the WebSocket). The token travels in the URL
+can allow only this origin, its WebSocket included. The token travels in the URL
 fragment, which browsers never send, and the page moves it to sessionStorage.
 
 Files are read once and kept with a strong ETag; ``Cache-Control: no-cache``
@@ -39,7 +39,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self'",
-        "connect-src 'self' ws: wss:",
+        "connect-src 'self'",  # CSP 3: 'self' covers ws:// and wss:// of this host
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",

@@ -17,6 +17,10 @@ from urllib.parse import urlsplit
 
 PREFIX = "QUARTSIG_"
 
+FALLBACKS = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+"""Settings read from a platform's own variable (its database and Redis add-ons, as Heroku
+and its kin name them) when their ``QUARTSIG_*`` one is unset."""
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -24,6 +28,17 @@ class ConfigError(ValueError):
 
 def _default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "quartsig"
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with the directory itself ``0700``.
+
+    It holds the generated key and the SQLite file: nobody but the server's user may
+    list or read it. An existing directory is left as its owner set it.
+    """
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.chmod(0o700)  # mkdir's mode passes through the umask
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -45,9 +60,15 @@ def _positive_int(value: str) -> int:
 
 
 def _database_url(value: str) -> str:
-    scheme = urlsplit(value).scheme
-    if scheme not in {"sqlite", "postgres", "postgresql", "asyncpg", "psycopg"}:
+    parts = urlsplit(value)
+    if parts.scheme not in {"sqlite", "postgres", "postgresql", "asyncpg", "psycopg"}:
         raise ValueError("must start with sqlite://, postgres:// or postgresql://")
+    try:  # checked here, or the driver fails later with a traceback; never echo the URL
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
     return value
 
 
@@ -127,6 +148,16 @@ def _headers(value: str) -> tuple[tuple[str, str], ...]:
     return tuple(parsed.items())
 
 
+MIN_BOT_SECRET = 32
+"""Characters a bot secret needs: a short one could be guessed through /api/tokens."""
+
+
+def _bot_secret(value: str) -> str:
+    if len(value.strip()) < MIN_BOT_SECRET:
+        raise ValueError(f"must be at least {MIN_BOT_SECRET} characters (try `quartsig keygen`)")
+    return value
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse_optional(value: str) -> Any:
         return parse(value) if value.strip() else None
@@ -143,7 +174,8 @@ class Settings:
     """Everything quartsig can be told. Field names are the variables without the prefix."""
 
     data_dir: Path = _setting(
-        None, Path, "Where the SQLite file and a generated key live (created on first run)."
+        None, Path,
+        "Where the SQLite file and a generated key live (created on first run, mode `0700`).",
     )
     database_url: str = _setting(
         None, _database_url, "sqlite://... (default: DATA_DIR/quartsig.sqlite3) or postgres://..."
@@ -163,7 +195,8 @@ class Settings:
         (), _origins, "Origins allowed to open /ws besides the server's own; * allows any."
     )
     bot_secret: str | None = _setting(
-        None, _optional(str), "Bearer secret for POST /api/tokens; the route is off when unset."
+        None, _optional(_bot_secret),
+        "Bearer secret (32+ characters) for POST /api/tokens; the route is off when unset.",
     )
     default_exchange: str = _setting(
         "FX_IDC", _exchange, "Exchange prefix given to a bare ticker such as USDJPY."
@@ -225,11 +258,18 @@ class Settings:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
     ) -> Settings:
-        """Read ``QUARTSIG_*`` variables; ``overrides`` (already typed) win over them."""
+        """Read ``QUARTSIG_*`` variables; ``overrides`` (already typed) win over them.
+
+        ``QUARTSIG_DATABASE_URL`` and ``QUARTSIG_REDIS_URL`` fall back to the platform's
+        ``DATABASE_URL`` and ``REDIS_URL`` (:data:`FALLBACKS`).
+        """
         environ = os.environ if environ is None else environ
+        fallbacks = FALLBACKS
         values: dict[str, Any] = {}
         for item in dataclasses.fields(cls):
             name = PREFIX + item.name.upper()
+            if name not in environ and environ.get(fallbacks.get(item.name, ""), "").strip():
+                name = fallbacks[item.name]
             if item.name in overrides:
                 values[item.name] = overrides[item.name]
             elif name in environ:
@@ -237,16 +277,16 @@ class Settings:
                     values[item.name] = item.metadata["parse"](environ[name])
                 except (ValueError, TypeError) as error:
                     raise ConfigError(f"{name}: {error}") from None
+        if overrides.get("bot_secret") is not None:
+            try:
+                _bot_secret(overrides["bot_secret"])
+            except ValueError as error:
+                raise ConfigError(f"{PREFIX}BOT_SECRET: {error}") from None
         unknown = set(overrides) - {item.name for item in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         data_dir = Path(values.get("data_dir") or _default_data_dir())
         values["data_dir"] = data_dir
-        if "redis_url" not in values and environ.get("REDIS_URL"):
-            try:  # the platform's Redis add-on, as Heroku and its kin name it
-                values["redis_url"] = _redis_url(environ["REDIS_URL"])
-            except ValueError as error:
-                raise ConfigError(f"REDIS_URL: {error}") from None
         if not values.get("database_url"):
             values["database_url"] = f"sqlite://{data_dir / 'quartsig.sqlite3'}"
         if values.get("heartbeat_timeout", cls.heartbeat_timeout) >= values.get(

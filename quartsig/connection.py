@@ -105,7 +105,7 @@ class Connection:
         max_replies: int = 1024,
         outbox: Outbox | None = None,
         on_frame: Callable[[int, int], None] | None = None,
-        on_close: Callable[[], None] | None = None,
+        on_close: Callable[[], object] | None = None,
     ) -> None:
         self._send = send
         self.send_timeout = send_timeout

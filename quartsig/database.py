@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
 
-from quartsig.config import Settings
+from quartsig.config import Settings, make_private_dir
 
 MODEL_MODULES = ("quartsig.accounts",)
 """Every module holding Tortoise models; a new models module is added here."""
@@ -57,18 +58,27 @@ class DatabaseError(RuntimeError):
     """The database cannot be set up or reached; the message names it without a password."""
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced, for messages and logs."""
+    """``url`` with any password (``user:password@`` or ``?password=``) replaced."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.query:
+        parts = parts._replace(query=_QUERY_PASSWORD.sub(r"\1***", parts.query))
+    if parts.password is not None:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}")
+    return urlunsplit(parts)
+
+
+def _passwords(url: str) -> list[str]:
+    parts = urlsplit(url)
+    found = [unquote(value) for value in (m.group(0).partition("=")[2] for m in
+             _QUERY_PASSWORD.finditer(parts.query)) if value]
+    if parts.password:
+        found.append(parts.password)
+    return found
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -103,8 +113,9 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
 
 def _reason(error: BaseException, url: str) -> str:
     reason = str(error) or error.__class__.__name__
-    password = urlsplit(url).password
-    return reason.replace(password, "***") if password else reason
+    for password in _passwords(url):
+        reason = reason.replace(password, "***")
+    return reason
 
 
 async def init_database(settings: Settings, *, share: bool = True) -> TortoiseContext:
@@ -117,7 +128,7 @@ async def init_database(settings: Settings, *, share: bool = True) -> TortoiseCo
     path = sqlite_path(url)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(path.parent)
         except OSError as error:
             raise DatabaseError(f"cannot create {path.parent} for {url}: {error}") from None
     context = TortoiseContext()

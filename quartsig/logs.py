@@ -1,4 +1,4 @@
-"""Logging set-up and the filter that keeps tokens out of every log line.
+"""Logging set-up and the filter that keeps tokens (and forged lines) out of every log.
 
 A token in a log is a credential in a file that outlives it by months and is
 read by people who should never hold it. Rather than trusting each call site,
@@ -26,6 +26,26 @@ _PATTERNS = (
 
 HYPERCORN_LOGGERS = ("hypercorn.error", "hypercorn.access")
 
+# C0 controls but tab, DEL, C1 controls, and Unicode's own line and paragraph separators.
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with CR, LF and other control characters written as ``\\n``-style escapes.
+
+    A log line is one record: a client's decoded path or a symbol with a newline in it
+    must not start a line of its own that reads like another record.
+    """
+    return _CONTROLS.sub(_escape, text)
+
 
 def redact(text: str) -> str:
     for pattern, replacement in _PATTERNS:
@@ -34,14 +54,19 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Formats the message once, redacts it, and freezes it so no formatter sees the raw args."""
+    """Formats the message once, redacts it and escapes its control characters, and freezes
+    it so no formatter sees the raw args.
+
+    Tracebacks keep their line breaks (they are indented, and read as one block); only
+    the message, which may carry what a client sent, is kept to one line.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # a broken format string is logging's problem to report, not ours
             return True
-        redacted = redact(message)
+        redacted = escape_controls(redact(message))
         if redacted != message or record.args:
             record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:

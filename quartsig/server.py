@@ -1,10 +1,9 @@
-"""Hosting quartsig in Hypercorn, and the gaps in Hypercorn 0.18 it closes.
+"""``quartsig serve``: Hypercorn's config, and serving until SIGTERM.
 
 ``quartsig serve`` builds Hypercorn's config from ``hypercorn.toml``, ``$PORT`` and the
-stream settings, mends what Hypercorn leaves to the application (see
-``docs/architecture.md``), and serves until SIGTERM, when every client is told 1001
-first. The mends replace a few Hypercorn internals by name; each says why, and each is
-covered by a test that fails if a Hypercorn upgrade moves them.
+stream settings, and serves until SIGTERM, when every client is told 1001 first. The
+mends to Hypercorn itself live in :mod:`quartsig.hosting`; ``create_app()`` applies
+them, so they hold however the app is launched.
 """
 
 from __future__ import annotations
@@ -15,22 +14,22 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import random
 import signal
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
-from hypercorn.protocol import ws_stream
 from quart import Quart
-from wsproto.extensions import Extension, PerMessageDeflate
 
 from quartsig.config import ConfigError, Settings
+from quartsig.hosting import decline_permessage_deflate
 from quartsig.runtime import EXTENSION, State
+
+__all__ = ["DEFAULT_BIND", "apply_stream_settings", "decline_permessage_deflate",
+           "hypercorn_config", "run", "serve_until_signalled"]
 
 DEFAULT_BIND = "127.0.0.1:8000"
 
@@ -90,69 +89,6 @@ def apply_stream_settings(config: Config, settings: Settings) -> Config:
     return config
 
 
-def end_pings_with_their_stream() -> None:
-    """Make Hypercorn's websocket ping loop end as soon as its stream closes. Idempotent.
-
-    Hypercorn 0.18's ``WSStream._send_pings`` looks at ``closed`` only after sleeping a
-    whole ``websocket_ping_interval``, and the connection's task waits for it: every
-    closed websocket lingers up to ``HEARTBEAT_INTERVAL`` (25 s), and a SIGTERM after
-    any client closed waited out ``graceful_timeout`` before the process could exit.
-    """
-    from hypercorn.protocol.ws_stream import WSStream
-    from wsproto.events import Ping
-
-    if getattr(WSStream, "_quartsig_pings", False):
-        return
-    handle = WSStream.handle
-
-    async def _send_pings(self: WSStream) -> None:
-        closed = self.__dict__.setdefault("_quartsig_closed", asyncio.Event())
-        interval = self.config.websocket_ping_interval
-        # Start at a random point of the interval: connections opened together (after a
-        # restart, say) would otherwise ping, and have their pongs read, all at once.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(random.uniform(0, interval)):
-                await closed.wait()
-        while not self.closed:
-            await self._send_wsproto_event(Ping())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.websocket_ping_interval):
-                    await closed.wait()
-
-    async def handle_and_wake(self: WSStream, event: object) -> None:
-        await handle(self, event)  # type: ignore[arg-type]
-        closed = self.__dict__.get("_quartsig_closed")
-        if self.closed and closed is not None:
-            closed.set()
-
-    WSStream._send_pings = _send_pings  # type: ignore[method-assign]
-    WSStream.handle = handle_and_wake  # type: ignore[method-assign,assignment]
-    WSStream._quartsig_pings = True  # type: ignore[attr-defined]
-
-
-def cap_websocket_messages() -> None:
-    """Make Hypercorn drop an oversized client message instead of storing it. Idempotent.
-
-    Hypercorn 0.18's ``WebsocketBuffer.extend`` appends each fragment *before* checking
-    ``websocket_max_message_size``, and keeps appending after it has answered 1009, so one
-    endless fragmented message grew the server's memory without bound (200 MB sent: RSS
-    +230 MB). Checked first, nothing past the limit is ever stored.
-    """
-    from hypercorn.protocol.ws_stream import FrameTooLargeError, WebsocketBuffer
-
-    if getattr(WebsocketBuffer, "_quartsig_capped", False):
-        return
-    extend = WebsocketBuffer.extend
-
-    def capped_extend(self: WebsocketBuffer, event: Any) -> None:
-        if self.length + len(event.data) > self.max_length:
-            raise FrameTooLargeError()
-        extend(self, event)
-
-    WebsocketBuffer.extend = capped_extend  # type: ignore[method-assign]
-    WebsocketBuffer._quartsig_capped = True  # type: ignore[attr-defined]
-
-
 async def serve_until_signalled(app: Quart, config: Config) -> None:
     """Serve until SIGTERM/SIGINT; then close every client with 1001 before Hypercorn stops.
 
@@ -175,13 +111,6 @@ async def serve_until_signalled(app: Quart, config: Config) -> None:
 
     await serve(app, config, shutdown_trigger=shutdown_trigger)
 
-
-
-def close_hypercorn_gaps() -> None:
-    """Apply every mend below to this process's Hypercorn. Idempotent."""
-    decline_permessage_deflate()
-    end_pings_with_their_stream()
-    cap_websocket_messages()
 
 
 async def run_until_signalled(state: State) -> None:
@@ -262,45 +191,13 @@ def run_workers(spec: WorkerSpec, workers: int) -> int:
 
 
 def run(app: Quart, config: Config) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, on uvloop when the config asks for it."""
-    close_hypercorn_gaps()
+    """Serve ``app`` until SIGTERM/SIGINT, on uvloop when the config asks for it.
+
+    ``app`` comes from ``create_app()``, which has applied :func:`quartsig.hosting.harden`.
+    """
     with (asyncio.Runner(loop_factory=event_loop_factory(config.worker_class)) as runner,
           warnings.catch_warnings()):
         # A worker of run_workers() keeps ``workers`` > 1 so that it binds with SO_REUSEPORT;
         # Hypercorn's serve() warns that it runs one process, which is the point.
         warnings.filterwarnings("ignore", message="The config `workers` has no affect")
         runner.run(serve_until_signalled(app, config))
-
-
-# -- permessage-deflate ------------------------------------------------------------------
-# Compression costs ~100 KiB of zlib state per connection, multiplies the cost of each
-# send by 2-3, inflates client frames with no output cap (a decompression bomb), and
-# defeats encode-once fan-out since every connection compresses the same text again.
-# quartsig's frames are small, so it declines. Hypercorn builds ``[PerMessageDeflate()]``
-# inside ``Handshake.accept`` with no setting, so the class it looks up there is replaced
-# by one that declines every offer; a client that then sends a compressed (RSV1) frame
-# is a protocol error.
-
-
-class DeclinedDeflate(Extension):
-    """An extension named permessage-deflate whose ``accept`` declines every offer."""
-
-    name = PerMessageDeflate.name
-
-    def offer(self) -> bool:
-        return False
-
-    def accept(self, offer: str) -> None:
-        return None
-
-    def enabled(self) -> bool:
-        return False
-
-
-def decline_permessage_deflate() -> None:
-    """Make this process's Hypercorn refuse permessage-deflate. Idempotent."""
-    ws_stream.PerMessageDeflate = DeclinedDeflate  # type: ignore[misc,assignment]
-
-
-def restore_permessage_deflate() -> None:
-    ws_stream.PerMessageDeflate = PerMessageDeflate  # type: ignore[misc]

@@ -42,12 +42,47 @@ class Closing(Exception):
         self.reason = reason
 
 
-def origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...]) -> bool:
-    """No Origin (a non-browser client), the server's own origin, or one on the allowlist."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_WEB_SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
+
+
+def _origin_tuple(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None if malformed."""
+    scheme = _WEB_SCHEMES.get(scheme.lower(), "")
+    parts = urlsplit(f"//{netloc}")
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if not scheme or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...], *,
+                   scheme: str = "ws", forwarded_proto: str | None = None) -> bool:
+    """No Origin (a non-browser client), the server's own origin, or one on the allowlist.
+
+    Origins are compared as (scheme, host, port), the scheme's default port filled in.
+    The server's own is the ``Host`` header reached by ``scheme`` (``ws`` is ``http``,
+    ``wss`` is ``https``), or by the ``X-Forwarded-Proto`` a TLS-terminating router adds:
+    a page cannot set that header on a WebSocket handshake, so it cannot fool this check.
+    """
     if origin is None or "*" in allowed:
         return True
-    origin = origin.rstrip("/")
-    return origin in allowed or urlsplit(origin).netloc.lower() == host.lower()
+    split = urlsplit(origin.strip())
+    theirs = _origin_tuple(split.scheme, split.netloc) if split.netloc else None
+    if theirs is None:
+        return False
+    if forwarded_proto:
+        scheme = forwarded_proto.split(",")[0].strip()
+    if theirs == _origin_tuple(scheme, host):
+        return True
+    for entry in allowed:
+        entry_split = urlsplit(entry)
+        if theirs == _origin_tuple(entry_split.scheme, entry_split.netloc):
+            return True
+    return False
 
 
 @blueprint.websocket("/ws")
@@ -56,17 +91,32 @@ async def ws() -> tuple[str, int] | None:
     if state.shutting_down:  # refused before the upgrade: a client's backoff keeps growing
         return "server shutting down", 503
     if not origin_allowed(
-        websocket.headers.get("Origin"), websocket.host, state.settings.allowed_origins
+        websocket.headers.get("Origin"), websocket.host, state.settings.allowed_origins,
+        scheme=websocket.scheme, forwarded_proto=websocket.headers.get("X-Forwarded-Proto"),
     ):
         state.metrics.closes.labels(code="403").inc()
         return "origin not allowed", 403
     await websocket.accept()
     code, reason = await _serve(state)
     state.metrics.closes.labels(code=str(code)).inc()
+    await _close(code, reason)
+    return None
+
+
+async def _close(code: int, reason: str) -> None:
+    """Send the close frame, then wait (up to ``CLOSE_TIMEOUT`` in all) for the client's.
+
+    The server returning is what makes Hypercorn (and any ASGI server) drop TCP. Dropped
+    at once, frames the client sent before it read our close met a reset, and a reset can
+    destroy the close frame on its way (Windows' stack does): the client saw 1006 instead
+    of 4401 and retried a bad token forever. So the frames are drained until the client's
+    close frame arrives, when Quart cancels this task (the ASGI ``websocket.disconnect``).
+    """
     with contextlib.suppress(Exception, asyncio.CancelledError):
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await websocket.close(code, reason)
-    return None
+            while True:  # one frame drained a turn; Quart cancels us at the client's close
+                await websocket.receive()
 
 
 async def _serve(state: State) -> tuple[int, str]:

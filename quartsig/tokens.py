@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, MultiFernet
 from cryptography.fernet import InvalidToken as FernetInvalidToken
 
-from quartsig.config import PREFIX, ConfigError, Settings
+from quartsig.config import PREFIX, ConfigError, Settings, make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def _read_key_file(path: Path) -> str | None:
 def _create_key_file(path: Path) -> str:
     key = generate_key()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         # O_EXCL: if two processes race on first start, the loser reads the winner's key.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,13 +14,13 @@ from quart import Quart
 from quart.testing.app import LifespanError
 from tortoise.context import TortoiseContext
 
-from quartsig import accounts, database
+from quartsig import accounts, api, database
 from quartsig.api import authorised, parse_token_request
 from quartsig.app import MAX_HTTP_BODY, create_app, state_of
 from quartsig.config import Settings
 from quartsig.runtime import State
 
-SECRET = "bot-secret_0123456789+/="
+SECRET = "bot-secret_0123456789+/=-long-enough"
 KEY = Fernet.generate_key().decode()
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 
@@ -233,3 +234,54 @@ def test_authorised_requires_the_exact_secret() -> None:
     assert not authorised(None, SECRET)
     assert not authorised("Bearer", SECRET)
     assert not authorised(f"Bearer {SECRET[:-1]}", SECRET)
+
+
+# -- issue 14, finding 7: repeated 401s are slowed per address and logged sparsely -------
+
+
+def test_auth_failures_allow_a_burst_per_address_then_say_when_to_retry() -> None:
+    now = [0.0]
+    failures = api.AuthFailures(burst=3, per=10.0, capacity=100, clock=lambda: now[0])
+    assert [failures.retry_after("a") for _ in range(1)] == [None]
+    for _ in range(3):
+        failures.failed("a")
+    assert failures.retry_after("a") == 10
+    assert failures.retry_after("b") is None  # another address is not held back
+    now[0] += 9.5
+    assert failures.retry_after("a") == 1  # whole seconds, rounded up
+    now[0] += 0.5
+    assert failures.retry_after("a") is None  # one more try earned back
+    failures.failed("a")
+    assert failures.retry_after("a") == 10
+
+
+def test_auth_failures_hold_a_bounded_number_of_addresses() -> None:
+    failures = api.AuthFailures(burst=1, per=60.0, capacity=50, clock=lambda: 0.0)
+    for number in range(10_000):
+        failures.failed(f"10.0.{number // 256}.{number % 256}")
+    assert len(failures) == 50
+    assert failures.retry_after("10.0.39.15") is not None  # the newest are kept
+
+
+async def test_repeated_401s_get_429_with_retry_after_and_are_logged_sparsely(
+    app: Quart, caplog: pytest.LogCaptureFixture,
+) -> None:
+    app.extensions[api.AUTH_FAILURES] = api.AuthFailures(burst=5, per=30.0, clock=lambda: 0.0)
+    await accounts.add(42)
+    client = app.test_client()
+    wrong = {"Authorization": "Bearer wrong"}
+    statuses = []
+    with caplog.at_level(logging.WARNING, logger="quartsig.api"):
+        for _ in range(20):
+            response = await client.post("/api/tokens", json={"tg_id": 42}, headers=wrong)
+            statuses.append(response.status_code)
+    assert statuses == [401] * 5 + [429] * 15
+    assert response.headers["Retry-After"] == "30"
+    assert (await response.get_json())["error"] == "too_many_failures"
+    refusals = [r for r in caplog.records if r.name == "quartsig.api"]
+    assert len(refusals) == 1 and "bad bot secret" in refusals[0].getMessage()
+    # Over its budget an address is refused before the secret is even compared.
+    assert (await client.post("/api/tokens", json={"tg_id": 42}, headers=AUTH)).status_code == 429
+    other = await client.post("/api/tokens", json={"tg_id": 42}, headers=AUTH,
+                              scope_base={"client": ("192.0.2.7", 1234)})
+    assert other.status_code == 200

@@ -47,7 +47,7 @@ async def test_index_is_the_board_with_strict_headers(app: Quart) -> None:
     csp = response.headers["Content-Security-Policy"]
     directives = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
     assert directives["default-src"] == ["'self'"]
-    assert directives["connect-src"] == ["'self'", "ws:", "wss:"]
+    assert directives["connect-src"] == ["'self'"]  # the board's own /ws only (#14)
     assert directives["script-src"] == ["'self'"]
     assert "unsafe-inline" not in csp
     assert "unsafe-eval" not in csp

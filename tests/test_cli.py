@@ -162,3 +162,26 @@ def test_repo_hypercorn_config_never_logs_the_query_string() -> None:
     for leaky in ("%(q)s", "%(Uq)s", "%(R)s", "%(f)s"):
         assert leaky not in config.access_log_format
     assert config.websocket_max_message_size <= 65536
+
+
+def test_a_password_in_the_query_is_never_printed(run: Run) -> None:
+    result = run("migrate", QUARTSIG_DATABASE_URL="postgres://postgres@127.0.0.1:1/x?password=pw9s3cret")
+    assert result.returncode == 2
+    assert "pw9s3cret" not in result.stderr
+    assert "password=***" in result.stderr
+
+
+@pytest.mark.parametrize("command", [("migrate",), ("serve",)])
+def test_a_bad_database_port_is_one_line(run: Run, command: tuple[str, ...]) -> None:
+    result = run(*command, QUARTSIG_DATABASE_URL="postgres://postgres:pw9s3cret@127.0.0.1:99999/x")
+    assert result.returncode == 2
+    assert result.stderr.startswith("quartsig: QUARTSIG_DATABASE_URL:")
+    assert len(result.stderr.splitlines()) == 1
+    assert "pw9s3cret" not in result.stderr
+
+
+def test_a_short_bot_secret_refuses_to_serve(run: Run) -> None:
+    result = run("serve", "--bind", "127.0.0.1:1", QUARTSIG_BOT_SECRET="short-secret")
+    assert result.returncode == 2
+    assert result.stderr.startswith("quartsig: QUARTSIG_BOT_SECRET:")
+    assert "short-secret" not in result.stderr

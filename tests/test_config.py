@@ -71,3 +71,77 @@ def test_every_setting_is_documented() -> None:
     rows = documented_settings()
     assert all(variable.startswith("QUARTSIG_") and doc for variable, _, doc in rows)
     assert len({variable for variable, _, _ in rows}) == len(rows)
+
+
+# -- issue 14: bot secret, DATABASE_URL -------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", ["x", "y" * 31, "  padded-to-look-long-enough   "])
+def test_a_short_bot_secret_refuses_to_start_without_echoing_it(secret: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"QUARTSIG_BOT_SECRET": secret})
+    assert str(error.value).startswith("QUARTSIG_BOT_SECRET:")
+    assert "32" in str(error.value)
+    if secret.strip():
+        assert secret not in str(error.value)
+    with pytest.raises(ConfigError, match=r"^QUARTSIG_BOT_SECRET:"):
+        Settings.from_env({}, bot_secret=secret)  # typed overrides are held to it too
+
+
+def test_a_long_enough_bot_secret_is_kept() -> None:
+    secret = "s" * 32
+    assert Settings.from_env({"QUARTSIG_BOT_SECRET": secret}).bot_secret == secret
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:s3cret@db:99999/q",
+        "postgres://u:s3cret@db:port/q",
+        "postgres://u:s3cret@db:0/q",
+        "postgres://u@db:-1/q?password=s3cret",
+    ],
+)
+def test_a_bad_database_port_is_one_line_without_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"QUARTSIG_DATABASE_URL": url})
+    message = str(error.value)
+    assert message.startswith("QUARTSIG_DATABASE_URL:") and "port" in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_the_platform_database_url_is_the_fallback(tmp_path: Path) -> None:
+    platform = "postgres://u:p@db.internal:5432/app"
+    own = "postgresql://u:p@other:5432/q"
+    environ = {"QUARTSIG_DATA_DIR": str(tmp_path), "DATABASE_URL": platform}
+    assert Settings.from_env(environ).database_url == platform
+    assert Settings.from_env({**environ, "QUARTSIG_DATABASE_URL": own}).database_url == own
+    with pytest.raises(ConfigError, match=r"^DATABASE_URL:"):
+        Settings.from_env({"DATABASE_URL": "mysql://root@db/x"})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgres://u:s3cret@db:5432/q", "postgres://u:***@db:5432/q"),
+        ("postgres://u@db/q?password=s3cret&sslmode=require",
+         "postgres://u@db/q?password=***&sslmode=require"),
+        ("postgres://u@db/q?sslmode=require&PASSWORD=s3cret",
+         "postgres://u@db/q?sslmode=require&PASSWORD=***"),
+        ("postgres://u:s3cret@db/q?password=s3cret", "postgres://u:***@db/q?password=***"),
+        ("sqlite:///tmp/q.sqlite3", "sqlite:///tmp/q.sqlite3"),
+    ],
+)
+def test_redact_url_masks_every_password(url: str, shown: str) -> None:
+    from quartsig.database import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_the_platform_redis_url_is_the_fallback(tmp_path: Path) -> None:
+    environ = {"QUARTSIG_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://cache.internal:6379/0"}
+    assert Settings.from_env(environ).redis_url == "redis://cache.internal:6379/0"
+    own = {**environ, "QUARTSIG_REDIS_URL": "redis://own:6379/1"}
+    assert Settings.from_env(own).redis_url == "redis://own:6379/1"
+    with pytest.raises(ConfigError, match=r"^REDIS_URL:"):
+        Settings.from_env({"REDIS_URL": "http://not-redis"})

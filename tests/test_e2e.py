@@ -55,7 +55,7 @@ from tests.support.processes import (
 pytestmark = pytest.mark.e2e
 
 PROFILES = load_profiles(get_plugin_manager(entry_points=False))
-BOT_SECRET = "e2e-bot-secret-" + "x" * 16
+BOT_SECRET = "e2e-bot-secret-" + "x" * 24
 State = dict[Key, dict[str, Any]]
 
 
@@ -880,8 +880,9 @@ def _seconds_until_dropped(raw: RawClient, limit: float) -> float | None:
 
 
 async def test_a_dead_peer_is_dropped_after_the_heartbeat_deadline(launch):
-    """A peer that stops answering the server's pings is dropped after interval + timeout,
-    while a live one (its client library answers pings) stays."""
+    """A peer that stops answering the server's pings is dropped once a ping goes
+    unanswered for the timeout (quartsig.hosting), and by Hypercorn's read timeout of
+    interval + timeout at the latest, while a live one (its library answers pings) stays."""
     stack = launch(heartbeat_interval="1", heartbeat_timeout="0.5")
     live = await client(stack)
     dead = RawClient(stack.server.port, stack.token())
@@ -892,7 +893,7 @@ async def test_a_dead_peer_is_dropped_after_the_heartbeat_deadline(launch):
     finally:
         dead.close()
     assert dropped_after is not None, "the silent peer was never dropped"
-    assert 1.0 <= dropped_after <= 3.5
+    assert dropped_after <= 3.5  # a ping may have left before the count started
     await send(live, {"op": "ping", "id": "alive"})
     assert (await until(live, is_("pong")))["id"] == "alive"
     await live.close()

@@ -25,8 +25,8 @@ LAYERS: dict[str, int] = {
     # 5: the seam and what drives it
     "broker": 5, "collector": 6,
     # 7: the app's state, its routes, hosting and wiring
-    "runtime": 7, "api": 8, "stream": 8, "board": 8, "app": 9, "server": 10, "cli": 11,
-    "__init__": 2, "__main__": 12,
+    "runtime": 7, "api": 8, "stream": 8, "board": 8, "hosting": 8, "app": 9, "server": 10,
+    "cli": 11, "__init__": 2, "__main__": 12,
 }
 PURE = {"model", "timeframes", "columns", "expiring", "ratelimit", "symbols", "rules",
         "profiles", "protocol", "planner", "hub"}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
 
-from quartsig.logs import REDACTED, RedactingFilter, Sparse, install, redact
+from quartsig.logs import REDACTED, RedactingFilter, Sparse, escape_controls, install, redact
 
 TOKEN = Fernet(Fernet.generate_key()).encrypt(b"42").decode()
 
@@ -109,3 +111,63 @@ def test_sparse_lets_one_report_through_per_period_and_counts_the_rest():
     now[0] += 0.1
     assert sparse.due() == 4
     assert sparse.due() is None
+
+
+# -- log injection (issue 14, finding 6) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("a\nb", "a\\nb"),
+        ("a\r\nb", "a\\r\\nb"),
+        ("bell\x07 esc\x1b[31m del\x7f", "bell\\x07 esc\\x1b[31m del\\x7f"),
+        ("nel\x85 ls\u2028 ps\u2029", "nel\\x85 ls\\u2028 ps\\u2029"),
+        ("tab\tand € stay", "tab\tand € stay"),
+    ],
+)
+def test_escape_controls(raw: str, escaped: str) -> None:
+    assert escape_controls(raw) == escaped
+
+
+def test_a_forged_line_in_an_argument_stays_on_its_own_line(stream: io.StringIO) -> None:
+    install()
+    logging.getLogger("quartsig.somewhere").warning(
+        "refused %s", "x\nERROR quartsig.api: forged"
+    )
+    lines = stream.getvalue().splitlines()
+    assert lines == ["quartsig.somewhere refused x\\nERROR quartsig.api: forged"]
+
+
+@pytest.fixture
+def repo_hypercorn_config() -> Any:
+    from hypercorn.config import Config
+
+    return Config.from_toml(Path(__file__).resolve().parent.parent / "hypercorn.toml")
+
+
+async def test_hypercorn_access_log_of_a_decoded_path_cannot_forge_a_line(
+    repo_hypercorn_config: Any,
+) -> None:
+    """Hypercorn's own ``"-"`` handler (the direct ``hypercorn -c hypercorn.toml`` path)."""
+    from hypercorn.logging import Logger
+
+    logger = Logger(repo_hypercorn_config)  # gives hypercorn.access a stdout handler of its own
+    access = logging.getLogger("hypercorn.access")
+    own = io.StringIO()
+    access.handlers[0].setStream(own)  # type: ignore[attr-defined]
+    try:
+        install()
+        scope: Any = {
+            "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http",
+            "path": "/\r\n1.2.3.4 \"GET / HTTP/1.1\" 200 0\nERROR quartsig.api: forged",
+            "raw_path": b"/%0d%0a...", "query_string": b"", "headers": [],
+            "client": ("1.2.3.4", 5), "server": None,
+        }
+        await logger.access(scope, {"status": 404, "headers": []}, 0.001)
+    finally:
+        access.handlers.clear()
+        access.propagate = True
+    lines = own.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert "\\r\\n1.2.3.4" in lines[0] and "\\nERROR quartsig.api" in lines[0]

@@ -40,3 +40,13 @@ def test_quick_start_is_the_two_commands_ci_runs() -> None:
         "./scripts/test",
     ]
     assert "exec ./scripts/test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_fallback_variables_are_named_in_their_row() -> None:
+    from quartsig.config import FALLBACKS, PREFIX
+
+    table = _table()
+    for name, fallback in FALLBACKS.items():
+        assert f"`{fallback}`" in "".join(table[PREFIX + name.upper()]), (
+            f"README.md: say that {PREFIX}{name.upper()} falls back to {fallback}"
+        )

@@ -28,7 +28,7 @@ from tests.support.scanning import MICROSOCKS, free_port, running_microsocks, ru
 FERNET_TOKEN = re.compile(r"gAAAAA[A-Za-z0-9_\-]{20,}")
 FERNET_KEY = re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{43}=")
 
-BOT_SECRET = "bot-s3cret-value-0123456789"
+BOT_SECRET = "bot-s3cret-value-0123456789-abcdef"
 PROXY_PASSWORD = "proxy-pa55-word"
 GHOST_PASSWORD = "ghost-pa55-word"
 

@@ -221,3 +221,20 @@ def test_a_corrupt_key_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "data" / "secret.key").write_text("garbage\n")
     with pytest.raises(ConfigError, match="QUARTSIG_SECRET_KEYS"):
         load_or_create_keys(_settings(tmp_path))
+
+
+def test_the_data_directory_is_created_private(tmp_path: Path) -> None:
+    """Issue 14: the key file's directory is ``0700`` whatever the umask leaves."""
+    settings = Settings.from_env({}, data_dir=tmp_path / "nested" / "data")
+    load_or_create_keys(settings)
+    assert stat.S_IMODE((tmp_path / "nested" / "data").stat().st_mode) == 0o700
+
+
+async def test_the_sqlite_directory_is_created_private(tmp_path: Path) -> None:
+    from quartsig import database
+
+    settings = Settings.from_env({}, data_dir=tmp_path / "data",
+                                 database_url=f"sqlite://{tmp_path / 'db' / 'q.sqlite3'}")
+    async with database.open_database(settings):
+        pass
+    assert stat.S_IMODE((tmp_path / "db").stat().st_mode) == 0o700

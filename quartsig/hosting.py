@@ -1,0 +1,307 @@
+"""The gaps in Hypercorn 0.18 that quartsig closes, on every way of launching it.
+
+``create_app()`` calls :func:`harden`, so the fixes apply under ``quartsig serve``,
+under ``hypercorn -c hypercorn.toml 'quartsig.app:create_app()'`` and under any host
+that builds the app in a process that has Hypercorn: what is fixed is the process's
+Hypercorn, not one code path. They replace a few Hypercorn internals by name, all
+listed in :data:`PATCHED`; ``pyproject.toml`` pins the Hypercorn versions they were
+written for (:data:`HYPERCORN_VERSIONS`), :func:`missing` names what an upgrade took
+away (``harden`` then refuses to start rather than serve unhardened), and
+``tests/test_hosting.py`` fails by name when that happens.
+
+The fixes:
+
+- **permessage-deflate is declined** (:class:`DeclinedDeflate`). Compression costs
+  ~100 KiB of zlib state per connection, multiplies the cost of each send by 2-3,
+  inflates client frames with no output cap (a 261 KB compressed frame sent before
+  auth took a worker from 71 MB to 476 MB), and defeats encode-once fan-out.
+- **Client messages are capped before they are stored** (``WebsocketBuffer.extend``):
+  Hypercorn appends a fragment first and checks ``websocket_max_message_size`` after.
+  The cap is the smaller of Hypercorn's setting and 4 x ``QUARTSIG_MAX_FRAME_BYTES``.
+- **Pings are a liveness check** (``WSStream._send_pings``): every
+  ``QUARTSIG_HEARTBEAT_INTERVAL`` (started at a random point, so connections opened
+  together do not ping together) a ping goes out, and a peer that sends nothing at all
+  (not even the pong) within ``QUARTSIG_HEARTBEAT_TIMEOUT`` is dropped. The loop ends
+  as soon as its stream closes, instead of sleeping a whole interval first.
+
+Each stream reads the ping interval and the message cap from a copy of Hypercorn's
+config with quartsig's values in it (``WSStream.__init__``), so a ``hypercorn.toml``
+that says nothing about them still gets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import functools
+import inspect
+import random
+import weakref
+from dataclasses import dataclass
+from importlib import import_module, metadata
+from typing import Any
+
+from wsproto.extensions import Extension, PerMessageDeflate
+
+from quartsig.config import ConfigError, Settings
+
+HYPERCORN_VERSIONS = ">=0.18,<0.19"
+"""The Hypercorn releases whose internals below were read; ``pyproject.toml`` says the same."""
+
+#: Every Hypercorn name quartsig replaces or relies on -> the parameters it must have.
+#: ``None``: a module attribute looked up at call time (no signature to check).
+PATCHED: dict[str, tuple[str, ...] | None] = {
+    "hypercorn.protocol.ws_stream.WSStream.__init__": (
+        "self", "app", "config", "context", "task_group", "ssl", "client", "server", "send",
+        "stream_id",
+    ),
+    "hypercorn.protocol.ws_stream.WSStream.handle": ("self", "event"),
+    "hypercorn.protocol.ws_stream.WSStream._send_pings": ("self",),
+    "hypercorn.protocol.ws_stream.WSStream._send_wsproto_event": ("self", "event"),
+    "hypercorn.protocol.ws_stream.WebsocketBuffer.extend": ("self", "event"),
+    "hypercorn.protocol.ws_stream.WebsocketBuffer.__init__": ("self", "max_length"),
+    "hypercorn.protocol.ws_stream.FrameTooLargeError": None,
+    "hypercorn.protocol.ws_stream.PerMessageDeflate": None,
+    "hypercorn.protocol.events.StreamClosed": None,
+    "hypercorn.protocol.events.Data": None,
+}
+
+
+class HostingError(ConfigError):
+    """This process's Hypercorn lacks what quartsig's fixes replace (the CLI exits 2)."""
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """quartsig's side of each websocket stream, from its settings."""
+
+    ping_interval: float
+    pong_timeout: float
+    max_message_size: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamLimits:
+        return cls(settings.heartbeat_interval, settings.heartbeat_timeout,
+                   4 * settings.max_frame_bytes)
+
+
+_limits: StreamLimits | None = None
+
+
+def _resolve(dotted: str) -> Any:
+    parts = dotted.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            target: Any = import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            target = getattr(target, name)
+        return target
+    raise ImportError(dotted)
+
+
+def missing() -> list[str]:
+    """What of :data:`PATCHED` this Hypercorn lacks or has with other parameters."""
+    problems = []
+    for dotted, parameters in PATCHED.items():
+        try:
+            target = _resolve(dotted)
+        except (ImportError, AttributeError):
+            problems.append(f"{dotted} is gone")
+            continue
+        if parameters is not None:
+            try:
+                found = tuple(inspect.signature(target).parameters)
+            except (TypeError, ValueError):
+                found = ()
+            if found != parameters:
+                problems.append(f"{dotted}{found} is not {dotted}{parameters}")
+    with contextlib.suppress(ImportError, AttributeError, OSError, TypeError):
+        from hypercorn.protocol.ws_stream import Handshake
+
+        if "PerMessageDeflate()" not in inspect.getsource(Handshake.accept):
+            problems.append("Handshake.accept no longer builds PerMessageDeflate()")
+    return problems
+
+
+def harden(settings: Settings) -> None:
+    """Apply every fix to this process's Hypercorn, with ``settings``'s limits. Idempotent.
+
+    Raises :class:`HostingError`, naming what is gone, when an upgraded Hypercorn no
+    longer has what is replaced: better no server than one that looks hardened.
+    The limits are per process; the last call's settings win.
+    """
+    global _limits
+    try:
+        import hypercorn  # noqa: F401
+    except ImportError:  # another ASGI server: it has gaps of its own to close
+        return
+    problems = missing()
+    if problems:
+        version = metadata.version("hypercorn")
+        raise HostingError(
+            f"Hypercorn {version} is not one quartsig can harden ({'; '.join(problems)}); "
+            f"install hypercorn{HYPERCORN_VERSIONS}"
+        )
+    _limits = StreamLimits.from_settings(settings)
+    decline_permessage_deflate()
+    give_streams_quartsig_limits()
+    end_pings_with_their_stream()
+    cap_websocket_messages()
+
+
+# -- per-stream config ---------------------------------------------------------------------
+
+_derived: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def stream_config(config: Any) -> Any:
+    """``config`` with quartsig's ping interval and message cap (one copy per config)."""
+    limits = _limits
+    if limits is None:
+        return config
+    derived = _derived.get(config)
+    if derived is None or derived.__dict__.get("_quartsig_limits") is not limits:
+        config.log  # noqa: B018 (built once here, so the copy shares the loggers)
+        derived = copy.copy(config)
+        derived.websocket_ping_interval = limits.ping_interval
+        derived.websocket_max_message_size = min(
+            config.websocket_max_message_size, limits.max_message_size
+        )
+        derived._quartsig_limits = limits
+        _derived[config] = derived
+    return derived
+
+
+def give_streams_quartsig_limits() -> None:
+    """Make each websocket stream read quartsig's limits from its config. Idempotent."""
+    from hypercorn.protocol.ws_stream import WSStream
+
+    if getattr(WSStream, "_quartsig_config", False):
+        return
+    init = WSStream.__init__
+
+    @functools.wraps(init)
+    def init_with_limits(self: WSStream, app: Any, config: Any, *args: Any, **kw: Any) -> None:
+        init(self, app, stream_config(config), *args, **kw)
+
+    WSStream.__init__ = init_with_limits  # type: ignore[method-assign]
+    WSStream._quartsig_config = True  # type: ignore[attr-defined]
+
+
+# -- pings -----------------------------------------------------------------------------------
+
+
+def end_pings_with_their_stream() -> None:
+    """Make Hypercorn's ping loop a liveness check that ends with its stream. Idempotent.
+
+    Hypercorn 0.18's ``WSStream._send_pings`` never looks for pongs, and looks at
+    ``closed`` only after sleeping a whole ``websocket_ping_interval`` while the
+    connection's task waits for it: every closed websocket lingered up to
+    ``HEARTBEAT_INTERVAL`` (25 s), and a SIGTERM after any client closed waited out
+    ``graceful_timeout`` before the process could exit.
+    """
+    from hypercorn.protocol.events import Data, StreamClosed
+    from hypercorn.protocol.ws_stream import WSStream
+    from wsproto.events import Ping
+
+    if getattr(WSStream, "_quartsig_pings", False):
+        return
+    handle = WSStream.handle
+
+    @functools.wraps(WSStream._send_pings)
+    async def _send_pings(self: WSStream) -> None:
+        closed = self.__dict__.setdefault("_quartsig_closed", asyncio.Event())
+        interval: float = self.config.websocket_ping_interval or 0.0  # spawned when set
+        limits = self.config.__dict__.get("_quartsig_limits")
+        loop = asyncio.get_running_loop()
+
+        async def wait(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, seconds)):
+                    await closed.wait()
+
+        await wait(random.uniform(0, interval))
+        while not self.closed:
+            sent = loop.time()  # anything heard from here on answers this ping
+            await self._send_wsproto_event(Ping())  # the deadline runs once it is written
+            if limits is None:
+                await wait(interval)
+                continue
+            await wait(limits.pong_timeout)
+            if not self.closed and self.__dict__.get("_quartsig_heard", float("-inf")) < sent:
+                # Nothing at all from the peer since the ping: it is gone. Closing the
+                # stream tells the app (1006) and makes the protocol drop the TCP connection.
+                await self.send(StreamClosed(stream_id=self.stream_id))
+                return
+            await wait(interval - limits.pong_timeout)
+
+    @functools.wraps(handle)
+    async def handle_and_wake(self: WSStream, event: object) -> None:
+        if isinstance(event, Data):
+            self.__dict__["_quartsig_heard"] = asyncio.get_running_loop().time()
+        await handle(self, event)  # type: ignore[arg-type]
+        closed = self.__dict__.get("_quartsig_closed")
+        if self.closed and closed is not None:
+            closed.set()
+
+    WSStream._send_pings = _send_pings  # type: ignore[method-assign]
+    WSStream.handle = handle_and_wake  # type: ignore[method-assign]
+    WSStream._quartsig_pings = True  # type: ignore[attr-defined]
+
+
+# -- message cap -----------------------------------------------------------------------------
+
+
+def cap_websocket_messages() -> None:
+    """Make Hypercorn drop an oversized client message instead of storing it. Idempotent.
+
+    Hypercorn 0.18's ``WebsocketBuffer.extend`` appends each fragment *before* checking
+    ``websocket_max_message_size``, and keeps appending after it has answered 1009, so one
+    endless fragmented message grew the server's memory without bound (200 MB sent: RSS
+    +230 MB). Checked first, nothing past the limit is ever stored.
+    """
+    from hypercorn.protocol.ws_stream import FrameTooLargeError, WebsocketBuffer
+
+    if getattr(WebsocketBuffer, "_quartsig_capped", False):
+        return
+    extend = WebsocketBuffer.extend
+
+    @functools.wraps(extend)
+    def capped_extend(self: WebsocketBuffer, event: Any) -> None:
+        if self.length + len(event.data) > self.max_length:
+            raise FrameTooLargeError()
+        extend(self, event)
+
+    WebsocketBuffer.extend = capped_extend  # type: ignore[method-assign]
+    WebsocketBuffer._quartsig_capped = True  # type: ignore[attr-defined]
+
+
+# -- permessage-deflate ----------------------------------------------------------------------
+# Hypercorn builds ``[PerMessageDeflate()]`` inside ``Handshake.accept`` with no setting, so
+# the class it looks up there is replaced by one that declines every offer; a client that
+# then sends a compressed (RSV1) frame is a protocol error.
+
+
+class DeclinedDeflate(Extension):
+    """An extension named permessage-deflate whose ``accept`` declines every offer."""
+
+    name = PerMessageDeflate.name
+
+    def offer(self) -> bool:
+        return False
+
+    def accept(self, offer: str) -> None:
+        return None
+
+    def enabled(self) -> bool:
+        return False
+
+
+def decline_permessage_deflate() -> None:
+    """Make this process's Hypercorn refuse permessage-deflate. Idempotent."""
+    from hypercorn.protocol import ws_stream
+
+    ws_stream.PerMessageDeflate = DeclinedDeflate  # type: ignore[attr-defined,assignment]
