@@ -96,6 +96,7 @@ class FeedComponent:
             state.screener_of,
             interval=settings.interval,
             metrics=state.metrics,
+            quarantine=settings.plugin_quarantine,
         )
         state.outbox.start()
         self.tasks = [asyncio.create_task(state.collector.run(), name="quartsig-collector")]
