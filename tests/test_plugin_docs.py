@@ -52,6 +52,7 @@ def test_the_packaged_example_loads_through_its_entry_point(
     assert pyproject["build-system"]["requires"]
     project = pyproject["project"]
     [(name, module)] = project["entry-points"]["quartsig"].items()
+    assert f"src/{module}/__init__.py" in DOCS  # the layout shown holds that module
     # Installed as pip would lay it out: the module and its dist-info with the entry point.
     (tmp_path / f"{module}.py").write_text(block("first-plugin", "python"))
     info = tmp_path / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
