@@ -32,7 +32,10 @@ QUARANTINE: Final = 600.0
 #: ``full`` takes about 20 µs a row, so only a profile that is broken meets this bound.
 COMPUTE_BUDGET: Final = 0.05
 
-_PLAIN: Final = frozenset({str, int, bool})
+_PLAIN: Final = frozenset({str, bool})
+#: What the encoder can write as a JSON integer (orjson: 64 bits, signed or unsigned).
+_INT_MIN: Final = -(2**63)
+_INT_END: Final = 2**64
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,10 @@ def check_data(data: object) -> str | None:
             return f"compute returned a {type(name).__name__} key {name!r}; keys must be strings"
         if value is None or type(value) in _PLAIN:
             continue
+        if type(value) is int:
+            if _INT_MIN <= value < _INT_END:
+                continue
+            return f"compute returned {value!r} for {name!r}; integers must fit in 64 bits"
         if isinstance(value, float):
             if value - value == 0.0:  # NaN - NaN and inf - inf are NaN
                 continue

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 #: Values TradingView (or a misbehaving upstream) can put where a number belongs.
 ODD_VALUES: tuple[Any, ...] = (
     None, float("nan"), float("inf"), float("-inf"), 0, 0.0, -0.0, 1e308, -1e308, 5e-324,
-    2**63, -1, 1, "junk", "", True, False,
+    2**63, 2**70, -1, 1, "junk", "", True, False,
 )  # fmt: skip
 
 

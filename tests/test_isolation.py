@@ -69,6 +69,7 @@ GHOST = Profile("ghost", "only a refused column", ("Not.A.Column",), _echo(("Not
         ({"a": {"nested": 1}}, "a dict for 'a'"),
         ({"a": [1]}, "a list for 'a'"),
         ({1: 2}, "int key"),
+        ({"a": 2**64}, "64 bits"),
     ],
 )
 def test_check_data_names_what_is_wrong(data: Any, fragment: str) -> None:

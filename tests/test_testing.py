@@ -24,7 +24,7 @@ def _profile(compute: Any, **extra: Any) -> Profile:
 def _fine(row: Mapping[str, Any]) -> dict[str, Any]:
     close = row.get("close")
     ok = isinstance(close, int | float) and not isinstance(close, bool) and math.isfinite(close)
-    return {"close": close if ok else None}
+    return {"close": float(close) if ok else None}
 
 
 def test_edge_rows_hold_nulls_nan_huge_values_and_junk() -> None:
