@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
 
 from quartsig.columns import MOVING_AVERAGES
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.profiles import Profile
+from quartsig.testing import check_contract, live_server, rows_strategy
 
 HERE = Path(__file__).parent
 
@@ -72,3 +74,27 @@ def test_null_close_nulls_every_average_action_but_not_the_votes(ma: Profile) ->
 def test_junk_does_not_raise(ma: Profile) -> None:
     data = ma.compute({name: "junk" for name in ma.columns})
     assert all(data[name] is None for name in ma.columns)
+
+
+# --- the author's kit (quartsig.testing): the contract, over odd and arbitrary rows, and live --
+
+MA = load_profiles(get_plugin_manager(HERE, entry_points=False))["ma"]
+
+
+def test_contract_on_odd_rows() -> None:
+    check_contract(MA)
+
+
+@settings(max_examples=150, deadline=None)
+@given(row=rows_strategy(MA))
+def test_contract_on_any_row(row: dict) -> None:
+    check_contract(MA, [row])
+
+
+async def test_live_server_serves_the_profile(tmp_path: Path) -> None:
+    async with live_server(HERE, data_dir=tmp_path) as server, server.connect() as client:
+        snapshot = await client.subscribe("EURUSD", "1h", "ma")
+        assert snapshot["type"] == "snapshot", snapshot
+        close = server.standin.values("FX_IDC:EURUSD", "1h")["close"]
+        assert snapshot["data"]["close"] == close
+        assert snapshot["data"]["rec.ma"] in {"STRONG_SELL", "SELL", "NEUTRAL", "BUY", "STRONG_BUY"}

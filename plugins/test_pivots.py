@@ -7,10 +7,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
 
 from quartsig.columns import PIVOTS
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.profiles import Profile
+from quartsig.testing import check_contract, rows_strategy
 
 HERE = Path(__file__).parent
 BANDS = {"band.Classic", "band.Fibonacci", "band.Camarilla", "band.Woodie", "band.Demark"}
@@ -90,3 +92,18 @@ def test_equal_levels_use_the_upper_band(plugin: ModuleType) -> None:
     ladder = [("S1", 1.0), ("Middle", 2.0), ("R1", 2.0), ("R2", 3.0)]
     assert plugin.band(2.0, ladder) == "R1..R2"
     assert plugin.band(1.0, []) is None
+
+
+# --- the author's kit (quartsig.testing) --------------------------------------------------------
+
+PIVOTS_PROFILE = load_profiles(get_plugin_manager(HERE, entry_points=False))["pivots"]
+
+
+def test_contract_on_odd_rows() -> None:
+    check_contract(PIVOTS_PROFILE)
+
+
+@settings(max_examples=150, deadline=None)
+@given(row=rows_strategy(PIVOTS_PROFILE))
+def test_contract_on_any_row(row: dict) -> None:
+    check_contract(PIVOTS_PROFILE, [row])

@@ -20,7 +20,7 @@ from quartsig.broker import Broker
 from quartsig.broker.memory import MemoryBroker
 from quartsig.collector import Collector
 from quartsig.config import Settings
-from quartsig.plugins import get_plugin_manager, load_profiles, load_screeners
+from quartsig.plugins import describe, get_plugin_manager, inventory, load_screeners
 from quartsig.runtime import EXTENSION, Component, State
 from quartsig.scanner import ScannerClient
 from quartsig.symbols import SCREENERS
@@ -96,6 +96,7 @@ class FeedComponent:
             state.screener_of,
             interval=settings.interval,
             metrics=state.metrics,
+            quarantine=settings.plugin_quarantine,
         )
         state.outbox.start()
         self.tasks = [asyncio.create_task(state.collector.run(), name="quartsig-collector")]
@@ -129,13 +130,17 @@ def build_state(
     demo: bool = False,
     components: Sequence[Component] | None = None,
 ) -> State:
-    """Load the plugins (a broken one stops start-up here, named) and build the state."""
+    """Load the plugins (a broken one stops start-up here, named), log them, build the state."""
     plugins_dir = settings.plugins_dir if settings.plugins_dir.is_dir() else None
     manager = get_plugin_manager(plugins_dir)
+    plugins = inventory(manager)
+    log.info("plugins, their sources, profiles and columns:")
+    for line in describe(plugins):
+        log.info("  %s", line)
     return State(
         settings=settings,
         tokens=TokenAuthority.from_settings(settings),
-        profiles=load_profiles(manager),
+        profiles={profile.name: profile for info in plugins for profile in info.profiles},
         screeners=load_screeners(manager, SCREENERS),
         gate=Gate(accounts.is_active, accounts.disabled_since),
         components=list(default_components() if components is None else components),

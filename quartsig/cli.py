@@ -1,4 +1,4 @@
-"""The ``quartsig`` console script: serve, keys, schema, accounts, tokens.
+"""The ``quartsig`` console script: serve, plugins, keys, schema, accounts, tokens.
 
 Exit codes: 0 done; 1 refused (unknown or disabled account); 2 bad
 configuration, unreachable database or bad usage. Errors are one line on
@@ -20,7 +20,7 @@ from typing import TypeVar
 from quartsig import __version__, accounts, database, logs, server
 from quartsig.app import FeedComponent, build_state, create_app
 from quartsig.config import ConfigError, Settings
-from quartsig.plugins import PluginError
+from quartsig.plugins import PluginError, describe, get_plugin_manager, inventory
 from quartsig.tokens import (
     InvalidTelegramId,
     TokenAuthority,
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="poll the built-in stand-in scanner instead of TradingView")
     collect.set_defaults(handler=_collect)
 
+    commands.add_parser(
+        "plugins", help="list loaded plugins, their profiles, columns and sources"
+    ).set_defaults(handler=_plugins)
     commands.add_parser("keygen", help="print a new Fernet key").set_defaults(handler=_keygen)
     commands.add_parser("migrate", help="create missing tables (safe to repeat)").set_defaults(
         handler=_migrate
@@ -99,6 +102,15 @@ def _with_database(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
             return await work()
 
     return asyncio.run(run())
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    """What ``serve`` would load, with the same checks (a broken plugin: one line, exit 2)."""
+    settings = Settings.from_env()
+    plugins_dir = settings.plugins_dir if settings.plugins_dir.is_dir() else None
+    for line in describe(inventory(get_plugin_manager(plugins_dir))):
+        print(line)
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -8,6 +8,11 @@ just those keys.
 
 Computing is pure (:meth:`Collector.compose`): rows in, a batch out, with the inputs each key's
 data came from remembered so that an unchanged row costs neither a compute nor a publication.
+
+A plugin's failure is charged to its profile alone (see :mod:`quartsig.isolation`): a column
+TradingView refuses is quarantined and the request fetched again without it in the same tick,
+and a compute that raises or misbehaves costs only its own key; the profile's subscribers are
+told with a ``profile_failed`` error and keep their subscription.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .broker import Broker
+from .isolation import COMPUTE_BUDGET, QUARANTINE, Failure, Quarantine, run_compute
+from .logs import Sparse
 from .model import Batch, Key, Row, ScanRequest, ScanResult
 from .planner import Limits, plan
 from .profiles import Profile
@@ -28,6 +35,14 @@ from .scanner import ScannerClient, summarise
 from .timeframes import column
 
 log = logging.getLogger(__name__)
+
+#: Rounds of re-fetching one tick may spend on refused columns (TradingView names one per 400).
+REFETCH_ROUNDS = 4
+
+
+def _refused(result: ScanResult) -> bool:
+    """TradingView refused the request over a column: a profile's fault, not upstream's."""
+    return result.error is not None and result.error.kind == "bad_column"
 
 
 @dataclass(slots=True)
@@ -71,6 +86,9 @@ class Collector:
         metrics: Any = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        quarantine: float = QUARANTINE,
+        compute_budget: float = COMPUTE_BUDGET,
+        perf: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.broker = broker
         self.profiles = profiles
@@ -92,6 +110,14 @@ class Collector:
         #: Keys asked for by a newcomer and not published since: published even if unchanged
         #: (the newcomer's node has nothing for them, whatever this collector last computed).
         self._owed: set[Key] = set()
+        #: Columns TradingView refused, and the profiles charged with them.
+        self.quarantine = Quarantine(self._columns, period=quarantine, clock=clock)
+        self.compute_budget = compute_budget
+        self.perf = perf
+        #: Keys whose subscribers were told their profile fails, and of which failure.
+        self._told: dict[Key, str] = {}
+        #: One log report per profile per minute: a failing compute fails on every row.
+        self._complaints: dict[str, Sparse] = {}
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -139,7 +165,11 @@ class Collector:
     # -- one tick -----------------------------------------------------------------------
 
     def plan(self, keys: Iterable[Key]) -> list[ScanRequest]:
-        return plan(keys, self._columns, self.screener_of, self.limits)
+        """The requests for ``keys``, without quarantined columns or disabled profiles."""
+        columns = self.quarantine.active()
+        return plan(
+            (key for key in keys if key.profile in columns), columns, self.screener_of, self.limits
+        )
 
     async def tick(self, keys: set[Key], *, full: bool = False) -> int:
         """Fetch ``keys`` and publish what changed; returns how many keys' data changed.
@@ -154,11 +184,15 @@ class Collector:
             self.ticks += 1
             return 0
         started = self.clock()
+        deadline = started + self.interval * 0.9
+        self._lift()
         requests = self.plan(keys)
-        results = await self.client.scan_all(requests, deadline=started + self.interval * 0.9)
+        results = await self.client.scan_all(requests, deadline=deadline)
+        results = await self._refetch(keys, results, deadline)
         batch = self.compose(keys, results)
         if await self.broker.publish(batch):
             self._owed.difference_update(key for key, _, _ in batch.values)
+            self._owed.difference_update(key for key, _, _ in batch.failed)  # told, nothing owed
         else:
             self._sources.clear()  # fenced: nothing of it reached anyone
         if self.metrics is not None:
@@ -167,31 +201,54 @@ class Collector:
         return len(batch.values)
 
     def compose(self, keys: Iterable[Key], results: list[ScanResult]) -> Batch:
-        """Synchronous and pure but for the remembered sources: rows in, one batch out."""
+        """Synchronous and pure but for what it remembers: rows in, one batch out.
+
+        A refused column left in ``results`` (a tick re-fetches around them first) is charged
+        to its profile here. No compute can stop the batch: a failing one costs its own key."""
         ts = int(self.wall() * 1000)
+        charged = [result for result in results if _refused(result) and self._charge(result)]
+        if charged:
+            results = [result for result in results if not any(result is c for c in charged)]
         outcome = merge_results(results)
         self._count(results)
         batch = Batch(term=self.broker.term)
         rejected: dict[str, list[Key]] = {}
+        quarantine = self.quarantine
         for key in keys:
+            reason = quarantine.reason(key.profile) if quarantine.charges else None
+            if reason is not None and key.profile not in quarantine.active():
+                self._tell(batch, key, reason)  # disabled: nothing of it is fetched
+                continue
             row = outcome.rows.get(key.symbol)
             if row is None:
                 if key.symbol in outcome.unknown:
                     rejected.setdefault(key.symbol, []).append(key)
                 continue
             bases, columns = self._columns_for(key.profile, key.tf)
-            if key.symbol in outcome.incomplete and any(col not in row for col in columns):
+            if key.symbol in outcome.incomplete and any(
+                col not in row
+                for base, col in zip(bases, columns, strict=True)
+                if base not in quarantine.columns
+            ):
                 continue  # part of its columns failed: keep the last good data
             values = row.pick(columns)
             if self._sources.get(key) == values and key not in self._owed:
+                if reason is not None:
+                    self._tell(batch, key, reason)
                 continue  # same inputs as last time: same data, nothing to compute or send
-            profile = self.profiles[key.profile]
-            if profile.compute_values is not None:
-                data = profile.compute_values(values)
-            else:
-                data = profile.compute(dict(zip(bases, values, strict=True)))
+            data = run_compute(
+                self.profiles[key.profile], bases, values,
+                budget=self.compute_budget, perf=self.perf,
+            )  # fmt: skip
+            if isinstance(data, Failure):
+                self._compute_failed(batch, key, data)
+                continue
             self._sources[key] = values
             batch.values.append((key, data, ts))
+            if reason is not None:
+                self._tell(batch, key, reason)
+            else:
+                self._told.pop(key, None)
         for symbol, symbol_keys in rejected.items():
             message = f"TradingView has no symbol {symbol}"
             for key in symbol_keys:
@@ -201,10 +258,107 @@ class Collector:
         batch.status = self._report(results, outcome)
         return batch
 
+    # -- charging failures to their profile ---------------------------------------------
+
+    async def _refetch(
+        self, keys: set[Key], results: list[ScanResult], deadline: float
+    ) -> list[ScanResult]:
+        """Requests refused over a column, fetched again in this tick without it.
+
+        TradingView names one column per refusal, so this may take a few rounds. A refusal
+        whose column no profile owns is split: the keys of each profile are fetched apart, and
+        a profile still refused on its own is disabled."""
+        for _ in range(REFETCH_ROUNDS):
+            refused = [result for result in results if _refused(result)]
+            if not refused or self.clock() >= deadline:
+                break
+            again: set[Key] = set()
+            requests: list[ScanRequest] = []
+            for result in refused:
+                affected = self._keys_of(keys, result.request)
+                if self._charge(result):
+                    again |= affected
+                    continue
+                profiles = {key.profile for key in affected}
+                if len(profiles) == 1:
+                    [name] = profiles
+                    self._disable(name, result)
+                    continue
+                for name in sorted(profiles):  # split: which profile's columns are refused?
+                    requests += self.plan(key for key in affected if key.profile == name)
+            requests += self.plan(again)
+            results = [result for result in results if not _refused(result)]
+            if requests:
+                results += await self.client.scan_all(requests, deadline=deadline)
+        return results
+
+    def _keys_of(self, keys: Iterable[Key], request: ScanRequest) -> set[Key]:
+        """The keys with a column in ``request``."""
+        tickers, wanted = set(request.tickers), set(request.columns)
+        return {
+            key
+            for key in keys
+            if key.symbol in tickers
+            and self.screener_of(key.symbol) == request.screener
+            and not wanted.isdisjoint(self._columns_for(key.profile, key.tf)[1])
+        }
+
+    def _charge(self, result: ScanResult) -> bool:
+        """Quarantine the column ``result`` was refused over; False when no profile owns it."""
+        assert result.error is not None
+        base = (result.error.column or "").partition("|")[0]
+        owners = self.quarantine.refuse_column(base, result.error.message) if base else []
+        for name in owners:
+            self._failed(name, "bad_column", self.quarantine.reason(name) or "")
+        return bool(owners)
+
+    def _disable(self, profile: str, result: ScanResult) -> None:
+        assert result.error is not None
+        self.quarantine.disable(profile, result.error.message)
+        self._failed(profile, "bad_column", self.quarantine.reason(profile) or "")
+
+    def _lift(self) -> None:
+        lifted = self.quarantine.lift()
+        for what in lifted:
+            log.info("quarantine of %s lifted: it will be fetched again", what)
+        if lifted:  # told of a quarantine that is over: tell again if it comes back
+            charges = self.quarantine.charges
+            for key in [key for key, told in self._told.items()
+                        if told.startswith("quarantine:") and key.profile not in charges]:
+                del self._told[key]
+
+    def _compute_failed(self, batch: Batch, key: Key, failure: Failure) -> None:
+        self._failed(key.profile, failure.kind, f"{failure.message} ({key.symbol} {key.tf})")
+        self._tell(batch, key, failure.message, kind=failure.kind)
+
+    def _failed(self, profile: str, kind: str, message: str) -> None:
+        """Count a failure against ``profile`` and log it, at most once a minute per profile."""
+        if self.metrics is not None:
+            self.metrics.profile_failures.labels(profile=profile, kind=kind).inc()
+        sparse = self._complaints.get(profile)
+        if sparse is None:
+            sparse = self._complaints[profile] = Sparse(60.0, self.clock)
+        held = sparse.due()
+        if held is not None:
+            log.error("profile %s failed (%s): %s (%d more since the last report)",
+                      profile, kind, message, held)
+
+    def _tell(self, batch: Batch, key: Key, message: str, *, kind: str = "quarantine") -> None:
+        """Tell ``key``'s subscribers, once per failure, that its profile fails (the hub tells
+        newcomers)."""
+        told = f"{kind}: {message}"
+        if self._told.get(key) == told:
+            return
+        self._told[key] = told
+        text = f"profile {key.profile!r} failed: {message}"
+        batch.failed.append((key, str(ErrorCode.PROFILE_FAILED), text))
+
     def _forget_all_but(self, demand: set[Key]) -> None:
         """Drop what this collector remembers of keys nobody watches any more."""
         for key in [key for key in self._sources if key not in demand]:
             del self._sources[key]
+        for key in [key for key in self._told if key not in demand]:
+            del self._told[key]
         self._owed &= demand
 
     def _columns_for(self, profile: str, tf: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -224,18 +378,12 @@ class Collector:
             self.metrics.cells.inc(result.request.cells)
 
     def _report(self, results: list[ScanResult], outcome: Outcome) -> tuple[str, str]:
+        """Upstream health from the requests nobody's profile is to blame for."""
         upstream, reason = summarise(results)
         if outcome.bad_columns:
             names = ", ".join(sorted(outcome.bad_columns))
-            owners = ", ".join(
-                sorted(
-                    name
-                    for name, columns in self._columns.items()
-                    if any(col.partition("|")[0] in columns for col in outcome.bad_columns)
-                )
-            )
-            log.error("TradingView rejected column(s) %s (profile %s)", names, owners or "?")
-            reason = f"TradingView rejected column(s) {names} (profile {owners or '?'})"
+            log.error("TradingView refused column(s) %s, which no profile owns", names)
+            reason = f"TradingView refused column(s) {names}"
         elif upstream != "ok":
             log.warning("upstream %s: %s", upstream, reason)
         return upstream, reason

@@ -204,6 +204,10 @@ class Settings:
     plugins_dir: Path = _setting(
         Path("plugins"), Path, "Directory whose .py files are loaded as plugins."
     )
+    plugin_quarantine: float = _setting(
+        600.0, _positive_float,
+        "Seconds a column TradingView refused is left out of requests before it is tried again.",
+    )
     base_url: str | None = _setting(
         None, _optional(_url), "Public URL of the board, used to build token links."
     )

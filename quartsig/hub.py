@@ -77,6 +77,21 @@ class Entry:
     snapshot: Piece | None = None
     subscribers: set[Sink] = field(default_factory=set)
     idle_since: float | None = None
+    #: The error frame of the key's failing profile, for newcomers; cleared by fresh data.
+    failure: str | None = None
+
+
+def _error_text(key: Key, code: str, message: str) -> str:
+    return protocol.encode(
+        {
+            "type": "error",
+            "code": str(code),
+            "message": message,
+            "symbol": key.symbol,
+            "tf": key.tf,
+            "profile": key.profile,
+        }
+    )
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,6 +159,8 @@ class Hub:
                 self.fresh_added.set()
         else:
             sink.deliver(key, self._snapshot(entry))
+        if entry.failure is not None:
+            sink.send(entry.failure)  # its profile is failing: a newcomer is told too
         return True
 
     def unsubscribe(self, sink: Sink, key: Key) -> bool:
@@ -162,7 +179,7 @@ class Hub:
         entry.subscribers.discard(sink)
         if not entry.subscribers:
             self.fresh.discard(key)
-            if entry.data is None:
+            if entry.data is None and entry.failure is None:
                 del self.entries[key]
             else:
                 entry.idle_since = self.clock()
@@ -180,6 +197,8 @@ class Hub:
             changed += self.publish(key, data, ts)
         for key, code, message in batch.rejected:
             self.reject(key, code, message)
+        for key, code, message in batch.failed:
+            self.warn(key, code, message)
         if batch.status is not None:
             self.set_status(*batch.status)
         return changed
@@ -189,6 +208,7 @@ class Hub:
         entry = self.entries.get(key)
         if entry is None:
             return False  # nobody watches it any more
+        entry.failure = None
         if entry.data is None:
             entry.data, entry.ts, entry.snapshot = data, ts, None
             self.fresh.discard(key)
@@ -215,19 +235,21 @@ class Hub:
         self.fresh.discard(key)
         if entry is None:
             return
-        text = protocol.encode(
-            {
-                "type": "error",
-                "code": str(code),
-                "message": message,
-                "symbol": key.symbol,
-                "tf": key.tf,
-                "profile": key.profile,
-            }
-        )
+        text = _error_text(key, code, message)
         for sink in entry.subscribers:
             self.subscriptions[sink].discard(key)
             sink.discard(key)
+            sink.send(text)
+
+    def warn(self, key: Key, code: str, message: str) -> None:
+        """Tell ``key``'s subscribers something is wrong with it, keeping their subscription
+        (a failing profile: its data flows again, to the same subscribers, once it recovers).
+        A newcomer is told too, until the key's next data."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return
+        entry.failure = text = _error_text(key, code, message)
+        for sink in entry.subscribers:
             sink.send(text)
 
     def set_status(self, upstream: str, reason: str = "") -> bool:

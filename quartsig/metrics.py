@@ -63,6 +63,12 @@ class Metrics:
             "From the leader's publication to this node applying it (cluster mode)",
             buckets=_FAST, registry=r,
         )
+        self.profile_failures = Counter(
+            "quartsig_profile_failures",
+            "Failures charged to a plugin profile, by kind (exception, bad_value, slow, "
+            "bad_column)",
+            ["profile", "kind"], registry=r,
+        )
         self.tasks = Gauge("quartsig_tasks", "asyncio tasks alive (leak watch)", registry=r)
         self.tasks.set_function(_tasks_alive)
 

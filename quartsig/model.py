@@ -157,6 +157,8 @@ class Batch:
     rejected: list[tuple[Key, str, str]] = field(default_factory=list)  # key, code, message
     status: tuple[str, str] | None = None  # upstream health and why; None: unchanged
     term: int = 0
+    #: key, code, message: subscribers are told, and keep the subscription (a failing profile)
+    failed: list[tuple[Key, str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.values or self.rejected or self.status is not None)
+        return bool(self.values or self.rejected or self.failed or self.status is not None)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
@@ -21,7 +23,11 @@ from typing import Any, Final
 import pluggy
 
 from quartsig import hookspecs
+from quartsig.columns import KNOWN_COLUMNS
+from quartsig.isolation import Failure, run_compute
 from quartsig.profiles import Profile
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PLUGINS: Final = ("quartsig.builtins.full", "quartsig.builtins.summary")
 
@@ -83,13 +89,97 @@ def plugin_files(plugins_dir: Path) -> list[Path]:
 
 
 def load_profiles(pm: pluggy.PluginManager) -> dict[str, Profile]:
-    """Every registered profile by name, in plugin registration order.
+    """Every registered profile by name, in plugin registration order, each checked.
 
     Each implementation is called directly rather than through ``pm.hook`` so that
     every profile is known to come from a particular plugin, which is what lets a
-    duplicate name be reported with both culprits.
+    duplicate name be reported with both culprits. See :func:`check_profile` for the checks.
     """
-    profiles: dict[str, Profile] = {}
+    return {profile.name: profile for _, profile in _gather(pm)}
+
+
+def check_profile(plugin: str, profile: Profile) -> None:
+    """What can be known of a profile before any data: its columns, and ``compute`` on nulls.
+
+    A column quartsig's catalogue does not list gets a warning naming the profile, not a
+    refusal: the catalogue is not TradingView's whole list (a column TradingView refuses is
+    quarantined at run time, charged to this profile alone).
+
+    ``compute`` is run once on a row of nulls, and a raise or a result that is not a flat
+    dict of JSON scalars stops start-up with one line naming the plugin and profile. That is
+    a refusal, not a warning, because nulls are not an edge case: TradingView sends them for
+    forex volumes, new listings and symbols without technicals, so such a profile would fail
+    on real rows from its first tick, and the author learns it now, not from subscribers.
+    """
+    unknown = [column for column in profile.columns if column not in KNOWN_COLUMNS]
+    if unknown:
+        log.warning(
+            "plugin %r: profile %r asks for column(s) %s that quartsig's catalogue "
+            "(quartsig.columns) does not list; if TradingView refuses one, it is left out and "
+            "the profile's subscribers are told", plugin, profile.name, ", ".join(unknown),
+        )
+    nulls = (None,) * len(profile.columns)
+    result = run_compute(profile, profile.columns, nulls, budget=float("inf"))
+    if isinstance(result, Failure):
+        raise PluginError(
+            f"plugin {plugin!r}: profile {profile.name!r} fails on a row of nulls "
+            f"({result.message}); compute must handle null inputs"
+        )
+    if profile.compute_values is not None:
+        mapping = profile.compute({})
+        if mapping != result:
+            raise PluginError(
+                f"plugin {plugin!r}: profile {profile.name!r}: compute and compute_values "
+                "disagree on a row of nulls"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """One loaded plugin: its name, where it came from, and the profiles it contributes."""
+
+    name: str
+    source: str  # "built-in", "package quartsig-spread 1.0.0", "file plugins/spread.py", ...
+    profiles: tuple[Profile, ...]
+
+
+def inventory(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    """Every registered plugin, in load order, with its source and profiles (``quartsig
+    plugins`` prints this; ``serve`` logs it at start)."""
+    by_plugin: dict[str, list[Profile]] = {}
+    for plugin, profile in _gather(pm):
+        by_plugin.setdefault(plugin, []).append(profile)
+    packages = {
+        _name(pm, plugin): f"package {dist.project_name} {dist.version}"
+        for plugin, dist in pm.list_plugin_distinfo()
+    }
+    found = []
+    for name, plugin in pm.list_name_plugin():
+        if name in DEFAULT_PLUGINS:
+            source = "built-in"
+        elif name in packages:
+            source = packages[name]
+        elif isinstance(plugin, ModuleType) and plugin.__name__.startswith(DIRECTORY_PACKAGE + "."):
+            source = f"file {name}"
+        else:
+            source = f"object {type(plugin).__name__}"
+        found.append(PluginInfo(name, source, tuple(by_plugin.get(name, ()))))
+    return found
+
+
+def describe(plugins: Iterable[PluginInfo]) -> list[str]:
+    """Lines for people: one per plugin, then one per profile with its columns."""
+    lines = []
+    for info in plugins:
+        lines.append(f"{info.name} ({info.source})")
+        for profile in info.profiles:
+            lines.append(f"  {profile.name}: {', '.join(profile.columns)}")
+    return lines
+
+
+def _gather(pm: pluggy.PluginManager) -> list[tuple[str, Profile]]:
+    """(plugin name, profile) for every registered profile, validated and checked."""
+    gathered: list[tuple[str, Profile]] = []
     owners: dict[str, str] = {}
     for plugin, result in _results(pm, "register_profiles"):
         if isinstance(result, Profile | str | bytes | Mapping):
@@ -103,14 +193,15 @@ def load_profiles(pm: pluggy.PluginManager) -> dict[str, Profile]:
                     f"plugin {plugin!r}: register_profiles returned a "
                     f"{type(profile).__name__}, not a quartsig.profiles.Profile"
                 )
-            if profile.name in profiles:
+            if profile.name in owners:
                 raise PluginError(
                     f"profile {profile.name!r} is registered twice: "
                     f"by plugin {owners[profile.name]!r} and by plugin {plugin!r}"
                 )
-            profiles[profile.name] = profile
+            check_profile(plugin, profile)
+            gathered.append((plugin, profile))
             owners[profile.name] = plugin
-    return profiles
+    return gathered
 
 
 def load_screeners(pm: pluggy.PluginManager, base: Mapping[str, str]) -> dict[str, str]:

@@ -54,6 +54,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     NOT_AUTHED = "not_authed"
     UPSTREAM = "upstream"
+    PROFILE_FAILED = "profile_failed"
 
 
 class ProtocolError(Exception):

@@ -185,3 +185,34 @@ def test_a_short_bot_secret_refuses_to_serve(run: Run) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("quartsig: QUARTSIG_BOT_SECRET:")
     assert "short-secret" not in result.stderr
+
+
+def test_plugins_lists_plugins_profiles_columns_and_sources(run: Run, tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "closing.py").write_text(
+        "from quartsig.hookspecs import hookimpl\n"
+        "from quartsig.profiles import Profile\n\n"
+        "@hookimpl\n"
+        "def register_profiles():\n"
+        "    return [Profile('closing', 'c', ('close', 'RSI[1]'), dict)]\n"
+    )
+    result = run("plugins")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "quartsig.builtins.summary (built-in)" in lines
+    assert "  summary: Recommend.All" in lines
+    assert "plugins/closing.py (file plugins/closing.py)" in lines
+    assert "  closing: close, RSI[1]" in lines
+
+    (plugins / "broken.py").write_text(
+        "from quartsig.hookspecs import hookimpl\n"
+        "from quartsig.profiles import Profile\n\n"
+        "@hookimpl\n"
+        "def register_profiles():\n"
+        "    return [Profile('broken', 'b', ('close',), lambda row: {'x': 1 / row['close']})]\n"
+    )
+    result = run("plugins")
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("quartsig: plugin 'plugins/broken.py': profile 'broken' fails on a row")

@@ -7,6 +7,7 @@ except modules a test imported itself.
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import sys
 import textwrap
@@ -23,7 +24,9 @@ from quartsig.hookspecs import hookimpl
 from quartsig.plugins import (
     DEFAULT_PLUGINS,
     PluginError,
+    describe,
     get_plugin_manager,
+    inventory,
     load_profiles,
     load_screeners,
     plugin_files,
@@ -429,3 +432,69 @@ def test_docs_example_plugin_works(plugins_dir: Path) -> None:
 
 def test_pluggy_is_the_one_we_document() -> None:
     assert isinstance(get_plugin_manager(entry_points=False), pluggy.PluginManager)
+
+
+# --- start-up checks and the inventory -----------------------------------------------------
+
+
+def test_a_column_outside_the_catalogue_warns_naming_the_profile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    odd = Profile(name="odd", description="test", columns=("close", "Not.A.Column"), compute=dict)
+    with caplog.at_level(logging.WARNING, logger="quartsig.plugins"):
+        profiles = load_profiles(get_plugin_manager(entry_points=False, extra=[ProfilePlugin(odd)]))
+    assert "odd" in profiles  # warned, not refused: the catalogue is not TradingView's list
+    [record] = [r for r in caplog.records if "Not.A.Column" in r.getMessage()]
+    assert "'ProfilePlugin'" in record.getMessage() and "'odd'" in record.getMessage()
+    assert "close" not in record.getMessage().split("column(s)")[1].split("that")[0]
+
+
+def _raising(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"pct": row["high"] / row["close"]}
+
+
+@pytest.mark.parametrize(
+    ("compute", "message"),
+    [
+        (_raising, "fails on a row of nulls (compute raised TypeError: unsupported operand"),
+        (lambda row: {"x": float("nan")}, "fails on a row of nulls (compute returned nan"),
+        (lambda row: [1], "fails on a row of nulls (compute returned a list, not a dict)"),
+    ],
+)
+def test_a_compute_that_fails_on_nulls_stops_start_up_in_one_line(
+    compute: Any, message: str
+) -> None:
+    bad = Profile(name="bad", description="test", columns=("high", "close"), compute=compute)
+    with pytest.raises(PluginError) as info:
+        load_profiles(get_plugin_manager(entry_points=False, extra=[ProfilePlugin(bad)]))
+    text = str(info.value)
+    assert text.startswith(f"plugin 'ProfilePlugin': profile 'bad' {message}")
+    assert "\n" not in text
+
+
+def test_compute_and_compute_values_must_agree_on_nulls() -> None:
+    twin = Profile(name="twin", description="test", columns=("close",), compute=dict,
+                   compute_values=lambda values: {"other": 1})
+    with pytest.raises(PluginError, match="compute and compute_values disagree"):
+        load_profiles(get_plugin_manager(entry_points=False, extra=[ProfilePlugin(twin)]))
+
+
+def test_inventory_says_where_each_plugin_and_profile_came_from(
+    tmp_path: Path, plugins_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(plugins_dir, "filed.py", PROFILE_PLUGIN.format(name="filed"))
+    module = _install_fake_distribution(
+        tmp_path, monkeypatch, "packed", PROFILE_PLUGIN.format(name="packed")
+    )
+    try:
+        pm = get_plugin_manager(plugins_dir, extra=[ProfilePlugin(_profile("objected"))])
+        found = {info.name: info for info in inventory(pm)}
+    finally:
+        sys.modules.pop(module, None)
+    assert found["quartsig.builtins.full"].source == "built-in"
+    assert [p.name for p in found["quartsig.builtins.summary"].profiles] == ["summary"]
+    assert found["packed"].source == f"package quartsig_fake_{module[-8:]} 1.0"
+    assert found[str(plugins_dir / "filed.py")].source == f"file {plugins_dir / 'filed.py'}"
+    assert found["ProfilePlugin"].source == "object ProfilePlugin"
+    lines = describe(found.values())
+    assert "  packed: close" in lines and "  objected: close" in lines
