@@ -102,7 +102,7 @@ def run_compute(
     problem = check_data(data)
     if problem is not None:
         return Failure("bad_value", problem)
-    return data  # type: ignore[return-value]
+    return data
 
 
 @dataclass(slots=True)

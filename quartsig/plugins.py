@@ -154,15 +154,17 @@ def inventory(pm: pluggy.PluginManager) -> list[PluginInfo]:
         for plugin, dist in pm.list_plugin_distinfo()
     }
     found = []
-    for name, plugin in pm.list_name_plugin():
+    for name, registered in pm.list_name_plugin():
         if name in DEFAULT_PLUGINS:
             source = "built-in"
         elif name in packages:
             source = packages[name]
-        elif isinstance(plugin, ModuleType) and plugin.__name__.startswith(DIRECTORY_PACKAGE + "."):
+        elif isinstance(registered, ModuleType) and registered.__name__.startswith(
+            DIRECTORY_PACKAGE + "."
+        ):
             source = f"file {name}"
         else:
-            source = f"object {type(plugin).__name__}"
+            source = f"object {type(registered).__name__}"
         found.append(PluginInfo(name, source, tuple(by_plugin.get(name, ()))))
     return found
 

@@ -293,6 +293,7 @@ def test_publish_args_chunk_values_and_put_rejections_and_status_on_the_last_ent
     keys = [Key("summary", f"FX_IDC:T{n}", "1h") for n in range(450)]
     batch = Batch(values=[(key, {"n": n}, n) for n, key in enumerate(keys)],
                   rejected=[(Key("full", "X:NOPE", "1d"), "unknown_symbol", "no such symbol")],
+                  failed=[(keys[1], "profile_failed", "compute raised")],
                   status=("ok", ""), term=9)
     args = publish_args(batch, "node:9")
     assert args[:2] == ["node:9", STREAM_LENGTH]
@@ -304,5 +305,6 @@ def test_publish_args_chunk_values_and_put_rejections_and_status_on_the_last_ent
     assert [len(entry.values) for entry in entries] == [200, 200, 50]
     assert entries[0].values[0] == (keys[0], {"n": 0}, 0)
     assert [bool(entry.rejected) for entry in entries] == [False, False, True]
+    assert [entry.failed for entry in entries][2] == [(keys[1], "profile_failed", "compute raised")]
     assert [entry.status for entry in entries] == [None, None, ("ok", "")]
     assert {entry.term for entry in entries} == {9}

@@ -154,6 +154,8 @@ def encode_entry(batch: Batch, values: list[tuple[Key, dict[str, Any], int]],
         "values": [[key_name(key), data, ts] for key, data, ts in values],
         "rejected": [[key_name(key), code, message] for key, code, message in batch.rejected]
         if last else [],
+        "failed": [[key_name(key), code, message] for key, code, message in batch.failed]
+        if last else [],
         "status": list(batch.status) if last and batch.status is not None else None,
     })
 
@@ -164,6 +166,7 @@ def decode_entry(raw: bytes) -> Batch:
     return Batch(
         values=[(parse_key(name), data, ts) for name, data, ts in body["values"]],
         rejected=[(parse_key(name), code, message) for name, code, message in body["rejected"]],
+        failed=[(parse_key(name), code, message) for name, code, message in body["failed"]],
         status=(status[0], status[1]) if status is not None else None,
         term=body["term"],
     )
@@ -387,19 +390,16 @@ class RedisBroker:
         while True:
             try:
                 if not started:  # from the stream's end: what was asked before is in demand
-                    last = await self.client.xrevrange(self.keys["wanted"], count=1)
-                    self._wanted_id, started = (last[0][0] if last else b"0-0"), True
-                found = await self.client.xread({self.keys["wanted"]: self._wanted_id},
-                                                 block=BLOCK_MS, count=1_000)
+                    self._wanted_id, started = await self._tail(self.keys["wanted"]), True
+                found = await self._read(self.keys["wanted"], self._wanted_id, 1_000)
             except (RedisError, OSError) as error:
                 self._unreachable(error)
                 await asyncio.sleep(0.5)
                 continue
-            for _, entries in found:
-                for entry_id, fields in entries:
-                    self._wanted_id = entry_id
-                    if self.token is not None:
-                        self._wanted.update(parse_key(n) for n in fields[b"keys"].split(b"\n"))
+            for entry_id, fields in found:
+                self._wanted_id = entry_id
+                if self.token is not None:
+                    self._wanted.update(parse_key(n) for n in fields[b"keys"].split(b"\n"))
             if self._wanted:
                 self._wanted_event.set()
 
@@ -411,23 +411,32 @@ class RedisBroker:
             try:
                 if self.epoch is None:
                     await self._resync()
-                found = await self.client.xread({self.keys["changes"]: self._last_id},
-                                                block=BLOCK_MS, count=100)
+                found = await self._read(self.keys["changes"], self._last_id, 100)
                 self._reachable()
             except (RedisError, OSError) as error:
                 self._unreachable(error)
                 await asyncio.sleep(0.5)
                 continue
-            for _, entries in found:
-                for entry_id, fields in entries:
-                    if fields[b"epoch"] != self.epoch or int(fields[b"seq"]) != self._last_seq + 1:
-                        await self._resync()  # Redis lost data, or entries were trimmed
-                        break
-                    self._last_id = entry_id
-                    self._last_seq = int(fields[b"seq"])
-                    batch = decode_entry(fields[b"batch"])
-                    self.term = max(self.term, batch.term)
-                    self._apply(batch, self._last_seq, entry_id)
+            for entry_id, fields in found:
+                if fields[b"epoch"] != self.epoch or int(fields[b"seq"]) != self._last_seq + 1:
+                    await self._resync()  # Redis lost data, or entries were trimmed
+                    break
+                self._last_id = entry_id
+                self._last_seq = int(fields[b"seq"])
+                batch = decode_entry(fields[b"batch"])
+                self.term = max(self.term, batch.term)
+                self._apply(batch, self._last_seq, entry_id)
+
+    async def _read(self, stream: str, after: bytes,
+                    count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """``XREAD BLOCK`` of one stream, as (id, fields) pairs (redis-py types it loosely)."""
+        found: Any = await self.client.xread({stream: after}, block=BLOCK_MS, count=count)
+        return [(entry_id, fields) for _, entries in found or () for entry_id, fields in entries]
+
+    async def _tail(self, stream: str) -> bytes:
+        """The id of ``stream``'s last entry ("0-0" when it is empty)."""
+        last: Any = await self.client.xrevrange(stream, count=1)
+        return bytes(last[0][0]) if last else b"0-0"
 
     def _apply(self, batch: Batch, seq: int, entry_id: bytes | None = None) -> None:
         fresh = []
@@ -484,7 +493,8 @@ class RedisBroker:
             if not keys:
                 continue
             try:
-                found = await self.client.hmget(self.keys["latest"], [key_name(k) for k in keys])
+                found: list[Any] = await self.client.hmget(
+                    self.keys["latest"], [key_name(k) for k in keys])
                 missing = [key for key, raw in zip(keys, found, strict=True) if raw is None]
                 for key, raw in zip(keys, found, strict=True):
                     if raw is not None:
