@@ -117,7 +117,7 @@ async def disabled_since(when: datetime) -> set[int]:
     rows = await Account.filter(updated_at__gte=when, active=False).values_list(
         "tg_id", flat=True
     )
-    return {int(tg_id) for tg_id in rows}
+    return {int(str(tg_id)) for tg_id in rows}
 
 
 def _valid(tg_id: object) -> bool:

@@ -84,11 +84,12 @@ class Layout:
 class Row(Mapping[str, Any]):
     """One ticker's values in a reply, read by full column name (``"RSI|60"``)."""
 
-    __slots__ = ("layout", "values")
+    __slots__ = ("cells", "layout")
 
-    def __init__(self, layout: Layout, values: list[Any]) -> None:
+    def __init__(self, layout: Layout, cells: list[Any]) -> None:
         self.layout = layout
-        self.values = values
+        #: The raw ``d`` list, in the layout's order (not ``values``: a Mapping's method).
+        self.cells = cells
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> Row:
@@ -96,7 +97,7 @@ class Row(Mapping[str, Any]):
         return cls(Layout(tuple(values)), list(values.values()))
 
     def __getitem__(self, name: str) -> Any:
-        return self.values[self.layout.index[name]]
+        return self.cells[self.layout.index[name]]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.layout.index)
@@ -109,20 +110,20 @@ class Row(Mapping[str, Any]):
 
     def get(self, name: str, default: Any = None) -> Any:
         position = self.layout.index.get(name)
-        return default if position is None else self.values[position]
+        return default if position is None else self.cells[position]
 
     def pick(self, names: tuple[str, ...]) -> tuple[Any, ...]:
         """The values of ``names`` in order, ``None`` for any the row does not have."""
         picker = self.layout.picker(names)
         if picker is None:
             return tuple(map(self.get, names))
-        return picker(self.values)
+        return picker(self.cells)
 
     def merged(self, other: Row) -> Row:
         """This row with ``other``'s columns added (a ticker that spans two requests); where
         both have a column, ``other``'s value wins, as ``dict.update`` would have it."""
         return Row(Layout(self.layout.columns + other.layout.columns),
-                   self.values + other.values)
+                   self.cells + other.cells)
 
     def __repr__(self) -> str:
         return f"Row({dict(self)!r})"

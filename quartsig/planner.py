@@ -205,7 +205,7 @@ def _split(tickers: list[str], mask: int, limits: Limits) -> tuple[list[_Group],
     if width <= max_width:
         per = min(limits.max_tickers, limits.max_cells // width)
         return [_Group(chunk, mask, width) for chunk in _chunks(tickers, per)], []
-    final = []
+    final: list[_Group] = []
     for piece, piece_width in _column_chunks(mask, max_width):
         per = min(limits.max_tickers, limits.max_cells // piece_width)
         final.extend(_Group(chunk, piece, piece_width) for chunk in _chunks(tickers, per))

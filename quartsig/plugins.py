@@ -254,7 +254,7 @@ def _results(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[str, An
 def _iterate(plugin: str, hook_name: str, result: object) -> list[object]:
     """Materialise a hook's iterable result, blaming the plugin if it is not iterable."""
     try:
-        return list(result)  # type: ignore[call-overload]
+        return list(result)  # type: ignore[call-overload,no-any-return]
     except Exception as error:
         raise PluginError(
             f"plugin {plugin!r}: {hook_name} must return an iterable, "

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .symbols import SymbolError, UnknownExchange, parse_symbol
+from .symbols import SymbolError, parse_symbol
 from .timeframes import TimeframeError, parse_timeframe
 
 #: Largest integer a JavaScript client can hold exactly; bigger ids are refused.
@@ -52,8 +52,6 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_SYMBOL = "unknown_symbol"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     RATE_LIMITED = "rate_limited"
-    NOT_AUTHED = "not_authed"
-    UPSTREAM = "upstream"
     PROFILE_FAILED = "profile_failed"
 
 
@@ -141,9 +139,7 @@ def message_id(raw: Mapping[str, Any]) -> Any:
 def _target(raw: Mapping[str, Any], vocabulary: Vocabulary, id: Any) -> tuple[str, str, str]:
     try:
         symbol = parse_symbol(raw.get("symbol"), vocabulary.default_exchange, vocabulary.screeners)
-    except UnknownExchange as error:
-        raise ProtocolError(ErrorCode.BAD_SYMBOL, str(error), id) from None
-    except SymbolError as error:
+    except SymbolError as error:  # an unknown exchange too
         raise ProtocolError(ErrorCode.BAD_SYMBOL, str(error), id) from None
     try:
         tf = parse_timeframe(raw.get("tf"))

@@ -25,7 +25,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import aiohttp
 import orjson
@@ -84,9 +83,8 @@ def _error_text(body: bytes) -> str | None:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-        return payload["error"]
-    return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error if isinstance(error, str) else None
 
 
 def _snippet(body: bytes, limit: int = 120) -> str:
@@ -368,7 +366,7 @@ class ScannerClient:
         body: bytes,
         request: ScanRequest,
         remaining: float | None,
-    ) -> tuple[dict[str, dict[str, Any]], frozenset[str]] | ScanError:
+    ) -> tuple[dict[str, Row], frozenset[str]] | ScanError:
         """One HTTP exchange, every failure turned into a :class:`ScanError`."""
         assert self._semaphore is not None
         budget = self.timeout if remaining is None else min(self.timeout, remaining)

@@ -1,9 +1,10 @@
-"""The ``/ws`` route: handshake, authentication, then a reader and a writer per connection.
+"""The ``/ws`` route: handshake, authentication, then the handler task reads the client.
 
-The route is the thin async shell around pure pieces: :mod:`protocol` parses,
-the :class:`~quartsig.hub.Hub` changes state synchronously, and the connection's
-own writer (:mod:`quartsig.connection`) is the only task that ever awaits the
-socket for output, so a stalled client can delay nobody but itself.
+The route is the thin async shell around pure pieces: :mod:`protocol` parses, the
+:class:`~quartsig.hub.Hub` changes state synchronously, and output never waits in this task:
+a tick's frames go out from the one outbox task, replies and snapshots from the connection's
+short-lived drain task (:mod:`quartsig.connection`), so a stalled client delays nobody but
+itself and an idle connection costs no task beyond this handler.
 """
 
 from __future__ import annotations

@@ -217,9 +217,8 @@ def load_or_create_keys(settings: Settings) -> list[str]:
                 )
         return list(settings.secret_keys)
     path = Path(settings.data_dir) / KEY_FILE
-    key = _read_key_file(path)
-    if key is None:
-        key = _create_key_file(path)
+    found = _read_key_file(path)
+    key = _create_key_file(path) if found is None else found
     if not _valid_key(key):
         raise ConfigError(f"{name}: unset, and {path} does not hold a valid Fernet key")
     return [key]
