@@ -15,16 +15,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quartsig"
 
 #: Layer of each module, lowest first; a module may import only from its own layer or below.
 LAYERS: dict[str, int] = {
-    # 0: values and pure rules, no I/O, no framework
+    # values, then pure rules and the plugins (docs/architecture.md has the table)
     "model": 0, "timeframes": 0, "columns": 0, "expiring": 0, "ratelimit": 0, "config": 0,
     "symbols": 1, "rules": 1, "profiles": 1, "protocol": 1, "planner": 1, "tokens": 1,
     "logs": 1, "hookspecs": 1, "isolation": 1, "builtins": 2, "plugins": 2,
-    # 3: the in-process core (sync hub, outbox) and the shell's clients
+    # the in-process core and the stores, then the clients
     "hub": 3, "connection": 3, "metrics": 3, "admission": 3, "proxies": 3, "scanner": 4,
     "accounts": 3, "database": 3, "demo": 4, "standin": 4, "testing": 10,
-    # 5: the seam and what drives it
+    # the seam and what drives it
     "broker": 5, "collector": 6,
-    # 7: the app's state, its routes, hosting and wiring
+    # the state, its routes, and the wiring
     "runtime": 7, "api": 8, "stream": 8, "board": 8, "hosting": 8, "app": 9, "server": 10,
     "cli": 11, "__init__": 2, "__main__": 12,
 }
