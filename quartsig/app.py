@@ -100,9 +100,11 @@ class FeedComponent:
         )
         state.outbox.start()
         self.tasks = [asyncio.create_task(state.collector.run(), name="quartsig-collector")]
-        if self.accounts:
+        if self.accounts:  # the clients' side: disabled accounts and expired tokens
             self.tasks.append(
                 asyncio.create_task(state.watch_accounts(), name="quartsig-accounts"))
+            self.tasks.append(
+                asyncio.create_task(state.watch_sessions(), name="quartsig-sessions"))
 
     async def stop(self, state: State) -> None:
         state.close_all()
@@ -142,7 +144,7 @@ def build_state(
         tokens=TokenAuthority.from_settings(settings),
         profiles={profile.name: profile for info in plugins for profile in info.profiles},
         screeners=load_screeners(manager, SCREENERS),
-        gate=Gate(accounts.is_active, accounts.disabled_since),
+        gate=Gate(accounts.is_active, accounts.inactive_among, accounts.disable),
         components=list(default_components() if components is None else components),
         demo=demo,
     )

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .caps import Network, parse_networks
+
 PREFIX = "QUARTSIG_"
 
 FALLBACKS = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
@@ -56,6 +58,13 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
         raise ValueError("must be a positive integer")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be zero or a positive integer")
     return number
 
 
@@ -230,7 +239,23 @@ class Settings:
         10.0, _positive_float, "Seconds a stalled send may last before the client is closed."
     )
     auth_timeout: float = _setting(
-        10.0, _positive_float, "Seconds a new connection has to authenticate."
+        5.0, _positive_float, "Seconds a new connection has to authenticate."
+    )
+    max_connections: int = _setting(
+        10000, _non_negative_int, "Sockets open at once, counting those not yet authenticated; "
+        "beyond it the handshake gets HTTP 503 (0: no cap)."
+    )
+    max_connections_per_address: int = _setting(
+        64, _non_negative_int, "Sockets open at once from one public client address, "
+        "authenticated or not; beyond it the handshake gets HTTP 429 (0: no cap)."
+    )
+    max_connections_per_account: int = _setting(
+        20, _non_negative_int, "Authenticated sockets one account may hold; the next is "
+        "closed with 4429 (0: no cap)."
+    )
+    trusted_proxies: tuple[Network, ...] = _setting(
+        (), parse_networks, "Comma-separated addresses or CIDRs of reverse proxies whose "
+        "X-Forwarded-For is believed."
     )
     scanner_concurrency: int = _setting(
         4, _positive_int, "Scanner requests in flight at once."
@@ -311,7 +336,7 @@ def documented_settings() -> list[tuple[str, str, str]]:
     for item in dataclasses.fields(Settings):
         default = item.default
         if isinstance(default, tuple):
-            default = ",".join(default)
+            default = ",".join(map(str, default))
         rows.append((PREFIX + item.name.upper(), "" if default is None else str(default),
                      item.metadata["doc"]))
     return rows

@@ -49,6 +49,13 @@ class Expiring(Generic[K, V]):
             return None
         return item[1]
 
+    def keys(self) -> list[K]:
+        """The keys not yet expired (expired ones are dropped on the way)."""
+        now = self.clock()
+        for key in [key for key, (until, _) in self._items.items() if until < now]:
+            del self._items[key]
+        return list(self._items)
+
     def forget(self, keys: Iterable[K]) -> None:
         for key in keys:
             self._items.pop(key, None)

@@ -38,6 +38,22 @@ class Metrics:
             "Connections closed because they fell hopelessly behind",
             registry=r,
         )
+        self.refused = Counter(
+            "quartsig_connections_refused",
+            "Sockets refused over a connection cap, by cap (total, address, account)",
+            ["cap"], registry=r,
+        )
+        self.expired = Counter(
+            "quartsig_sessions_expired", "Connections closed 4401 because their token expired",
+            registry=r,
+        )
+        self.revoked = Counter(
+            "quartsig_sessions_revoked",
+            "Connections closed 4403 because their account was disabled", registry=r,
+        )
+        self.pending = Gauge(
+            "quartsig_connections_pending", "Sockets open but not yet authenticated", registry=r
+        )
         self.fanout = Histogram(
             "quartsig_fanout_seconds", "Time to hand one tick's changes to every writer",
             buckets=_FAST, registry=r,

@@ -36,6 +36,7 @@ class Close(enum.IntEnum):
     BAD_TOKEN = 4401  # malformed, tampered or expired token: get a new one
     FORBIDDEN = 4403  # unknown or disabled account, or forbidden origin
     AUTH_TIMEOUT = 4408  # no auth within the deadline
+    TOO_MANY = 4429  # over the account's connection cap: reconnect with backoff
 
     @property
     def retry(self) -> bool:

@@ -22,14 +22,16 @@ from quart import current_app
 
 from .admission import Gate
 from .broker import Broker
+from .caps import Caps
 from .connection import Outbox
 from .expiring import Expiring
-from .hub import Hub
+from .hub import Hub, Sink
 from .logs import Sparse
 from .metrics import Metrics
 from .model import Batch
 from .profiles import Profile
 from .protocol import Close, Vocabulary
+from .sessions import Sessions
 from .symbols import screener_for
 from .tokens import TokenAuthority
 
@@ -47,6 +49,8 @@ EXTENSION = "quartsig"
 #: Seconds TradingView's "no such symbol" is remembered: a client retrying one gets its error
 #: at once instead of costing a request per tick.
 UNKNOWN_SYMBOL_TTL = 600.0
+#: Seconds between two looks for expired tokens: a session outlives its token by at most this.
+SESSION_CHECK = 1.0
 
 
 class Component(Protocol):
@@ -71,6 +75,9 @@ class State:
     components: Sequence[Component] = ()
     demo: bool = False
     hub: Hub = field(init=False)
+    caps: Caps = field(init=False)
+    #: Each connection's token expiry (the token authority's clock).
+    sessions: Sessions[Sink] = field(default_factory=Sessions)
     outbox: Outbox = field(default_factory=Outbox)
     metrics: Metrics = field(default_factory=Metrics)
     vocabulary: Vocabulary = field(init=False)
@@ -96,6 +103,14 @@ class State:
             lambda: sum(len(keys) for keys in self.hub.subscriptions.values()),
             lambda: len(self.hub.demand()),
         )
+        settings = self.settings
+        self.caps = Caps(
+            total=settings.max_connections,
+            per_address=settings.max_connections_per_address,
+            per_account=settings.max_connections_per_account,
+            on_refused=lambda cap: self.metrics.refused.labels(cap=cap).inc(),
+        )
+        self.metrics.pending.set_function(lambda: self.caps.pending)
         self.vocabulary = Vocabulary(
             profiles=frozenset(self.profiles),
             screeners=self.screeners,
@@ -144,14 +159,37 @@ class State:
         return len(sinks)
 
     async def check_accounts(self) -> int:
-        """Close the connections of accounts disabled since the last check (once per tick)."""
-        disabled = await self.gate.revoked()
-        if not disabled:
-            return 0
+        """Close the connections of accounts no longer active (once per tick)."""
+        disabled = await self.gate.revoked(set(self.hub.users.values()))
+        return self._revoke(disabled) if disabled else 0
+
+    async def disable_account(self, tg_id: int) -> int:
+        """Disable ``tg_id`` (raises ``accounts.UnknownAccount``) and, in this process, close
+        its connections and forget its admission at once; other processes follow within a
+        tick. How many connections closed."""
+        await self.gate.disable(tg_id)
+        return self._revoke({tg_id})
+
+    def _revoke(self, disabled: set[int]) -> int:
         sinks = self.hub.sinks_of(disabled)
         for sink in sinks:
             sink.close(Close.FORBIDDEN, "account disabled")
+        self.metrics.revoked.inc(len(sinks))
         return len(sinks)
+
+    def expire_sessions(self) -> int:
+        """Close, with 4401, every connection whose token has expired; how many."""
+        sinks = self.sessions.due(self.tokens.now())
+        for sink in sinks:
+            sink.close(Close.BAD_TOKEN, "token expired")
+        if sinks:
+            self.metrics.expired.inc(len(sinks))
+        return len(sinks)
+
+    async def watch_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(SESSION_CHECK)
+            self.expire_sessions()
 
     async def watch_accounts(self) -> None:
         while True:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, websocket
 
-from . import protocol
+from . import caps, protocol
 from .connection import TOO_SLOW, Connection
 from .hub import TooManySubscriptions
 from .model import Key
@@ -97,10 +97,17 @@ async def ws() -> tuple[str, int] | None:
     ):
         state.metrics.closes.labels(code="403").inc()
         return "origin not allowed", 403
-    await websocket.accept()
-    code, reason = await _serve(state)
-    state.metrics.closes.labels(code=str(code)).inc()
-    await _close(code, reason)
+    try:  # counted from here, authenticated or not (quartsig/caps.py)
+        ticket = state.caps.enter(_client(state))
+    except caps.Refused as refused:
+        return refused.message, refused.status
+    try:
+        await websocket.accept()
+        code, reason = await _serve(state, ticket)
+        state.metrics.closes.labels(code=str(code)).inc()
+        await _close(code, reason)
+    finally:
+        ticket.release()
     return None
 
 
@@ -120,7 +127,13 @@ async def _close(code: int, reason: str) -> None:
                 await websocket.receive()
 
 
-async def _serve(state: State) -> tuple[int, str]:
+def _client(state: State) -> caps.Client:
+    peer = (websocket.scope.get("client") or (None,))[0]
+    return caps.client_of(peer, websocket.headers.getlist("X-Forwarded-For"),
+                          state.settings.trusted_proxies)
+
+
+async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
     """Run one connection to its end; return the close code and reason.
 
     The handler task itself reads. Whoever decides the connection must close (its
@@ -129,9 +142,12 @@ async def _serve(state: State) -> tuple[int, str]:
     us the client went away, and goes on up.
     """
     try:
-        user, auth_id = await _authenticate(state)
+        user, auth_id, expires_at = await _authenticate(state)
+        ticket.authenticated(user)
     except Closing as closing:
         return closing.code, closing.reason
+    except caps.Refused as refused:
+        return Close.TOO_MANY, refused.message
     if state.shutting_down:  # it authenticated while the others were being told 1001
         return Close.GOING_AWAY, "server shutting down"
     handler = asyncio.current_task()
@@ -147,6 +163,7 @@ async def _serve(state: State) -> tuple[int, str]:
     # precede authed (docs/protocol.md).
     connection.send(protocol.reply("authed", auth_id, tg_id=user))
     state.hub.attach(connection, user)
+    state.sessions.add(connection, expires_at)
     try:
         await _read(state, connection)
     except Closing as closing:
@@ -155,6 +172,7 @@ async def _serve(state: State) -> tuple[int, str]:
         if connection.closing is None or handler.uncancel() > 0:
             raise
     finally:
+        state.sessions.remove(connection)
         state.hub.detach(connection)
         await connection.dispose()
     code, reason = connection.closing or (Close.NORMAL, "")
@@ -180,8 +198,9 @@ async def _receive(state: State) -> str | bytes:
     return frame
 
 
-async def _authenticate(state: State) -> tuple[int, object]:
-    """The token from ``?token=`` or a first ``auth`` frame -> the account's Telegram id."""
+async def _authenticate(state: State) -> tuple[int, object, float]:
+    """The token from ``?token=`` or a first ``auth`` frame -> the account's Telegram id, the
+    auth's id, and when the token expires."""
     token = websocket.args.get("token")
     auth_id = None
     if token is None:
@@ -199,11 +218,12 @@ async def _authenticate(state: State) -> tuple[int, object]:
             raise Closing(Close.BAD_TOKEN, "auth required")
         token, auth_id = message.token, message.id
     try:
-        user = state.tokens.verify(token)
+        grant = state.tokens.check(token)
     except ExpiredToken:
         raise Closing(Close.BAD_TOKEN, "token expired") from None
     except TokenError:
         raise Closing(Close.BAD_TOKEN, "bad token") from None
+    user = grant.tg_id
     try:
         active = await state.gate.admit(user)
     except Exception:
@@ -212,7 +232,7 @@ async def _authenticate(state: State) -> tuple[int, object]:
         raise Closing(Close.TRY_AGAIN_LATER, "accounts unavailable") from None
     if not active:
         raise Closing(Close.FORBIDDEN, "account unknown or disabled")
-    return user, auth_id
+    return user, auth_id, grant.expires_at
 
 
 async def _read(state: State, connection: Connection) -> None:

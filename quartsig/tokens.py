@@ -94,6 +94,15 @@ class IssuedToken:
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a valid token grants: an account, until ``expires_at`` (epoch seconds, the
+    authority's clock)."""
+
+    tg_id: int
+    expires_at: float
+
+
 def _check_shape(token: object) -> str:
     """Refuse anything that cannot be a Fernet token before any crypto touches it."""
     if isinstance(token, bytes):
@@ -159,15 +168,26 @@ class TokenAuthority:
             expires_at=datetime.fromtimestamp(now + self.ttl, UTC),
         )
 
+    def now(self) -> float:
+        """The authority's clock (epoch seconds), against which :attr:`Grant.expires_at` runs."""
+        return self._clock()
+
     def verify(self, token: str | bytes) -> int:
         """Return the Telegram id in ``token`` or raise a :class:`TokenError` subclass."""
+        return self.check(token).tg_id
+
+    def check(self, token: str | bytes) -> Grant:
+        """The Telegram id in ``token`` and when the token expires (Fernet's timestamp plus
+        the TTL), or a :class:`TokenError` subclass."""
         token = _check_shape(token)
         now = int(self._clock())
         try:
             plaintext = self._fernet.decrypt_at_time(token, self.ttl, now)
         except FernetInvalidToken:
             raise self._why_refused(token, now) from None
-        return _parse_plaintext(plaintext)
+        # Authenticated by the decryption above, so the stamp can be read from the bytes.
+        stamp = int.from_bytes(base64.urlsafe_b64decode(token)[1:9], "big")
+        return Grant(_parse_plaintext(plaintext), float(stamp + self.ttl))
 
     def _why_refused(self, token: str, now: int) -> TokenError:
         """Fernet says only "invalid"; tell a bad signature from a stale or future stamp."""

@@ -8,10 +8,12 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from tortoise import timezone as tortoise_timezone
 from tortoise.context import TortoiseContext
 
 from quartsig import accounts, database
@@ -158,16 +160,62 @@ async def test_open_database_is_isolated_to_its_task(settings: Settings) -> None
         assert [a.tg_id for a in await accounts.list_accounts()] == [42]
 
 
-async def test_disabled_since_names_only_accounts_disabled_after_the_instant(
+async def _stale_disable_by_sql(db: TortoiseContext, tg_id: int) -> None:
+    """What an operator's plain SQL does: no CLI, and an ``updated_at`` a day in the past."""
+    stale = datetime.now(UTC) - timedelta(days=1)
+    connection = db.db()
+    mark = "$1" if connection.capabilities.dialect == "postgres" else "?"
+    await connection.execute_query(
+        f"UPDATE account SET active = {'false' if mark == '$1' else '0'}, "
+        f"updated_at = {mark} WHERE tg_id = {mark.replace('1', '2')}",
+        [stale if mark == "$1" else str(stale), tg_id],
+    )
+
+
+async def test_inactive_among_finds_accounts_disabled_by_sql_with_a_stale_stamp(
     db: TortoiseContext,
 ) -> None:
     for tg_id in (1, 2, 3):
         await accounts.add(tg_id)
-    await accounts.disable(1)
-    await asyncio.sleep(0.01)
-    instant = datetime.now(UTC)
-    await accounts.disable(2)
-    await accounts.enable(1)  # changed after the instant, but active again
-    assert await accounts.disabled_since(instant) == {2}
-    assert await accounts.disabled_since(instant - timedelta(hours=1)) == {2}
-    assert await accounts.disabled_since(datetime.now(UTC) + timedelta(seconds=5)) == set()
+    await _stale_disable_by_sql(db, 2)
+    assert not await accounts.is_active(2)
+    # 99 was never added (or was deleted by hand): just as inactive.
+    assert await accounts.inactive_among([1, 2, 3, 99]) == {2, 99}
+    assert await accounts.inactive_among([]) == set()
+
+
+async def test_inactive_among_asks_in_batches(db: TortoiseContext) -> None:
+    ids = list(range(1, 1_201))
+    await accounts.Account.bulk_create([accounts.Account(tg_id=i) for i in ids])
+    for tg_id in (1, 600, 1_200):
+        await accounts.disable(tg_id)
+    queries: list[str] = []
+    original = db.db().execute_query
+
+    async def counting(query: str, values: Any = None) -> Any:
+        queries.append(query)
+        return await original(query, values)
+
+    db.db().execute_query = counting  # type: ignore[method-assign]
+    try:
+        assert await accounts.inactive_among(ids) == {1, 600, 1_200}
+    finally:
+        del db.db().execute_query
+    assert len([q for q in queries if " IN " in q.upper()]) == 3  # 500 + 500 + 200
+
+
+async def test_changes_are_stamped_by_the_database_clock(
+    db: TortoiseContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await accounts.add(5)
+    lagging = datetime.now(UTC) - timedelta(hours=2)  # the writer's clock, two hours behind
+    monkeypatch.setattr(tortoise_timezone, "localtime", lambda *args, **kwargs: lagging)
+    monkeypatch.setattr(tortoise_timezone, "now", lambda: lagging)
+    account = await accounts.disable(5)
+    [row] = await db.db().execute_query_dict("SELECT CURRENT_TIMESTAMP AS now")
+    database_now = row["now"]
+    if isinstance(database_now, str):  # SQLite: "YYYY-MM-DD HH:MM:SS", UTC
+        database_now = datetime.fromisoformat(database_now).replace(tzinfo=UTC)
+    assert database_now - timedelta(hours=1) < account.updated_at <= database_now + timedelta(
+        seconds=1
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ class Accounts:
         self.active = set(active)
         self.disabled: set[int] = set()
         self.lookups = 0
+        self.checked: list[set[int]] = []
         self.fail = False
 
     async def is_active(self, tg_id: int) -> bool:
@@ -34,8 +34,9 @@ class Accounts:
         self.active.discard(tg_id)
         self.disabled.add(tg_id)
 
-    async def disabled_since(self, when: datetime) -> set[int]:
-        return set(self.disabled)
+    async def inactive_among(self, tg_ids: Any) -> set[int]:
+        self.checked.append(set(tg_ids))
+        return set(tg_ids) - self.active
 
 
 class Sink:
@@ -59,7 +60,7 @@ def make_state(table: Accounts) -> State:
         tokens=TokenAuthority(settings.secret_keys, 60),
         profiles={"full": object()},  # type: ignore[dict-item]
         screeners={},
-        gate=Gate(table.is_active, table.disabled_since),
+        gate=Gate(table.is_active, table.inactive_among),
     )
 
 
