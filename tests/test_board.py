@@ -489,6 +489,41 @@ const tests = {
     assert.equal(keyOf("full", "FX_IDC:EURUSD", "1h"), "full|FX_IDC:EURUSD|1h");
   },
 
+  async an_expired_token_mid_session_asks_for_a_new_one_once() {
+    const { client } = makeClient();
+    const seen = events(client, "fatal", "close");
+    client.connect();
+    client.subscribe("eurusd", "1h", "full");
+    await serve(last(), { snapshot: { "Recommend.All": 0.1 } });
+    assert.equal(client.connectionState, STATES.OPEN);
+    last().drop(4401, "token expired"); // the server's session check, hours after auth
+    await sleep(100);
+    assert.equal(client.attempts, 1, "no reconnect with the dead token");
+    assert.equal(client.connectionState, STATES.FATAL);
+    assert.deepEqual(seen.filter(([t]) => t === "fatal"),
+                     [["fatal", { code: 4401, reason: "token expired" }]]);
+    assert.equal(seen.find(([t]) => t === "close")[1].retry, false);
+    client.setToken("T0K"); // the fresh token from the form
+    await serve(last());
+    assert.equal(client.attempts, 2);
+    assert.deepEqual(last().subscribes().map((s) => s.tf), ["1h"], "subscriptions come back");
+    client.close();
+  },
+
+  async too_many_connections_is_retried_with_backoff() {
+    const { client } = makeClient();
+    const closes = events(client, "close");
+    client.connect();
+    await until(() => last().sent.length, "auth");
+    last().drop(4429, "too many connections for this account");
+    assert.equal(client.connectionState, STATES.WAITING);
+    assert.equal(closes.at(-1)[1].retry, true);
+    await until(() => client.attempts === 2, "second attempt");
+    await serve(last());
+    assert.equal(client.connectionState, STATES.OPEN);
+    client.close();
+  },
+
   async status_and_ping() {
     const { client } = makeClient();
     const seen = events(client, "status", "pong");
@@ -521,6 +556,8 @@ CLIENT_TESTS = [
     "many_subscriptions_are_batched_and_paced",
     "backoff_is_full_jitter_within_bounds",
     "status_and_ping",
+    "an_expired_token_mid_session_asks_for_a_new_one_once",
+    "too_many_connections_is_retried_with_backoff",
 ]
 
 

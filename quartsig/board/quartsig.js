@@ -21,11 +21,13 @@
 //   error       {code, message, id, key, request, symbol, tf, profile}
 //   close       {code, reason, retry, delay}    the socket closed (retry: will reconnect)
 //   fatal       {code, reason}                  4401/4403: stopped; a new token is needed
+//                                               (4401 "token expired" also ends a live session)
 //   pong        {id, rtt}
 
 export const TIMEFRAMES = ["1m", "5m", "15m", "30m", "1h", "2h", "4h", "1d", "1W", "1M"];
 
-/** Close codes after which a client must not reconnect on its own. */
+/** Close codes after which a client must not reconnect on its own. Everything else, 4429 (the
+ * account's connection cap) included, is retried with full-jitter backoff. */
 export const FATAL_CODES = new Set([4401, 4403]);
 export const STOP_CODES = new Set([4401, 4403, 1008, 1009]);
 
