@@ -125,3 +125,35 @@ def test_entries_are_bounded_oldest_first():
     assert len(admitted) == 3
     admitted.forget([3, 99])
     assert 3 not in admitted
+
+
+async def test_the_check_asks_about_connected_and_remembered_accounts_by_their_flag():
+    """Whatever stamped the rows: the check reads ``active`` for everyone it could let in."""
+    table = Accounts({42, 43, 44})
+    state = make_state(table)
+    for tg_id in (42, 43):
+        assert await state.gate.admit(tg_id)
+    sink = Sink()
+    state.hub.attach(sink, 44)  # connected, its admission long forgotten
+    state.gate.admitted.forget([44])
+    table.disable(43)  # remembered, not connected
+    table.disable(44)
+    assert await state.check_accounts() == 1
+    assert table.checked == [{42, 43, 44}]
+    assert sink.closed == (4403, "account disabled")
+    assert 43 not in state.gate.admitted and 42 in state.gate.admitted
+
+
+async def test_disabling_through_the_gate_forgets_at_once():
+    table = Accounts({42})
+    disabled: list[int] = []
+
+    async def disable(tg_id: int) -> None:
+        disabled.append(tg_id)
+        table.disable(tg_id)
+
+    gate = Gate(table.is_active, table.inactive_among, disable)
+    assert await gate.admit(42)
+    await gate.disable(42)
+    assert disabled == [42] and 42 not in gate.admitted
+    assert not await gate.admit(42)

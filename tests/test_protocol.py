@@ -82,6 +82,7 @@ def test_join_packs_encoded_pieces_into_one_array_without_reencoding():
 
 def test_close_codes_say_whether_to_retry():
     assert Close.GOING_AWAY.retry and Close.TRY_AGAIN_LATER.retry and Close.AUTH_TIMEOUT.retry
+    assert Close.TOO_MANY.retry  # the account's connection cap: in again when one of its closes
     assert not Close.BAD_TOKEN.retry and not Close.FORBIDDEN.retry
 
 
