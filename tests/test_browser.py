@@ -421,6 +421,31 @@ def test_a_bad_token_shows_a_clear_message_and_does_not_retry(site: Site, open_p
     watched.assert_clean()
 
 
+def test_a_token_expiring_mid_session_shows_the_token_form_without_retrying(
+    tmp_path: Path, standin: Standin, open_page: Any
+) -> None:
+    """Finding 4 of issue 14: the server closes 4401 when the token runs out; the board stops
+    and asks for a new token. The TTL leaves the page ample time to connect first."""
+    env = quartsig_env(tmp_path / "data", standin.url, QUARTSIG_TOKEN_TTL="30")
+    quartsig_cli(env, "account", "add", TG_ID)
+    with QuartsigServer.start(env, tmp_path) as server:
+        token = quartsig_cli(env, "token", "issue", TG_ID).strip()
+        watched = open_page()
+        page = watched.page
+        page.goto(f"{server.url}/#token={token}")
+        wait_state(page, "open")
+        fatal = page.get_by_test_id("fatal")
+        fatal.wait_for(state="visible", timeout=90_000)
+        assert fatal.get_attribute("data-code") == "4401"
+        assert "token expired" in page.get_by_test_id("fatal-detail").inner_text()
+        assert page.get_by_test_id("token-input").is_visible()
+        time.sleep(3)
+        assert attempts(page) == 1
+        assert len(watched.sockets) == 1
+        assert connection_state(page) == "fatal"
+        watched.assert_clean()
+
+
 @pytest.mark.parametrize("how", ["terminate", "kill"])
 def test_a_server_restart_is_survived(
     site: Site, standin: Standin, open_page: Any, how: str
