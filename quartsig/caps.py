@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -178,7 +179,7 @@ class Caps:
         raise Refused(cap, message, status)
 
 
-def _decrement(counts: dict, key: object) -> None:
+def _decrement(counts: dict[Any, int], key: Any) -> None:
     left = counts[key] - 1
     if left:
         counts[key] = left
