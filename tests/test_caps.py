@@ -157,10 +157,15 @@ async def test_300_sockets_with_one_token_from_one_address_are_not_all_admitted(
                 else:
                     outcome = reply["type"]
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            assert outcomes == {"authed": 20, 4429: 280}
+            # The rest: 4429, or 429 once sockets in their closing handshake (the test client
+            # never answers a close frame, so each waits out its 2 s) fill the address's 64.
+            assert outcomes["authed"] == 20
+            assert set(outcomes) <= {"authed", 4429, 429} and sum(outcomes.values()) == 300
             assert state.caps.accounts == {42: 20}
         await until(lambda: state.caps.open == 0)
-        assert state.metrics.refused.labels(cap="account")._value.get() == 280
+        refused = state.metrics.refused
+        assert refused.labels(cap="account")._value.get() == outcomes.get(4429, 0)
+        assert refused.labels(cap="address")._value.get() == outcomes.get(429, 0)
 
 
 async def test_unauthenticated_sockets_fill_their_address_budget_not_everyones(tmp_path):
