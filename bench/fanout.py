@@ -5,7 +5,7 @@
                            [--servers quartsig,quart,quart-deflate,websockets]
 
 Processes (all on 127.0.0.1, each with its own ``RLIMIT_NOFILE``, raised to the hard limit):
-the stand-in scanner (``python -m quartsig.standin``), the server under test, and
+the stand-in scanner (``python -m tests.support.standin``), the server under test, and
 ``--procs`` client processes (``python -m bench.clients``) holding the connections.
 
 For each N, each client mode (``browser``: clients offer permessage-deflate and send an
@@ -240,7 +240,7 @@ class Stack:
         port = free_port()
         log = open(work / "standin.log", "ab")  # noqa: SIM115
         standin = subprocess.Popen(
-            [PY, "-m", "quartsig.standin", "--port", str(port), "--change-share",
+            [PY, "-m", "tests.support.standin", "--port", str(port), "--change-share",
              str(change_share)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
@@ -333,7 +333,7 @@ def _listening(port: int) -> bool:
 
 def subscriptions(count: int, profile: str, seed: int = 7, per: int = 5) -> list[list[list[str]]]:
     """``per`` distinct keys per connection: Zipf over symbols and over timeframes."""
-    from quartsig.standin import DEFAULT_UNIVERSE, NO_TECHNICALS
+    from quartsig.demo.market import DEFAULT_UNIVERSE, NO_TECHNICALS
 
     rng = random.Random(seed)
     symbols = sorted(s for group in DEFAULT_UNIVERSE.values() for s in group

@@ -2,7 +2,7 @@
 
     python -m bench.latency [--cached 200] [--new 30] [--background 0,5000]
 
-One real ``quartsig serve`` and the stand-in scanner (``python -m quartsig.standin``), on
+One real ``quartsig serve`` and the stand-in scanner (``python -m tests.support.standin``), on
 127.0.0.1. A sampler connection (the ``websockets`` client, in this process) measures, one
 sample at a time, the time from sending ``subscribe`` to receiving the key's ``snapshot``:
 
@@ -77,7 +77,7 @@ def _op(op: str, key: tuple[str, str, str]) -> str:
 async def sample(url: str, stack: Stack, cached: int, new: int, seed: int) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
-    from quartsig.standin import DEFAULT_UNIVERSE, NO_TECHNICALS
+    from quartsig.demo.market import DEFAULT_UNIVERSE, NO_TECHNICALS
     from quartsig.timeframes import TIMEFRAMES
 
     rng = random.Random(seed)

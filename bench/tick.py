@@ -27,12 +27,12 @@ from quartsig import protocol
 from quartsig.broker.memory import MemoryBroker
 from quartsig.collector import Collector, merge_results
 from quartsig.connection import Connection
+from quartsig.demo import DemoScanner, synthetic_universe
 from quartsig.hub import Hub, diff
 from quartsig.model import Key, Row, ScanResult
 from quartsig.planner import plan
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.scanner import parse_body
-from quartsig.standin import Standin, synthetic_universe
 from quartsig.symbols import SCREENERS, screener_for
 from quartsig.timeframes import TIMEFRAMES, column
 
@@ -66,7 +66,7 @@ async def _run(args: argparse.Namespace) -> None:
     profiles = load_profiles(get_plugin_manager(entry_points=False))
     profile = profiles[args.profile]
     universe = synthetic_universe(n_forex=args.tickers)
-    standin = Standin(seed=3, universe=universe)
+    standin = DemoScanner(seed=3, universe=universe)
     standin.config.update({"change_share": 0.5})
     tickers = sorted(universe["forex"])
     keys = [Key(args.profile, ticker, tf) for ticker in tickers for tf in TIMEFRAMES]

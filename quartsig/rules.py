@@ -1,7 +1,20 @@
 """Labels from TradingView's ratings, per-indicator actions, and their counts.
 
-The facts live in ``shared/recommendation-rules.md``; this module is their only
-encoding. Everything here is pure and total: the scanner sends ``null`` for
+The facts live in ``shared/recommendation-rules.md``. They are encoded three times,
+each for a reason:
+
+- here, the reference: rules as data (:data:`OSCILLATORS`, :data:`MOVING_AVERAGES`),
+  read by every profile and by the tests;
+- :func:`quartsig.builtins.full._compile_kernel` generates the ``full`` profile's
+  per-row kernel from these same tables at import (speed; it cannot drift, and
+  tests/test_builtins.py checks it gives what :func:`decide_all` gives);
+- :func:`quartsig.demo.market.derive` is the demo market's own, independent copy:
+  it plays TradingView's part (component values in, ``Rec.*`` and ``Recommend.*``
+  out), so that a rule wrong here is not silently agreed with by the data we test
+  against. tests/test_rules.py holds this encoding to the document, and
+  tests/test_standin.py the demo market's.
+
+Everything here is pure and total: the scanner sends ``null`` for
 missing values and a misbehaving upstream could send anything, so every public
 function maps bad input to ``None`` instead of raising. A tick computes tens of
 thousands of rows, so the hot path (:meth:`Rule.apply`, :func:`decide_all`) assumes

@@ -27,9 +27,9 @@ from quartsig.planner import Limits
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.profiles import Profile
 from quartsig.scanner import ScannerClient
-from quartsig.standin import STANDIN, Standin, serve_standin
 from quartsig.symbols import screener_for
 from quartsig.timeframes import split_column
+from tests.support.standin import STANDIN, Standin, serve_standin
 
 PROFILES = load_profiles(get_plugin_manager(entry_points=False))
 FULL, SUMMARY = PROFILES["full"], PROFILES["summary"]

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from quartsig.standin import Standin as StandinState
 from tests.support.hardening import Client, Stack, server_stack
 from tests.support.processes import http, http_json, quartsig_cli
+from tests.support.standin import Standin as StandinState
 
 INTERVAL = 0.5
 TIMEOUT = 0.25

@@ -17,19 +17,15 @@ import pytest
 import pytest_asyncio
 
 from quartsig.columns import FULL_COLUMNS
-from quartsig.standin import (
-    DEFAULT_UNIVERSE,
-    NO_TECHNICALS,
-    Standin,
-    parse_columns,
-    synthetic_universe,
-)
+from quartsig.demo.market import DEFAULT_UNIVERSE, NO_TECHNICALS, synthetic_universe
+from quartsig.demo.scanner import parse_columns
 from quartsig.timeframes import SUFFIXES, TIMEFRAMES, column
 from tests.support.scanning import (
     RunningStandin,
     running_standin,
     standin_fixture,  # noqa: F401
 )
+from tests.support.standin import Standin
 
 FOREX = ("FX_IDC:USDJPY", "FX_IDC:EURUSD", "FX_IDC:GBPUSD", "FX_IDC:NZDUSD", "FX_IDC:USDCHF")
 
@@ -400,7 +396,7 @@ async def test_universe_can_be_given():
 
 async def test_module_runs_prints_its_url_and_stops_on_sigterm():
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "quartsig.standin", "--port", "0", "--seed", "4",
+        sys.executable, "-m", "tests.support.standin", "--port", "0", "--seed", "4",
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -419,3 +415,31 @@ async def test_module_runs_prints_its_url_and_stops_on_sigterm():
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_the_demo_scanner_serves_scans_and_has_no_fault_knobs():
+    """``--demo`` serves :mod:`quartsig.demo`: the scan route moving by itself, and nothing a
+    local process could use to make it misbehave."""
+    from quartsig.demo import serve_standin as serve_demo
+
+    runner, url = await serve_demo(step_every=0.05)
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = scan_body(["FX_IDC:USDJPY"], ["close"])
+            status, raw, _ = await post(http, f"{url}/forex/scan", body)
+            assert status == 200
+            first = orjson.loads(raw)["data"][0]["d"]
+            async with asyncio.timeout(30):  # it moves by itself, every step_every
+                for _ in itertools.count():
+                    raw = (await post(http, f"{url}/forex/scan", body))[1]
+                    if orjson.loads(raw)["data"][0]["d"] != first:
+                        break
+                    await asyncio.sleep(0.05)
+            fault = orjson.dumps({"kind": "status", "status": 503, "sticky": True})
+            for method, path in [("POST", "faults"), ("GET", "requests"), ("POST", "step"),
+                                 ("POST", "config"), ("POST", "values")]:
+                async with http.request(method, f"{url}/_standin/{path}", data=fault) as resp:
+                    assert resp.status in (404, 405), (method, path, resp.status)
+            assert (await post(http, f"{url}/forex/scan", body))[0] == 200
+    finally:
+        await runner.cleanup()

@@ -16,7 +16,7 @@ from quart.testing.connections import WebsocketDisconnectError, WebsocketRespons
 
 from quartsig import accounts
 from quartsig.app import create_app
-from quartsig.standin import Standin, create_standin_app, standin_state
+from tests.support.standin import Standin, create_standin_app, standin_state
 
 KEY = Fernet.generate_key().decode()
 

@@ -1,5 +1,21 @@
-"""The simulated market that ``quartsig serve --demo`` serves (the stand-in scanner)."""
+"""What ``quartsig serve --demo`` serves data from: a simulated market behind a faithful
+stand-in of TradingView's scan endpoint.
 
-from quartsig.standin import serve_standin
+- :mod:`quartsig.demo.market`: the simulation (values per ticker, timeframe and step);
+- :mod:`quartsig.demo.scanner`: the scan endpoint over it, and :func:`serve_standin`.
 
-__all__ = ["serve_standin"]
+The test-only stand-in with fault knobs and a request log is ``tests/support/standin.py``.
+"""
+
+from quartsig.demo.market import DEFAULT_UNIVERSE, NO_TECHNICALS, Market, synthetic_universe
+from quartsig.demo.scanner import DemoScanner, create_scanner_app, serve_standin
+
+__all__ = [
+    "DEFAULT_UNIVERSE",
+    "NO_TECHNICALS",
+    "DemoScanner",
+    "Market",
+    "create_scanner_app",
+    "serve_standin",
+    "synthetic_universe",
+]

@@ -101,7 +101,7 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> No
 
 @dataclass
 class Standin:
-    """``python -m quartsig.standin`` in a subprocess; ``url`` is its base URL."""
+    """``python -m tests.support.standin`` in a subprocess; ``url`` is its base URL."""
 
     process: subprocess.Popen[bytes]
     url: str
@@ -114,7 +114,7 @@ class Standin:
         port = port or free_port()
         with open(log, "wb") as sink:
             process = subprocess.Popen(
-                [sys.executable, "-m", "quartsig.standin", "--port", str(port), *args],
+                [sys.executable, "-m", "tests.support.standin", "--port", str(port), *args],
                 stdout=sink, stderr=subprocess.STDOUT, cwd=REPO,
             )  # fmt: skip
         standin = cls(process, f"http://127.0.0.1:{port}", log)

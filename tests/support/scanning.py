@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from quartsig.standin import STANDIN, Standin, serve_standin
+from tests.support.standin import STANDIN, Standin, serve_standin
 
 MICROSOCKS = shutil.which("microsocks")
 

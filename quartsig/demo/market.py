@@ -1,51 +1,37 @@
-"""The stand-in TradingView scanner: what tests, benchmarks and ``--demo`` talk to.
+"""The demo market: a deterministic simulation of TradingView's indicator columns.
 
-It follows ../shared/scanner-protocol.md as closely as we know it, because a
-stand-in that is kinder than production teaches the client nothing: bodies
-and column names are validated with TradingView's error shapes, unknown or
-wrong-screener tickers are left out, rows come back shuffled, volume-based
-forex fields and ratings of symbols without technicals are null.
+Values are a deterministic function of ``(seed, ticker, timeframe, step)``: a
+random walk per ticker and timeframe drives the component indicators, and
+``Rec.*`` and ``Recommend.*`` are derived from those (:func:`derive`), as
+TradingView does. Values move only on :meth:`Market.step`, so repeated reads
+between steps agree exactly.
 
-Values are a deterministic function of ``(seed, ticker, timeframe, step)``:
-a random walk per ticker and timeframe drives the component indicators, and
-``Rec.*`` and ``Recommend.*`` are derived from those, as TradingView does.
-Values move only on :meth:`Standin.step` (an HTTP call, or every
-``step_every`` seconds), so repeated scans between steps agree exactly.
+:func:`derive` is a second encoding of the rating rules of
+``shared/recommendation-rules.md``, on purpose: it plays TradingView's part
+(producing ``Recommend.*`` from components), while :mod:`quartsig.rules` plays
+ours (reading them back as labels and actions). Sharing one encoding would make
+a wrong rule agree with itself; see :mod:`quartsig.rules` for the full list.
 
-Fault knobs (429 bursts, 403/5xx, empty and non-JSON 200s, delays, dropped
-connections) are queued over HTTP so a test in another process can drive
-them, and every scan request is logged for counting requests and cells.
+The HTTP scanner serving this market is :mod:`quartsig.demo.scanner`.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import math
 import random
-import signal
-import time
 import zlib
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
-
-import orjson
-from aiohttp import web
 
 from quartsig.columns import KNOWN_COLUMNS
 from quartsig.timeframes import SUFFIXES
 
-#: Suffix -> timeframe, for the suffixes TradingView accepts ("|1D" is not one).
-_TIMEFRAME_BY_SUFFIX = {suffix: tf for tf, suffix in SUFFIXES.items()}
+#: Bar length in minutes, per timeframe (volatility grows with it).
 _MINUTES = {
     "1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240,
     "1d": 1440, "1W": 10080, "1M": 43200,
 }  # fmt: skip
-
-FAULT_KINDS = frozenset({"status", "empty", "garbage", "delay", "reset"})
 
 _FOREX = (
     "EURUSD", "GBPUSD", "USDJPY", "USDCHF", "AUDUSD", "NZDUSD", "USDCAD", "EURGBP", "EURJPY",
@@ -450,136 +436,19 @@ def _lacks_technicals(ticker: str) -> bool:
     return ticker in NO_TECHNICALS or (synthetic and int(name[3:]) % 50 == 49)
 
 
-def parse_columns(columns: Sequence[str]) -> list[tuple[str, str]] | str:
-    """``"RSI|5"`` -> ``("RSI", "5m")`` for each column, or the first unknown field's name."""
-    parsed = []
-    for name in columns:
-        base, bar, suffix = name.partition("|")
-        timeframe = _TIMEFRAME_BY_SUFFIX.get(bar + suffix) if (suffix or not bar) else None
-        if base not in KNOWN_COLUMNS or timeframe is None or (bar and not suffix):
-            return name
-        parsed.append((base, timeframe))
-    return parsed
 
-
-def validate_body(payload: Any) -> tuple[list[str], list[str]] | str:
-    """``(tickers, columns)`` from a scan body, or the error TradingView would give."""
-    if not isinstance(payload, dict):
-        return "request body must be a JSON object"
-    symbols = payload.get("symbols")
-    if not isinstance(symbols, dict):
-        return "symbols: expected an object with a tickers list"
-    tickers = symbols.get("tickers")
-    if not isinstance(tickers, list) or not all(isinstance(t, str) for t in tickers):
-        return "symbols.tickers: expected a list of strings"
-    query = symbols.get("query")
-    if query is not None:
-        if not isinstance(query, dict):
-            return "symbols.query: expected an object"
-        types = query.get("types", [])
-        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-            return "symbols.query.types: expected a list of strings"
-    columns = payload.get("columns")
-    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-        return "columns: expected a list of strings"
-    for key in ("filter", "sort", "range", "options", "markets"):
-        if key in payload and not isinstance(payload[key], dict | list):
-            return f"{key}: malformed"
-    return tickers, columns
-
-
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"totalCount": 0, "error": message, "data": None})
-
-
-@dataclass(slots=True)
-class Fault:
-    """A misbehaviour to apply to upcoming scan requests (see :meth:`Standin.add_faults`)."""
-
-    kind: str
-    status: int = 503
-    retry_after: float | str | None = None
-    body: str | None = None
-    seconds: float = 0.0
-    delay: float = 0.0
-    count: int = 1
-    sticky: bool = False
-
-    @classmethod
-    def from_json(cls, item: Mapping[str, Any]) -> Fault:
-        if not isinstance(item, Mapping) or item.get("kind") not in FAULT_KINDS:
-            raise ValueError(f"each fault needs a kind among {sorted(FAULT_KINDS)}")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(item) - known
-        if unknown:
-            raise ValueError(f"unknown fault field(s): {sorted(unknown)}")
-        fault = cls(**item)
-        if fault.kind == "delay" and not fault.seconds:
-            fault.seconds, fault.delay = fault.delay, 0.0
-        if fault.count < 1 or not 100 <= int(fault.status) <= 599:
-            raise ValueError("count must be >= 1 and status an HTTP status code")
-        return fault
-
-
-@dataclass(slots=True)
-class StandinConfig:
-    change_share: float = 0.3  # share of (ticker, timeframe) cells that move per step
-    step_every: float | None = None  # seconds between automatic steps; None: only on request
-    base_delay: float = 0.0  # seconds added before every scan answer
-
-    def update(self, changes: Mapping[str, Any]) -> None:
-        unknown = set(changes) - {"change_share", "step_every", "base_delay"}
-        if unknown:
-            raise ValueError(f"unknown setting(s): {sorted(unknown)}")
-        share = float(changes.get("change_share", self.change_share))
-        every = changes.get("step_every", self.step_every)
-        delay = float(changes.get("base_delay", self.base_delay))
-        if not 0 <= share <= 1 or delay < 0 or (every is not None and float(every) <= 0):
-            raise ValueError("change_share in [0, 1], base_delay >= 0, step_every > 0 or null")
-        self.change_share, self.base_delay = share, delay
-        self.step_every = None if every is None else float(every)
-
-
-@dataclass(slots=True)
-class LoggedRequest:
-    screener: str
-    tickers: list[str]
-    columns: list[str]
-    time: float
-    peer: str | None
-    user_agent: str | None = None
-    outcome: str = "pending"
-    status: int | None = None
-    rows: int = 0
-    finished: float | None = None
-
-    @property
-    def cells(self) -> int:
-        return len(self.tickers) * len(self.columns)
-
-
-class Standin:
-    """The stand-in's state: universe, values, faults and request log. Usable in-process."""
+class Market:
+    """Every ticker of a universe on every timeframe, stepping together. Pure, in-process."""
 
     def __init__(
-        self,
-        *,
-        seed: int = 0,
-        universe: Mapping[str, Iterable[str]] | None = None,
-        config: StandinConfig | None = None,
+        self, *, seed: int = 0, universe: Mapping[str, Iterable[str]] | None = None
     ) -> None:
         self.seed = seed
         source = DEFAULT_UNIVERSE if universe is None else universe
         self.universe: dict[str, frozenset[str]] = {
             screener: frozenset(tickers) for screener, tickers in source.items()
         }
-        self.config = config or StandinConfig()
         self.step_count = 0
-        self.faults: deque[Fault] = deque()
-        self.log: list[LoggedRequest] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.config_changed = asyncio.Event()
         self._shares: list[float] = [0.0]  # change_share in force at each step
         self._series: dict[tuple[str, str], _Series] = {}
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
@@ -587,15 +456,13 @@ class Standin:
         self._screener_of: dict[str, str] = {
             ticker: screener for screener, tickers in self.universe.items() for ticker in tickers
         }
-        self._scans = 0
 
-    # values --------------------------------------------------------------------------------
-
-    def step(self, count: int = 1) -> int:
-        """Advance every series by ``count`` bars; returns the new step number."""
+    def step(self, count: int = 1, change_share: float = 0.3) -> int:
+        """Advance every series by ``count`` bars, each cell moving with probability
+        ``change_share``; returns the new step number."""
         for _ in range(count):
             self.step_count += 1
-            self._shares.append(self.config.change_share)
+            self._shares.append(change_share)
         self._cache.clear()
         return self.step_count
 
@@ -638,339 +505,3 @@ class Standin:
     def clear_values(self) -> None:
         self._overrides.clear()
         self._cache.clear()
-
-    # faults and log ------------------------------------------------------------------------
-
-    def add_faults(self, faults: Iterable[Fault | Mapping[str, Any]]) -> None:
-        self.faults.extend(f if isinstance(f, Fault) else Fault.from_json(f) for f in faults)
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
-
-    def take_fault(self) -> Fault | None:
-        """The fault for this request: the queue's head, consumed unless sticky."""
-        if not self.faults:
-            return None
-        fault = self.faults[0]
-        if not fault.sticky:
-            fault.count -= 1
-            if fault.count <= 0:
-                self.faults.popleft()
-        return fault
-
-    def clear_log(self) -> None:
-        self.log.clear()
-        self.max_in_flight = self.in_flight
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "step": self.step_count, "requests": len(self.log), "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight, "faults": len(self.faults),
-        }  # fmt: skip
-
-    # the scan itself -----------------------------------------------------------------------
-
-    def answer(self, screener: str, payload: Any) -> tuple[int, bytes, int]:
-        """``(status, body, rows)`` for a scan; pure apart from reading values."""
-        if screener not in self.universe:
-            return 404, b"404 page not found", 0
-        checked = validate_body(payload)
-        if isinstance(checked, str):
-            return 400, error_body(checked), 0
-        tickers, columns = checked
-        parsed = parse_columns(columns)
-        if isinstance(parsed, str):
-            return 400, error_body(f'Unknown field "{parsed}"'), 0
-        known = self.universe[screener]
-        wanted = [t for t in dict.fromkeys(tickers) if t in known]
-        self._scans += 1
-        random.Random(f"{self.seed}|shuffle|{self._scans}").shuffle(wanted)
-        timeframes = {timeframe for _, timeframe in parsed}
-        data = []
-        for ticker in wanted:
-            by_tf = {timeframe: self.values(ticker, timeframe) for timeframe in timeframes}
-            data.append({"s": ticker, "d": [by_tf[tf][base] for base, tf in parsed]})
-        return 200, orjson.dumps({"totalCount": len(data), "data": data}), len(data)
-
-
-STANDIN = web.AppKey("standin", Standin)
-
-
-def standin_state(app: web.Application) -> Standin:
-    return app[STANDIN]
-
-
-def _peer(request: web.Request) -> str | None:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return f"{peer[0]}:{peer[1]}" if peer else None
-
-
-async def _scan(request: web.Request) -> web.StreamResponse:
-    state = request.app[STANDIN]
-    screener = request.match_info["screener"]
-    raw = await request.read()
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        payload = None
-    symbols = payload.get("symbols") if isinstance(payload, dict) else None
-    tickers = symbols.get("tickers") if isinstance(symbols, dict) else None
-    columns = payload.get("columns") if isinstance(payload, dict) else None
-    entry = LoggedRequest(
-        screener=screener,
-        tickers=list(tickers) if isinstance(tickers, list) else [],
-        columns=list(columns) if isinstance(columns, list) else [],
-        time=time.time(),
-        peer=_peer(request),
-        user_agent=request.headers.get("User-Agent"),
-    )
-    state.log.append(entry)
-    state.in_flight += 1
-    state.max_in_flight = max(state.max_in_flight, state.in_flight)
-    try:
-        fault = state.take_fault()
-        delay = state.config.base_delay + (fault.delay + fault.seconds if fault else 0.0)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if fault is not None and fault.kind != "delay":
-            entry.outcome = f"fault:{fault.kind}"
-            return _faulty(request, fault, entry)
-        if payload is None and raw.strip():
-            status, body, rows = 400, error_body("request body is not valid JSON"), 0
-        else:
-            status, body, rows = state.answer(screener, payload)
-        entry.status, entry.rows = status, rows
-        entry.outcome = {200: "ok", 400: "bad_request", 404: "not_found"}.get(status, str(status))
-        content_type = "text/plain" if status == 404 else "application/json"
-        return web.Response(status=status, body=body, content_type=content_type)
-    finally:
-        state.in_flight -= 1
-        entry.finished = time.time()
-
-
-def _faulty(request: web.Request, fault: Fault, entry: LoggedRequest) -> web.StreamResponse:
-    if fault.kind == "reset":
-        # Drop the connection without a byte of answer, as an overloaded edge does.
-        if request.transport is not None:
-            request.transport.abort()
-        raise asyncio.CancelledError
-    if fault.kind == "empty":
-        entry.status = 200
-        return web.Response(status=200, body=b"", content_type="application/json")
-    if fault.kind == "garbage":
-        entry.status = 200
-        body = "<html><body>Just a moment...</body></html>" if fault.body is None else fault.body
-        return web.Response(status=200, text=body, content_type="text/html")
-    entry.status = fault.status
-    headers = {} if fault.retry_after is None else {"Retry-After": _retry_after(fault.retry_after)}
-    if fault.body is not None:
-        return web.Response(status=fault.status, text=fault.body, headers=headers)
-    body = error_body(f"{fault.status}") if fault.status < 500 else b"upstream unavailable"
-    return web.Response(status=fault.status, body=body, headers=headers)
-
-
-def _retry_after(value: float | str) -> str:
-    if isinstance(value, str):
-        return value
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
-async def _json(request: web.Request) -> Any:
-    try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise web.HTTPBadRequest(text="body must be JSON") from None
-
-
-def _reply(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
-
-
-async def _post_faults(request: web.Request) -> web.Response:
-    state = request.app[STANDIN]
-    payload = await _json(request)
-    items = payload if isinstance(payload, list) else [payload]
-    try:
-        faults = [Fault.from_json(item) for item in items]
-    except (TypeError, ValueError) as error:
-        return _reply({"error": str(error)}, 400)
-    state.add_faults(faults)
-    return _reply({"queued": len(state.faults)})
-
-
-async def _get_faults(request: web.Request) -> web.Response:
-    return _reply([asdict(f) for f in request.app[STANDIN].faults])
-
-
-async def _delete_faults(request: web.Request) -> web.Response:
-    request.app[STANDIN].clear_faults()
-    return _reply({"queued": 0})
-
-
-async def _get_requests(request: web.Request) -> web.Response:
-    state = request.app[STANDIN]
-    return _reply([asdict(entry) | {"cells": entry.cells} for entry in state.log])
-
-
-async def _delete_requests(request: web.Request) -> web.Response:
-    request.app[STANDIN].clear_log()
-    return _reply({"requests": 0})
-
-
-async def _get_stats(request: web.Request) -> web.Response:
-    return _reply(request.app[STANDIN].stats())
-
-
-async def _post_step(request: web.Request) -> web.Response:
-    state = request.app[STANDIN]
-    count = 1
-    if await request.read():
-        payload = await _json(request)
-        count = int(payload.get("count", 1)) if isinstance(payload, dict) else 1
-    return _reply({"step": state.step(max(1, count))})
-
-
-async def _config(request: web.Request) -> web.Response:
-    state = request.app[STANDIN]
-    if request.method == "POST":
-        payload = await _json(request)
-        try:
-            if not isinstance(payload, dict):
-                raise ValueError("expected an object")
-            state.config.update(payload)
-        except (TypeError, ValueError) as error:
-            return _reply({"error": str(error)}, 400)
-        state.config_changed.set()
-    return _reply(asdict(state.config))
-
-
-async def _values(request: web.Request) -> web.Response:
-    state = request.app[STANDIN]
-    if request.method == "DELETE":
-        state.clear_values()
-        return _reply({})
-    payload = await _json(request)
-    try:
-        if not isinstance(payload, dict) or not isinstance(payload.get("values"), dict):
-            raise ValueError('expected {"ticker": ..., "timeframe": ..., "values": {...}}')
-        state.set_values(str(payload["ticker"]), str(payload.get("timeframe", "1d")),
-                         payload["values"])
-    except (KeyError, ValueError) as error:
-        return _reply({"error": str(error)}, 400)
-    return _reply(state.values(str(payload["ticker"]), str(payload.get("timeframe", "1d"))))
-
-
-async def _auto_step(app: web.Application) -> Any:
-    """Step every ``step_every`` seconds while it is set; wake when the config changes."""
-    state = app[STANDIN]
-
-    async def loop() -> None:
-        while True:
-            state.config_changed.clear()
-            every = state.config.step_every
-            try:
-                async with asyncio.timeout(every):
-                    await state.config_changed.wait()
-            except TimeoutError:
-                state.step()
-
-    task = asyncio.get_running_loop().create_task(loop())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-def create_standin_app(
-    *,
-    seed: int = 0,
-    universe: Mapping[str, Iterable[str]] | None = None,
-    change_share: float = 0.3,
-    step_every: float | None = None,
-    base_delay: float = 0.0,
-) -> web.Application:
-    """The stand-in as an aiohttp application; its state is ``app[STANDIN]``."""
-    config = StandinConfig()
-    config.update(
-        {"change_share": change_share, "step_every": step_every, "base_delay": base_delay}
-    )
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[STANDIN] = Standin(seed=seed, universe=universe, config=config)
-    app.cleanup_ctx.append(_auto_step)
-    app.router.add_post("/_standin/faults", _post_faults)
-    app.router.add_get("/_standin/faults", _get_faults)
-    app.router.add_delete("/_standin/faults", _delete_faults)
-    app.router.add_get("/_standin/requests", _get_requests)
-    app.router.add_delete("/_standin/requests", _delete_requests)
-    app.router.add_get("/_standin/stats", _get_stats)
-    app.router.add_post("/_standin/step", _post_step)
-    app.router.add_route("GET", "/_standin/config", _config)
-    app.router.add_route("POST", "/_standin/config", _config)
-    app.router.add_route("POST", "/_standin/values", _values)
-    app.router.add_route("DELETE", "/_standin/values", _values)
-    app.router.add_post("/{screener}/scan", _scan)
-    return app
-
-
-async def serve_standin(
-    host: str = "127.0.0.1", port: int = 0, *, app: web.Application | None = None, **options: Any
-) -> tuple[web.AppRunner, str]:
-    """Run the stand-in in this process; returns the runner (``await runner.cleanup()``) and URL.
-
-    ``options`` go to :func:`create_standin_app` when no ``app`` is given.
-    """
-    # handler_cancellation: a client that gave up on a delayed answer frees its handler,
-    # so shutting down never waits out a long ``delay`` fault.
-    runner = web.AppRunner(
-        app or create_standin_app(**options),
-        access_log=None,
-        handler_cancellation=True,
-        shutdown_timeout=1.0,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound_host, bound_port = runner.addresses[0][:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    return runner, f"http://{shown}:{bound_port}"
-
-
-async def _main(args: argparse.Namespace) -> None:
-    universe = None
-    if args.synthetic:
-        counts = [int(part) for part in args.synthetic.split(",")]
-        universe = synthetic_universe(*counts)
-    runner, url = await serve_standin(
-        args.host, args.port, seed=args.seed, universe=universe,
-        change_share=args.change_share, step_every=args.step_every, base_delay=args.delay,
-    )  # fmt: skip
-    print(url, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m quartsig.standin", description="Run the stand-in TradingView scanner."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--step-every", type=float, default=None, help="seconds between steps")
-    parser.add_argument("--change-share", type=float, default=0.3)
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
-    parser.add_argument(
-        "--synthetic", default=None, metavar="FOREX,CRYPTO,AMERICA[,CFD]",
-        help="serve a synthetic universe of these sizes instead of the default one",
-    )  # fmt: skip
-    asyncio.run(_main(parser.parse_args(argv)))
-
-
-if __name__ == "__main__":
-    main()
