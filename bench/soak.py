@@ -4,66 +4,51 @@
     python -m bench.soak flood --seconds 60 [--rate 3000]   # connect/disconnect flood
     python -m bench.soak faults --ticks 10000     # faulted collector ticks: tasks and fds
 
-Each prints one FIGURES line (the shape the suite prints) for docs/reliability.md.
+Each runs the suite's own test (its fixtures, captured logs and assertions) through pytest,
+with the sizes given here (``--soak``, see tests/support/soak.py), and prints its FIGURES
+line for docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import tempfile
+import json
+import sys
 from pathlib import Path
-from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = {
+    "slow": "tests/test_hardening.py::"
+    "test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013",
+    "flood": "tests/test_hardening.py::"
+    "test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline",
+    "faults": "tests/test_faults.py::test_a_thousand_faulted_ticks_leak_no_task_and_no_socket",
+}
 
 
-def _stack() -> Any:
-    from tests.support.hardening import server_stack
-
-    return server_stack(Path(tempfile.mkdtemp(prefix="quartsig-soak-")),
-                        standin_args=("--step-every", "0.25", "--change-share", "1.0"),
-                        QUARTSIG_INTERVAL="0.5", QUARTSIG_SEND_TIMEOUT="1")
-
-
-class _Caplog:
-    records: list[Any] = []
-
-    def set_level(self, level: str) -> None:
-        logging.getLogger().setLevel(level)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak")
     sub = parser.add_subparsers(dest="what", required=True)
     slow = sub.add_parser("slow")
-    slow.add_argument("--clients", type=int, default=1000)
-    slow.add_argument("--rounds", type=int, default=5, help="reading+stalled window pairs")
+    slow.add_argument("--clients", type=int, default=1000, dest="slow_clients")
+    slow.add_argument("--rounds", type=int, default=5, dest="slow_rounds",
+                      help="reading+stalled window pairs")
     flood = sub.add_parser("flood")
-    flood.add_argument("--seconds", type=float, default=60.0)
-    flood.add_argument("--processes", type=int, default=2, help="flood client processes")
-    flood.add_argument("--rate", type=float, help="open loop: connections offered per second")
-    sub.add_parser("faults").add_argument("--ticks", type=int, default=10_000)
-    args = parser.parse_args()
-    if args.what == "faults":
-        from tests import test_faults as faults
-
-        faults.LEAK_TICKS = args.ticks
-        asyncio.run(faults.test_a_thousand_faulted_ticks_leak_no_task_and_no_socket(_Caplog()))
-        return
-    from tests import test_hardening as load
-
-    load.SLOW_CLIENTS = getattr(args, "clients", load.SLOW_CLIENTS)
-    load.SLOW_ROUNDS = getattr(args, "rounds", load.SLOW_ROUNDS)
-    load.FLOOD_SECONDS = getattr(args, "seconds", load.FLOOD_SECONDS)
-    load.FLOOD_PROCESSES = getattr(args, "processes", load.FLOOD_PROCESSES)
-    load.FLOOD_RATE = getattr(args, "rate", load.FLOOD_RATE)
-    with _stack() as stack:
-        if args.what == "slow":
-            scenario = load.test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013
-        else:
-            scenario = load.test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline
-        asyncio.run(scenario(stack))
+    flood.add_argument("--seconds", type=float, default=60.0, dest="flood_seconds")
+    flood.add_argument("--processes", type=int, default=2, dest="flood_processes",
+                       help="flood client processes")
+    flood.add_argument("--rate", type=float, dest="flood_rate",
+                       help="open loop: connections offered per second")
+    sub.add_parser("faults").add_argument("--ticks", type=int, default=10_000, dest="leak_ticks")
+    args = vars(parser.parse_args(argv))
+    test = TESTS[args.pop("what")]
+    return int(pytest.main([
+        str(REPO / test), "-q", "-s", "-p", "no:cacheprovider", "--timeout", "0",
+        "--rootdir", str(REPO), "--soak", json.dumps(args),
+    ]))  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

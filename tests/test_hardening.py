@@ -33,15 +33,11 @@ from tests.support.hardening import (
     server_stack,
 )
 from tests.support.processes import REPO
+from tests.support.soak import Sizes
 
 pytestmark = pytest.mark.e2e
 
-SLOW_CLIENTS = 200  # bench/soak.py raises these
-SLOW_ROUNDS = 1
 SLOW_WINDOW = 6.0  # seconds; the stalled client is closed 6 s after it stops reading
-FLOOD_SECONDS = 8.0
-FLOOD_PROCESSES = 1
-FLOOD_RATE: float | None = None  # None: closed loop, as fast as the server goes
 
 KEYS = [("FX_IDC:EURUSD", "1m", "full"), ("FX_IDC:USDJPY", "1m", "summary")]
 
@@ -78,8 +74,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(stack: Stack) -> None:
-    """``FLOOD_PROCESSES`` flood processes (tests/support/flood.py: hang-ups, upgrades,
+async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(
+    stack: Stack, sizes: Sizes
+) -> None:
+    """``sizes.flood_processes`` flood processes (tests/support/flood.py: hang-ups, upgrades,
     subscribes, resets) against the server while a witness client keeps its subscription;
     afterwards tasks and connections are back at baseline and memory did not grow with the
     number of connections."""
@@ -99,11 +97,11 @@ async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(stac
     floods = [
         await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.support.flood", "--port", str(stack.server.port),
-            "--token", stack.token, "--seconds", str(FLOOD_SECONDS), "--seed", str(n),
-            *(("--rate", str(FLOOD_RATE / FLOOD_PROCESSES), "--concurrency", "2000")
-              if FLOOD_RATE else ()),
+            "--token", stack.token, "--seconds", str(sizes.flood_seconds), "--seed", str(n),
+            *(("--rate", str(sizes.flood_rate / sizes.flood_processes), "--concurrency", "2000")
+              if sizes.flood_rate else ()),
             cwd=REPO, stdout=asyncio.subprocess.PIPE)
-        for n in range(FLOOD_PROCESSES)
+        for n in range(sizes.flood_processes)
     ]
     peak_rss = rss0
     outputs = asyncio.gather(*(flood.communicate() for flood in floods))
@@ -133,15 +131,16 @@ async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(stac
     assert witness.close_code is None
     await witness.close()
     upgraded = sum(counts.get(name, 0) for name in ("upgrade", "subscribe", "reset"))
-    offered = f"offered {FLOOD_RATE:.0f}/s open loop, " if FLOOD_RATE else ""
-    print(f"\nFIGURES flood: {FLOOD_PROCESSES} process(es), {offered}{counts['connections']:.0f} "
-          f"connections in {elapsed:.1f}s ({rate:.0f}/s; {upgraded:.0f} upgraded, "
+    offered = f"offered {sizes.flood_rate:.0f}/s open loop, " if sizes.flood_rate else ""
+    print(f"\nFIGURES flood: {sizes.flood_processes} process(es), {offered}"
+          f"{counts['connections']:.0f} connections in {elapsed:.1f}s ({rate:.0f}/s; "
+          f"{upgraded:.0f} upgraded, "
           f"{counts.get('hangup', 0):.0f} hang-ups, {counts['errors']:.0f} client errors, "
           f"{counts.get('skipped', 0):.0f} not started: in-flight cap); "
           f"server CPU {cpu / elapsed:.0%} of a core, {cpu / counts['connections'] * 1e6:.0f} us "
           f"per connection; witness: longest wait for an update {gap * 1000:.0f} ms; "
           f"tasks {tasks0:.0f}->{tasks1:.0f}; RSS {rss0}->{peak_rss} peak->{rss1} KiB")
-    assert FLOOD_SECONDS - 1 < elapsed < FLOOD_SECONDS + 8
+    assert sizes.flood_seconds - 1 < elapsed < sizes.flood_seconds + 8
     assert counts["connections"] >= 2000
     assert connections == 1
     assert tasks1 <= tasks0
@@ -195,13 +194,13 @@ def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 async def test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013(
-    fresh_stack: Stack,
+    fresh_stack: Stack, sizes: Sizes
 ) -> None:
     """Each round: a heavy client (120 full-profile keys) reads for a window, then stops
     reading for a window. Both windows carry the same demand and fan-out, so the only
     difference is the stall; the others' latencies are pooled per kind of window."""
     stack = fresh_stack
-    count = SLOW_CLIENTS
+    count = sizes.slow_clients
     clients = await asyncio.gather(*(Client(stack.ws_url, stack.token).connect()
                                      for _ in range(count)))
     loop = asyncio.get_running_loop()
@@ -213,7 +212,7 @@ async def test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013(
         for client in clients:
             for key in KEYS:
                 await client.subscribe(*key)
-        for _ in range(SLOW_ROUNDS):
+        for _ in range(sizes.slow_rounds):
             sock = await _stalled_client(stack)
 
             async def drain(sock: socket.socket = sock) -> None:
@@ -251,13 +250,13 @@ async def test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013(
         slow_closes = stack.metric("quartsig_slow_closes_total")
         p99_before, p99_during = percentile(before, 99), percentile(during, 99)
         p50_before, p50_during = percentile(before, 50), percentile(during, 50)
-        print(f"\nFIGURES slow-consumer: {count} clients, {SLOW_ROUNDS} round(s) of "
+        print(f"\nFIGURES slow-consumer: {count} clients, {sizes.slow_rounds} round(s) of "
               f"{SLOW_WINDOW:.0f}+{SLOW_WINDOW:.0f} s, {len(before)}/{len(during)} updates; "
               f"p50 {p50_before:.1f}->{p50_during:.1f} ms, p99 {p99_before:.1f}->{p99_during:.1f}"
               f" ms (x{p99_during / p99_before:.2f}); stalled client closed 1013 "
               f"{', '.join(f'{d:.1f}' for d in close_delays)} s after it stopped reading "
               f"(slow closes {slow_closes:.0f}); clients short of an update per window: {short}")
-        assert slow_closes >= SLOW_ROUNDS
+        assert slow_closes >= sizes.slow_rounds
         assert all(c.close_code is None for c in clients)
         # Nobody waited on the stalled client: that would cost its whole send timeout (1 s)
         # per tick. The 10 % target itself is measured by `python -m bench.soak slow` at
