@@ -144,6 +144,12 @@ class Standin:
             {"ticker": ticker, "timeframe": timeframe, "values": dict(values)},
         )  # fmt: skip
 
+    def add_faults(self, *faults: Mapping[str, Any]) -> None:
+        http_json("POST", f"{self.url}/_standin/faults", [dict(f) for f in faults])
+
+    def clear_faults(self) -> None:
+        http_json("DELETE", f"{self.url}/_standin/faults")
+
     def requests(self) -> list[dict[str, Any]]:
         return list(http_json("GET", f"{self.url}/_standin/requests"))
 
