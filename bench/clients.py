@@ -27,15 +27,15 @@ one budget of descriptors).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import resource
 import struct
 import sys
 import time
 import zlib
 from typing import Any
+
+from tests.support.wire import mask_frame, upgrade_request
 
 OFFER = "permessage-deflate; client_max_window_bits"
 TAIL = b"\x00\x00\xff\xff"
@@ -46,24 +46,6 @@ def raise_nofile() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-def mask_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame (FIN, masked), as RFC 6455 requires of clients."""
-    key = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    if n:
-        mask = (key * (n // 4 + 1))[:n]
-        body = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
-    else:
-        body = b""
-    return head + key + body
 
 
 class Recorder:
@@ -236,14 +218,9 @@ class Pool:
 
         async def one(index: int, subs: list[list[str]]) -> None:
             nonlocal failed
-            key = base64.b64encode(os.urandom(16)).decode()
-            lines = [
-                f"GET {spec['path']} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
-                "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-            ]  # fmt: skip
-            if deflate:
-                lines += [f"Origin: http://{host}:{port}", f"Sec-WebSocket-Extensions: {OFFER}"]
-            request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+            browser = [f"Origin: http://{host}:{port}", f"Sec-WebSocket-Extensions: {OFFER}"]
+            request = upgrade_request(port, host=host, path=spec["path"],
+                                      headers=browser if deflate else ())
             hello = json.dumps(
                 [{"op": "subscribe", "symbol": s, "tf": tf, "profile": p} for s, tf, p in subs],
                 separators=(",", ":"),

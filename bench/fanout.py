@@ -38,6 +38,7 @@ median over rounds of the ratio within the round.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -48,18 +49,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.clients import raise_nofile
+from tests.support.measure import cpu_seconds, percentile, rss_kib
+from tests.support.net import free_port, http, http_json, wait_listening, wait_until
+from tests.support.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 POPULARITY = ("1h", "15m", "5m", "4h", "1d", "1m", "30m", "2h", "1W", "1M")
 SERVERS = ("quartsig", "quart", "quart-deflate", "websockets")
 TG_ID = 4242
@@ -68,58 +69,6 @@ VARIANTS: dict[str, Path] = {}
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"null")
-
-
-def stop(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def rss_kib(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * PAGE / 1024
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if result := predicate():
-                return result
-        except Exception as e:
-            error = e
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what} ({error!r})")
 
 
 class Piped:
@@ -160,7 +109,7 @@ class Piped:
         with contextlib.suppress(Exception):
             assert self.process.stdin is not None
             self.process.stdin.close()
-        stop(self.process)
+        stop_process(self.process, 15)
         self.log.close()
 
 
@@ -245,7 +194,8 @@ class Stack:
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_for(lambda: http("GET", f"{url}/_standin/stats", timeout=1), 30, "the stand-in")
+            wait_until(lambda: http_json("GET", f"{url}/_standin/stats", timeout=1), 30,
+                       what="the stand-in")
             key = Fernet.generate_key().decode()
             env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTSIG_")}
             env.pop("PORT", None)
@@ -260,14 +210,14 @@ class Stack:
             token = TokenAuthority([key], 7 * 86400).issue(TG_ID).token
             yield cls(work, standin, url, env, token)
         finally:
-            stop(standin)
+            stop_process(standin, 15)
             log.close()
 
     def step(self) -> None:
-        http("POST", f"{self.standin_url}/_standin/step", {"count": 1})
+        http_json("POST", f"{self.standin_url}/_standin/step", {"count": 1})
 
     def scans(self) -> list[dict[str, Any]]:
-        return list(http("GET", f"{self.standin_url}/_standin/requests"))
+        return list(http_json("GET", f"{self.standin_url}/_standin/requests"))
 
 
 class Server:
@@ -290,9 +240,8 @@ class Server:
                 stdout=self.log, stderr=subprocess.STDOUT, env=env,
                 cwd=variant or REPO,  # `python -m` puts the cwd first on sys.path
             )  # fmt: skip
-            wait_for(lambda: urllib.request.urlopen(
-                f"http://127.0.0.1:{self.port}/healthz", timeout=1).status == 200,
-                60, "quartsig serve")  # fmt: skip
+            wait_until(lambda: http("GET", f"http://127.0.0.1:{self.port}/healthz", timeout=1)[0]
+                       == 200, 60, what="quartsig serve")  # fmt: skip
             self.pid = self.process.pid
             self.peer: Piped | None = None
         else:
@@ -306,7 +255,7 @@ class Server:
             line = self.peer.readline()
             if not line.startswith("ready"):
                 raise RuntimeError(f"{kind} did not start; see {log}")
-            wait_for(lambda: _listening(self.port), 30, kind)
+            asyncio.run(wait_listening(self.port, within=30))
             self.pid = self.peer.pid
 
     @property
@@ -317,15 +266,8 @@ class Server:
         if self.peer is not None:
             self.peer.close()
         else:
-            stop(self.process)
+            stop_process(self.process, 15)
             self.log.close()
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- the workload ------------------------------------------------------------------------------
@@ -348,11 +290,6 @@ def subscriptions(count: int, profile: str, seed: int = 7, per: int = 5) -> list
             keys[(rng.choices(symbols, sw)[0], rng.choices(POPULARITY, tw)[0])] = None
         out.append([[symbol, tf, profile] for symbol, tf in keys])
     return out
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 @dataclass

@@ -36,7 +36,9 @@ from typing import Any
 import orjson
 
 from bench.clients import raise_nofile
-from bench.fanout import VARIANTS, Clients, Server, Stack, http, percentile, subscriptions
+from bench.fanout import VARIANTS, Clients, Server, Stack, subscriptions
+from tests.support.measure import percentile
+from tests.support.net import http_json
 
 
 async def _snapshot_of(ws: Any, key: tuple[str, str, str]) -> None:
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         clients = Clients(args.procs, work)
         try:
             for seed, background in enumerate(int(x) for x in args.background.split(",")):
-                http("POST", f"{stack.standin_url}/_standin/config", {"step_every": None})
+                http_json("POST", f"{stack.standin_url}/_standin/config", {"step_every": None})
                 server = Server("quartsig", stack)
                 try:
                     if background:
@@ -170,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                             server.port, server.path, True, subscriptions(background, "summary")
                         )
                         print(f"  {got['connected']} background connections", file=sys.stderr)
-                        http("POST", f"{stack.standin_url}/_standin/config",
+                        http_json("POST", f"{stack.standin_url}/_standin/config",
                              {"step_every": args.interval})  # fmt: skip
                     url = f"ws://127.0.0.1:{server.port}{server.path}"
                     out = asyncio.run(sample(url, stack, args.cached, args.new, seed))

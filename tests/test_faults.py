@@ -203,7 +203,7 @@ async def test_a_thousand_faulted_ticks_leak_no_task_and_no_socket(caplog, sizes
     at ERROR, as is a tick that fails in the collector's loop)."""
     import gc
 
-    from tests.support.hardening import open_fds
+    from tests.support.measure import open_fds
     from tests.support.scanning import running_standin
 
     caplog.set_level("ERROR")
@@ -267,10 +267,10 @@ class StallingProxy:
 
 @pytest.mark.e2e
 async def test_proxy_refuses_stalls_and_dies_mid_tick_slots_fail_over(caplog) -> None:
+    from tests.support.net import free_port
     from tests.support.scanning import (
         MICROSOCKS,
         Microsocks,
-        free_port,
         running_microsocks,
         running_standin,
     )
@@ -401,7 +401,8 @@ def test_serve_refuses_to_start_without_its_database(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.support.processes import REPO, free_port, quartsig_env
+    from tests.support.net import free_port
+    from tests.support.processes import REPO, quartsig_env
 
     env = quartsig_env(tmp_path / "data", "http://127.0.0.1:9",
                        QUARTSIG_DATABASE_URL=f"postgres://quart:pw-s3cret@127.0.0.1:{free_port()}/q")
@@ -424,7 +425,7 @@ async def test_database_restart_leaves_connected_clients_alone(tmp_path: Path) -
     import shutil
     import tempfile
 
-    from tests.support.processes import free_port
+    from tests.support.net import free_port
 
     # pytest's tmp dirs are root-only (0700): the cluster lives where postgres can reach it
     root = Path(tempfile.mkdtemp(prefix="quartsig-pg-"))

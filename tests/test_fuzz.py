@@ -31,7 +31,8 @@ from quart.testing.connections import WebsocketDisconnectError, WebsocketRespons
 
 from quartsig import accounts
 from quartsig.app import create_app
-from tests.support.hardening import Stack, rss_kib, server_stack
+from tests.support.hardening import Stack, server_stack
+from tests.support.measure import rss_kib
 from tests.support.scanning import running_standin
 
 KEY = Fernet.generate_key().decode()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import random
 import signal
 import socket
@@ -26,17 +25,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 
-from tests.support.flood import upgrade_request
-from tests.support.hardening import (
-    Client,
-    Stack,
-    percentile,
-    quiet_gc,
-    rss_kib,
-    server_stack,
-)
+from tests.support.hardening import Client, Stack, server_stack
+from tests.support.measure import cpu_seconds, percentile, quiet_gc, rss_kib
 from tests.support.processes import REPO
 from tests.support.soak import Sizes
+from tests.support.wire import mask_frame, upgrade_request
 
 pytestmark = pytest.mark.e2e
 
@@ -55,14 +48,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def _masked(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    assert len(payload) < 65536
-    header = (bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126
-              else bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big"))
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 async def _settled(stack: Stack, name: str, target: float, within: float = 10.0) -> float:
     deadline = time.monotonic() + within
     value = stack.metric(name)
@@ -70,11 +55,6 @@ async def _settled(stack: Stack, name: str, target: float, within: float = 10.0)
         await asyncio.sleep(0.2)
         value = stack.metric(name)
     return value
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(
@@ -94,7 +74,7 @@ async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(
     await witness.subscribe(*KEYS[1])
     await witness.wait_for(lambda m: m["type"] == "update")
     await asyncio.sleep(0.5)
-    tasks0, rss0, cpu0 = stack.metric("quartsig_tasks"), rss_kib(pid), _cpu_seconds(pid)
+    tasks0, rss0, cpu0 = stack.metric("quartsig_tasks"), rss_kib(pid), cpu_seconds(pid)
     mark = len(witness.messages)
     started = time.monotonic()
     floods = [
@@ -112,7 +92,7 @@ async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(
         peak_rss = max(peak_rss, rss_kib(pid))
         await asyncio.wait([outputs], timeout=0.5)
     elapsed = time.monotonic() - started
-    cpu = _cpu_seconds(pid) - cpu0
+    cpu = cpu_seconds(pid) - cpu0
     counts: dict[str, float] = {}
     for stdout, _ in outputs.result():
         for name, value in orjson.loads(stdout).items():
@@ -170,7 +150,7 @@ async def _stalled_client(stack: Stack, keys: int = 120) -> socket.socket:
                "EURJPY", "GBPJPY", "AUDJPY", "EURCHF"]
     ops = [{"op": "subscribe", "symbol": s, "tf": tf} for s in symbols for tf in tfs][:keys]
     for start in range(0, len(ops), 40):
-        await loop.sock_sendall(sock, _masked(orjson.dumps(ops[start:start + 40])))
+        await loop.sock_sendall(sock, mask_frame(0x1, orjson.dumps(ops[start:start + 40])))
         await asyncio.sleep(2.05)  # within the 20 ops/s limit (bursts of 40)
     return sock
 

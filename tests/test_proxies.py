@@ -23,9 +23,9 @@ from quartsig.proxies import (
     redact,
 )
 from quartsig.scanner import ScannerClient
+from tests.support.net import free_port
 from tests.support.scanning import (
     Microsocks,
-    free_port,
     needs_microsocks,
     running_microsocks,
     standin_fixture,  # noqa: F401

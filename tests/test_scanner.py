@@ -23,8 +23,8 @@ from quartsig.scanner import (
     parse_retry_after,
     summarise,
 )
+from tests.support.net import free_port
 from tests.support.scanning import (
-    free_port,
     running_standin,
     standin_fixture,  # noqa: F401
 )

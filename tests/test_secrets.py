@@ -22,8 +22,8 @@ from quart.testing.connections import WebsocketDisconnectError
 from quartsig import accounts
 from quartsig.app import create_app
 from tests.support.hardening import Client, server_stack
-from tests.support.processes import http
-from tests.support.scanning import MICROSOCKS, free_port, running_microsocks, running_standin
+from tests.support.net import ahttp, free_port
+from tests.support.scanning import MICROSOCKS, running_microsocks, running_standin
 
 FERNET_TOKEN = re.compile(r"gAAAAA[A-Za-z0-9_\-]{20,}")
 FERNET_KEY = re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{43}=")
@@ -66,7 +66,7 @@ async def test_no_secret_reaches_any_log(
                 closed = Client(stack.ws_url, token)
                 with pytest.raises(AssertionError, match="4401"):
                     await closed.connect()
-            http("GET", f"{stack.server.url}/healthz?token={stack.token}")
+            await ahttp("GET", f"{stack.server.url}/healthz?token={stack.token}")
             # the bot's secret, right and wrong
             for bearer in (BOT_SECRET, BOT_SECRET + "-wrong"):
                 status, body = await asyncio.to_thread(_post_token, stack.server.url, bearer)

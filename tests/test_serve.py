@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from tests.support.net import free_port
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, dict[str, object]]:
@@ -36,7 +31,7 @@ def _get(url: str) -> tuple[int, dict[str, object]]:
 
 
 def test_serve_answers_healthz_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTSIG_")}
     env.update(QUARTSIG_DATA_DIR=str(tmp_path / "data"), PORT=str(port))
     process = subprocess.Popen(

@@ -20,28 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import struct
 import time
 
+from tests.support.wire import mask_frame, upgrade_request
+
 STYLES = (("hangup", 0.30), ("upgrade", 0.70), ("subscribe", 0.85), ("reset", 1.0))
-
-
-def upgrade_request(port: int, token: str) -> bytes:
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
-    return (
-        f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-def masked_text(payload: bytes) -> bytes:
-    """One masked client text frame (payload under 126 bytes)."""
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + body
 
 
 class _Once(asyncio.Protocol):
@@ -95,7 +79,7 @@ async def flood(port: int, token: str, seconds: float, concurrency: int, seed: i
     ones not started because of that cap count as ``skipped``."""
     loop = asyncio.get_running_loop()
     request = upgrade_request(port, token)
-    subscribe = masked_text(b'{"op":"subscribe","symbol":"EURUSD","tf":"1m"}')
+    subscribe = mask_frame(0x1, b'{"op":"subscribe","symbol":"EURUSD","tf":"1m"}')
     counts: dict[str, float] = {"connections": 0, "errors": 0}
     rng = random.Random(seed)
     stop_at = time.monotonic() + seconds

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -141,41 +139,3 @@ class Client:
         if self.reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.reader, 3)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def open_fds(pid: int | None = None) -> int:
-    return len(os.listdir(f"/proc/{pid or 'self'}/fd"))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-@contextlib.contextmanager
-def quiet_gc() -> Iterator[None]:
-    """No garbage collection in this (measuring) process while the block runs.
-
-    The recording clients keep every message they parse; with 1 000 of them the
-    collector's full passes over that heap paused this process for 100-200 ms now and
-    then, and the updates that arrived meanwhile were timed late. Seen as one tick in a
-    window "arriving" 0.2 s late whether or not the server had a stalled client: with
-    the collector off, p99 over 1 000 clients stayed within 1-8 % between windows."""
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()

@@ -13,15 +13,10 @@ SIGKILL. Use them directly or through the fixtures at the bottom::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,55 +25,11 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from tests.support.net import free_port, http, http_json, wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    """A tiny blocking HTTP call (no third-party client needed); returns (status, body)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def http_json(method: str, url: str, body: Any = None, timeout: float = 5.0) -> Any:
-    status, payload = http(method, url, body, timeout)
-    if status >= 400:
-        raise AssertionError(f"{method} {url} -> {status}: {payload[:500]!r}")
-    return json.loads(payload)
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-        except Exception as error:
-            last_error = error
-        else:
-            if result:
-                return result
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what or predicate}"
-        + (f" (last error: {last_error!r})" if last_error else "")
-    )
 
 
 def _tail(path: Path, lines: int = 60) -> str:
@@ -88,7 +39,8 @@ def _tail(path: Path, lines: int = 60) -> str:
         return "(no log)"
 
 
-def _stop(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+def stop_process(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
@@ -122,7 +74,7 @@ class Standin:
             standin.wait_ready()
             yield standin
         finally:
-            _stop(process)
+            stop_process(process)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         def ready() -> bool:
@@ -244,7 +196,7 @@ class QuartsigServer:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         if self.process is not None:
-            _stop(self.process, timeout)
+            stop_process(self.process, timeout)
 
     def kill(self) -> None:
         """Die at once, as a crash would (no graceful close frames)."""

@@ -1,4 +1,4 @@
-"""Shared scanning fixtures: a free port, a running stand-in, a real SOCKS5 proxy.
+"""Shared scanning fixtures: a running in-process stand-in, a real SOCKS5 proxy.
 
 Fixtures cannot be shared through ``pytest_plugins`` outside the root
 conftest, so test modules import what they use, explicitly::
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,18 +23,12 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from tests.support.net import free_port, wait_listening
 from tests.support.standin import STANDIN, Standin, serve_standin
 
 MICROSOCKS = shutil.which("microsocks")
 
 needs_microsocks = pytest.mark.skipif(MICROSOCKS is None, reason="microsocks is not installed")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (closed again before it is returned)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -97,7 +90,7 @@ class Microsocks:
             *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         self._reader = asyncio.get_running_loop().create_task(self._read())
-        await _wait_listening(self.port)
+        await wait_listening(self.port, within=5.0)
 
     async def stop(self) -> None:
         """Kill the process (as a crash would) and wait for it."""
@@ -113,19 +106,6 @@ class Microsocks:
         assert self.process.stdout is not None
         async for line in self.process.stdout:
             self.output.append(line.decode(errors="replace").rstrip())
-
-
-async def _wait_listening(port: int) -> None:
-    async with asyncio.timeout(5.0):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
 
 
 @contextlib.asynccontextmanager
