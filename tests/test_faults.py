@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.hardening import Client, Stack, server_stack
-from tests.support.processes import http, http_json, quartsig_cli
+from tests.support.clients import Client
+from tests.support.processes import quartsig_cli
+from tests.support.stack import Stack, server_stack
 from tests.support.standin import Standin as StandinState
 
 INTERVAL = 0.5
@@ -62,8 +63,8 @@ def expected_summary(step: int, ticker: str, tf: str) -> float:
     return float(state.values(ticker, tf)["Recommend.All"])
 
 
-def standin_requests(stack: Stack, since: float) -> list[dict[str, Any]]:
-    return [r for r in stack.standin.requests() if r["time"] >= since]
+async def standin_requests(stack: Stack, since: float) -> list[dict[str, Any]]:
+    return [r for r in await asyncio.to_thread(stack.stand.requests) if r["time"] >= since]
 
 
 @pytest.mark.e2e
@@ -80,21 +81,21 @@ async def test_upstream_fault_then_recovery(stack: Stack, name: str) -> None:
                               ) if any(m["type"] == "status" for _, m in client.messages) else None
 
         # steady state: requests per tick without faults
-        ticks0, wall0 = stack.metric("quartsig_tick_seconds_count"), time.time()
+        ticks0, wall0 = await stack.metric("quartsig_tick_seconds_count"), time.time()
         await asyncio.sleep(1.5)
-        ticks1 = stack.metric("quartsig_tick_seconds_count")
-        per_tick = len(standin_requests(stack, wall0)) / max(1.0, ticks1 - ticks0)
+        ticks1 = await stack.metric("quartsig_tick_seconds_count")
+        per_tick = len(await standin_requests(stack, wall0)) / max(1.0, ticks1 - ticks0)
 
         # the fault, sticky, and values that move meanwhile (no client may see them yet)
         fault = {**FAULTS[name], "sticky": True}
-        http_json("POST", f"{stack.standin.url}/_standin/faults", fault)
+        await asyncio.to_thread(stack.stand.add_faults, fault)
         fault_wall, seen = time.time(), len(client.messages)
-        step = stack.standin.step()
+        step = await asyncio.to_thread(stack.stand.step)
         status = await client.wait_for(lambda m: m["type"] == "status", since=seen, within=5)
         assert status["upstream"] in ("degraded", "down"), status
         await asyncio.sleep(max(0.0, FAULT_WINDOW - (time.time() - fault_wall)))
-        ticks2 = stack.metric("quartsig_tick_seconds_count")
-        http("DELETE", f"{stack.standin.url}/_standin/faults")
+        ticks2 = await stack.metric("quartsig_tick_seconds_count")
+        await asyncio.to_thread(stack.stand.clear_faults)
         cleared, cleared_wall = time.monotonic(), time.time()
         during = [m for t, m in client.messages[seen:] if t < cleared]
         assert not [m for m in during if m["type"] in ("snapshot", "update")], during
@@ -103,7 +104,7 @@ async def test_upstream_fault_then_recovery(stack: Stack, name: str) -> None:
         # the collector kept its period: one tick per interval, give or take one
         ticks_in_fault = ticks2 - ticks1
         assert ticks_in_fault >= FAULT_WINDOW / INTERVAL - 2, ticks_in_fault
-        faulted = [r for r in standin_requests(stack, fault_wall) if r["time"] < cleared_wall]
+        faulted = [r for r in await standin_requests(stack, fault_wall) if r["time"] < cleared_wall]
         assert faulted, "no request reached the stand-in during the fault"
         ratio = len(faulted) / max(1.0, ticks_in_fault)
         if name == "400-unknown-column":
@@ -436,8 +437,10 @@ async def test_database_restart_leaves_connected_clients_alone(tmp_path: Path) -
     try:
         with server_stack(tmp_path / "stack", standin_args=("--step-every", "0.3"),
                           QUARTSIG_INTERVAL="0.5", QUARTSIG_DATABASE_URL=pg.url) as stack:
-            quartsig_cli(stack.env, "account", "add", "43")  # never connects before the outage
-            stranger = quartsig_cli(stack.env, "token", "issue", "43").strip()
+            await asyncio.to_thread(  # 43 never connects before the outage
+                quartsig_cli, stack.env, "account", "add", "43")
+            stranger = (await asyncio.to_thread(
+                quartsig_cli, stack.env, "token", "issue", "43")).strip()
             clients = [await Client(stack.ws_url, stack.token).connect() for _ in range(5)]
             for client in clients:
                 await client.subscribe(*SUMMARY)

@@ -31,9 +31,9 @@ from quart.testing.connections import WebsocketDisconnectError, WebsocketRespons
 
 from quartsig import accounts
 from quartsig.app import create_app
-from tests.support.hardening import Stack, server_stack
 from tests.support.measure import rss_kib
 from tests.support.scanning import running_standin
+from tests.support.stack import Stack, server_stack
 
 KEY = Fernet.generate_key().decode()
 MAX_FRAME = 4096

@@ -21,9 +21,10 @@ from quart.testing.connections import WebsocketDisconnectError
 
 from quartsig import accounts
 from quartsig.app import create_app
-from tests.support.hardening import Client, server_stack
+from tests.support.clients import Client
 from tests.support.net import ahttp, free_port
 from tests.support.scanning import MICROSOCKS, running_microsocks, running_standin
+from tests.support.stack import server_stack
 
 FERNET_TOKEN = re.compile(r"gAAAAA[A-Za-z0-9_\-]{20,}")
 FERNET_KEY = re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{43}=")
