@@ -39,19 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.clients import raise_nofile
-from bench.fanout import (
-    PY,
-    REPO,
-    Clients,
-    Stack,
-    _await_tick,
-    free_port,
-    percentile,
-    stop,
-    subscriptions,
-    wait_for,
-)
+from bench.fanout import PY, REPO, Clients, Stack, _await_tick, subscriptions
 from bench.latency import _time_snapshot
+from tests.support.measure import percentile
+from tests.support.net import free_port, wait_until
+from tests.support.processes import stop_process
 
 
 @dataclass
@@ -87,10 +79,10 @@ def node(stack: Stack, workers: int, redis: str | None, prefix: str,
         )  # fmt: skip
     made = Node(process, port)
     try:
-        wait_for(lambda: made.health()["status"] == "ok", 60, f"quartsig serve ({name})")
+        wait_until(lambda: made.health()["status"] == "ok", 60, what=f"quartsig serve ({name})")
         yield made
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def _tick_latencies(stack: Stack, clients: Clients, expected: int, ticks: int,
@@ -135,7 +127,7 @@ def across(stack: Stack, clients: Clients, redis: str, ticks: int,
            interval: float) -> dict[str, float]:
     prefix = f"bench:{uuid.uuid4().hex[:6]}:"
     with node(stack, 1, redis, prefix, "leader") as leader:
-        wait_for(lambda: leader.health()["role"] == "leader", 30, "the leader")
+        wait_until(lambda: leader.health()["role"] == "leader", 30, what="the leader")
         with node(stack, 1, redis, prefix, "follower") as follower:
             subs = subscriptions(1000, "summary", seed=11)
             connected = clients.connect(follower.port, f"/ws?token={stack.token}", True, subs)
@@ -158,7 +150,7 @@ async def _first_data(url: str, keys: list[tuple[str, str, str]]) -> list[float]
 
 
 def first_data(stack: Stack, redis: str, new: int, seed: int) -> dict[str, list[float]]:
-    from quartsig.standin import DEFAULT_UNIVERSE, NO_TECHNICALS
+    from quartsig.demo.market import DEFAULT_UNIVERSE, NO_TECHNICALS
     from quartsig.timeframes import TIMEFRAMES
 
     rng = random.Random(seed)
@@ -171,7 +163,7 @@ def first_data(stack: Stack, redis: str, new: int, seed: int) -> dict[str, list[
         out["standalone"] = asyncio.run(_first_data(ws, fresh[:new]))
     prefix = f"bench:{uuid.uuid4().hex[:6]}:"
     with node(stack, 1, redis, prefix, "leader2") as leader:
-        wait_for(lambda: leader.health()["role"] == "leader", 30, "the leader")
+        wait_until(lambda: leader.health()["role"] == "leader", 30, what="the leader")
         with node(stack, 1, redis, prefix, "follower2") as follower:
             ws = follower.url.replace("http", "ws") + f"/ws?token={stack.token}"
             out["follower"] = asyncio.run(_first_data(ws, fresh[new:2 * new]))

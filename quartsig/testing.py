@@ -38,8 +38,8 @@ from .profiles import Profile
 if TYPE_CHECKING:
     from quart import Quart
 
+    from .demo.scanner import DemoScanner
     from .runtime import State
-    from .standin import Standin
 
 #: Values TradingView (or a misbehaving upstream) can put where a number belongs.
 ODD_VALUES: tuple[Any, ...] = (
@@ -173,7 +173,7 @@ class LiveServer:
 
     app: Quart
     test_app: Any
-    standin: Standin
+    standin: DemoScanner
     token: str
 
     @property
@@ -217,7 +217,7 @@ async def live_server(
 
     from . import accounts
     from .app import create_app
-    from .standin import STANDIN, serve_standin
+    from .demo.scanner import SCANNER, serve_standin
 
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     runner, url = await serve_standin("127.0.0.1", 0, seed=seed)
@@ -230,7 +230,7 @@ async def live_server(
         async with app.test_app() as test_app:
             await accounts.add(42)
             token = app.extensions["quartsig"].tokens.issue(42).token
-            yield LiveServer(app, test_app, runner.app[STANDIN], token)
+            yield LiveServer(app, test_app, runner.app[SCANNER], token)
     finally:
         await runner.cleanup()
 

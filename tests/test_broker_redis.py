@@ -31,8 +31,8 @@ from quartsig.metrics import Metrics
 from quartsig.model import Batch, Key
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.scanner import ScannerClient
-from quartsig.standin import STANDIN, Standin, serve_standin
 from quartsig.symbols import screener_for
+from tests.support.standin import STANDIN, Standin, serve_standin
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PROFILES = load_profiles(get_plugin_manager(entry_points=False))

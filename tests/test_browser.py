@@ -16,14 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import (
-    REPO,
-    QuartsigServer,
-    Standin,
-    quartsig_cli,
-    quartsig_env,
-    wait_until,
-)
+from tests.support.net import wait_until
+from tests.support.processes import REPO, QuartsigServer, Standin, quartsig_cli, quartsig_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

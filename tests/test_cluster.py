@@ -22,14 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.processes import (
-    QuartsigServer,
-    Standin,
-    free_port,
-    http,
-    quartsig_cli,
-    quartsig_env,
-)
+from tests.support.net import eventually, free_port, http
+from tests.support.processes import QuartsigServer, Standin, quartsig_cli, quartsig_env
 
 pytestmark = [
     pytest.mark.e2e,
@@ -210,15 +204,11 @@ async def clients() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def until(predicate: Any, within: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = await asyncio.to_thread(predicate) if getattr(
-            predicate, "blocking", False) else predicate()
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.05)
+    """:func:`eventually`, running a predicate marked :func:`blocking` in a thread."""
+    if getattr(predicate, "blocking", False):
+        await eventually(lambda: asyncio.to_thread(predicate), within, what=what)
+    else:
+        await eventually(predicate, within, what=what)
 
 
 def blocking(fn: Any) -> Any:

@@ -27,7 +27,8 @@ from websockets.exceptions import ConnectionClosed
 
 from quartsig import hosting
 from quartsig.config import ConfigError, Settings
-from tests.support.processes import free_port, http, quartsig_cli, quartsig_env, wait_until
+from tests.support.net import free_port, http, wait_until
+from tests.support.processes import quartsig_cli, quartsig_env
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
