@@ -128,7 +128,7 @@ def _base_price(ticker: str, screener: str) -> float:
 def _sigma(screener: str, timeframe: str) -> float:
     """Per-bar volatility: grows with the bar's length, crypto wilder than forex."""
     scale = {"forex": 0.5, "crypto": 2.5, "america": 1.2, "cfd": 1.0}.get(screener, 1.0)
-    return 0.0006 * scale * _MINUTES[timeframe] ** 0.4
+    return 0.0006 * scale * math.pow(_MINUTES[timeframe], 0.4)
 
 
 def _clamp(value: float, low: float, high: float) -> float:
@@ -374,7 +374,9 @@ def _oscillator_votes(v: Mapping[str, Any]) -> list[int]:
     p, m, p1, m1 = "ADX+DI", "ADX-DI", "ADX+DI[1]", "ADX-DI[1]"
     vote(("ADX", p, m, p1, m1), lambda: v["ADX"] > 20 and v[p1] < v[m1] and v[p] > v[m],
          lambda: v["ADX"] > 20 and v[p1] > v[m1] and v[p] < v[m])
-    a, a1, a2 = v.get("AO"), v.get("AO[1]"), v.get("AO[2]")
+    a: Any = v.get("AO")  # read only when all three are present (vote's ``needs``)
+    a1: Any = v.get("AO[1]")
+    a2: Any = v.get("AO[2]")
     vote(("AO", "AO[1]", "AO[2]"),
          lambda: (a > 0 and a1 < 0) or (a > 0 and a1 > 0 and a > a1 and a2 > a1),
          lambda: (a < 0 and a1 > 0) or (a < 0 and a1 < 0 and a < a1 and a2 < a1))
