@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "logs": 1, "hookspecs": 1, "isolation": 1, "builtins": 2, "plugins": 2,
     # the in-process core and the stores, then the clients
     "hub": 3, "connection": 3, "metrics": 3, "admission": 3, "proxies": 3, "scanner": 4,
-    "accounts": 3, "database": 3, "demo": 4, "standin": 4, "testing": 10,
+    "accounts": 3, "database": 3, "demo": 4, "testing": 10,
     # the seam and what drives it
     "broker": 5, "collector": 6,
     # the state, its routes, and the wiring
