@@ -40,6 +40,10 @@ pytestmark = pytest.mark.e2e
 SLOW_WINDOW = 6.0  # seconds; the stalled client is closed 6 s after it stops reading
 
 KEYS = [("FX_IDC:EURUSD", "1m", "full"), ("FX_IDC:USDJPY", "1m", "summary")]
+#: Hundreds of clients of one account from one address here model many users: the
+#: connection caps (their own tests: tests/test_caps.py) would refuse them.
+UNCAPPED = {"QUARTSIG_MAX_CONNECTIONS_PER_ACCOUNT": "0",
+            "QUARTSIG_MAX_CONNECTIONS_PER_ADDRESS": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with server_stack(
         tmp_path_factory.mktemp("load"),
         standin_args=("--step-every", "0.25", "--change-share", "1.0"),
-        QUARTSIG_INTERVAL="0.5", QUARTSIG_SEND_TIMEOUT="1",
+        QUARTSIG_INTERVAL="0.5", QUARTSIG_SEND_TIMEOUT="1", **UNCAPPED,
     ) as running:
         yield running
 
@@ -181,7 +185,7 @@ def _latencies(clients: list[Client], since: list[int], window: tuple[float, flo
 def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
     with server_stack(
         tmp_path, standin_args=("--step-every", "0.25", "--change-share", "1.0"),
-        QUARTSIG_INTERVAL="0.5", QUARTSIG_SEND_TIMEOUT="1",
+        QUARTSIG_INTERVAL="0.5", QUARTSIG_SEND_TIMEOUT="1", **UNCAPPED,
     ) as running:
         yield running
 
@@ -355,7 +359,7 @@ async def _sigterm_and_back(tmp_path: Path) -> None:
     count = 60
     with server_stack(tmp_path, standin_args=("--step-every", "0.25", "--change-share", "1.0"),
                       QUARTSIG_INTERVAL="0.5", QUARTSIG_HEARTBEAT_INTERVAL=str(HEARTBEAT),
-                      QUARTSIG_HEARTBEAT_TIMEOUT="3") as stack:
+                      QUARTSIG_HEARTBEAT_TIMEOUT="3", **UNCAPPED) as stack:
         rng = random.Random(7)
         clients = [Reconnecting(stack.ws_url, stack.token, random.Random(rng.random()))
                    for _ in range(count)]
