@@ -203,6 +203,8 @@ class Stack:
                 QUARTSIG_DATA_DIR=str(work / "data"), QUARTSIG_SCANNER_URL=url,
                 QUARTSIG_INTERVAL=str(interval), QUARTSIG_SECRET_KEYS=key,
                 QUARTSIG_PLUGINS_DIR=str(work / "no-plugins"), PYTHONUNBUFFERED="1",
+                # thousands of clients of one account from one address model many users
+                QUARTSIG_MAX_CONNECTIONS_PER_ACCOUNT="0", QUARTSIG_MAX_CONNECTIONS_PER_ADDRESS="0",
             )  # fmt: skip
             for args in (["migrate"], ["account", "add", str(TG_ID)]):
                 subprocess.run([PY, "-m", "quartsig", *args], env=env, cwd=REPO, check=True,
