@@ -42,8 +42,10 @@ FAULTS: dict[str, dict[str, Any]] = {
     "503": {"kind": "status", "status": 503, "retry_after": 1},
     "slower-than-timeout": {"kind": "delay", "seconds": 2.0},
     "connection-reset": {"kind": "reset"},
-    "400-unknown-column": {"kind": "status", "status": 400, "body": UNKNOWN_COLUMN},
 }
+# A 400 for an unknown column is not an upstream fault any more: the column is quarantined and
+# charged to its profile, while everyone else's keys keep flowing (tests/test_plugin_failures.py).
+# (A stand-in that refuses *every* request that way has no honest meaning to recover from.)
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +109,8 @@ async def test_upstream_fault_then_recovery(stack: Stack, name: str) -> None:
         faulted = [r for r in await standin_requests(stack, fault_wall) if r["time"] < cleared_wall]
         assert faulted, "no request reached the stand-in during the fault"
         ratio = len(faulted) / max(1.0, ticks_in_fault)
-        if name == "400-unknown-column":
-            # never retried: exactly the planned requests, one attempt each
-            assert ratio <= per_tick + 0.01, (ratio, per_tick)
-            assert "RSI|5" in status["reason"] and "full" in status["reason"], status
-        else:
-            # retries are bounded (3 at most per request) and spaced by back-off
-            assert ratio <= per_tick * 4, (ratio, per_tick)
+        # retries are bounded (3 at most per request) and spaced by back-off
+        assert ratio <= per_tick * 4, (ratio, per_tick)
         retry_after = float(FAULTS[name].get("retry_after") or 0)
         gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(faulted)]
         if retry_after:
