@@ -101,7 +101,9 @@ async def test_head_works(app: Quart) -> None:
         "/board/..%2fboard.py",
         "/board/.hidden.js",
         "/board/board",
-        "/board/sub/../board.js",
+        "/board/%2e%2e%2fboard.py",
+        "/board/..%5cboard.py",
+        "/board/nul%00.js",
     ],
 )
 async def test_anything_else_is_404(app: Quart, path: str) -> None:
@@ -109,18 +111,15 @@ async def test_anything_else_is_404(app: Quart, path: str) -> None:
     assert response.status_code == 404
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["", "../board.py", "..", "a//b.js", "./board.js", ".x.js", "x/../../app.py", "a\\b.js",
-     "board.py", "nul\x00.js"],
-)  # fmt: skip
-def test_resolve_refuses_escapes_and_unknown_types(name: str) -> None:
-    assert board.resolve(name) is None
+async def test_a_path_that_stays_inside_the_folder_is_that_file(app: Quart) -> None:
+    response = await app.test_client().get("/board/sub/../board.js")
+    assert response.status_code == 200  # what a browser would ask for after normalising
+    assert await response.get_data() == (BOARD_DIR / "board.js").read_bytes()
 
 
-def test_resolve_finds_the_files() -> None:
+def test_the_files_are_in_the_package() -> None:
     for name in FILES:
-        assert board.resolve(name) == BOARD_DIR / name
+        assert (BOARD_DIR / name).is_file()
 
 
 # ---------------------------------------------------------------------------------- files
@@ -169,7 +168,7 @@ def test_everything_the_page_loads_is_served_from_the_package() -> None:
             url = attrs.get(attr)
             if url and tag in {"script", "link", "img"}:
                 assert url.startswith("/board/"), url
-                assert board.resolve(url.removeprefix("/board/")) is not None, url
+                assert (BOARD_DIR / url.removeprefix("/board/")).is_file(), url
     for name in ("board.js", "quartsig.js"):
         for target in re.findall(
             r"""^import .* from ["'](.+?)["'];""", (BOARD_DIR / name).read_text(), re.M
