@@ -18,6 +18,7 @@ from quartsig import accounts, api, board, database, hosting, logs, stream
 from quartsig.admission import Gate
 from quartsig.broker import Broker
 from quartsig.broker.memory import MemoryBroker
+from quartsig.budget import RequestBudget
 from quartsig.collector import Collector
 from quartsig.config import Settings
 from quartsig.plugins import describe, get_plugin_manager, inventory, load_screeners
@@ -95,6 +96,8 @@ class FeedComponent:
             state.scanner,
             state.screener_of,
             interval=settings.interval,
+            budget=RequestBudget(settings.early_fetch_budget),
+            backoff_max=settings.backoff_max,
             metrics=state.metrics,
             quarantine=settings.plugin_quarantine,
         )

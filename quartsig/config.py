@@ -272,6 +272,25 @@ class Settings:
     tor_isolation: bool = _setting(
         False, _boolean, "Give each proxy slot its own SOCKS credentials (Tor: its own circuit)."
     )
+    early_fetch_budget: float = _setting(
+        120.0, _positive_float, "Scanner requests per minute early fetches of new keys may make "
+        "(bursts of as many); a key beyond it waits for the next tick."
+    )
+    early_keys_per_minute: int = _setting(
+        60, _positive_int, "Distinct new keys (nobody has their data) per account per minute "
+        "fetched early; the next ones wait for the next tick (a deferred notice)."
+    )
+    new_keys_per_minute: int = _setting(
+        300, _positive_int, "Distinct new keys one account may subscribe to per minute; beyond "
+        "it: quota_exceeded."
+    )
+    max_keys: int = _setting(
+        20000, _positive_int, "Distinct keys watched on one node; beyond it: key_limit."
+    )
+    backoff_max: float = _setting(
+        300.0, _positive_float, "Longest wait, in seconds, between tries while TradingView "
+        "throttles every request."
+    )
     redis_url: str | None = _setting(
         None, _optional(_redis_url), "redis://host:6379/0 turns on the cluster mode "
         "(default: the platform's REDIS_URL; unset: one process, in memory)."

@@ -122,6 +122,8 @@ class Hub:
         #: Set whenever a key joins ``fresh``; whoever fetches early waits on it and clears it.
         self.fresh_added = asyncio.Event()
         self.status: tuple[str, str] = ("ok", "")
+        #: While the collector backs off from throttling: when it tries next (Unix ms).
+        self.retry_at: int | None = None
 
     # -- connections ----------------------------------------------------------------------
 
@@ -136,8 +138,11 @@ class Hub:
             self._leave(sink, key)
         self.users.pop(sink, None)
 
-    def subscribe(self, sink: Sink, key: Key) -> bool:
-        """Add ``key`` for ``sink``; False when it was already there (which is harmless)."""
+    def subscribe(self, sink: Sink, key: Key, *, early: bool = True) -> bool:
+        """Add ``key`` for ``sink``; False when it was already there (which is harmless).
+
+        ``early=False``: a key nobody has data for waits for the next full tick instead of
+        being fetched early (the subscriber's account spent its share of early fetches)."""
         keys = self.subscriptions[sink]
         if key in keys:
             return False
@@ -154,7 +159,7 @@ class Hub:
         entry.subscribers.add(sink)
         entry.idle_since = None
         if entry.data is None:
-            if key not in self.fresh:
+            if early and key not in self.fresh:
                 self.fresh.add(key)
                 self.fresh_added.set()
         else:
@@ -199,8 +204,10 @@ class Hub:
             self.reject(key, code, message)
         for key, code, message in batch.failed:
             self.warn(key, code, message)
+        for key, message, at in batch.deferred:
+            self.defer(key, message, at)
         if batch.status is not None:
-            self.set_status(*batch.status)
+            self.set_status(*batch.status, retry_at=batch.retry_at)
         return changed
 
     def publish(self, key: Key, data: dict[str, Any], ts: int) -> bool:
@@ -229,6 +236,10 @@ class Hub:
                 sink.deliver(key, piece)
         return True
 
+    def watched(self) -> int:
+        """How many distinct keys someone watches (cheap when far from any limit)."""
+        return sum(1 for entry in self.entries.values() if entry.subscribers)
+
     def reject(self, key: Key, code: str, message: str) -> None:
         """Drop ``key`` for everyone, telling each subscriber why (e.g. an unknown symbol)."""
         entry = self.entries.pop(key, None)
@@ -252,13 +263,38 @@ class Hub:
         for sink in entry.subscribers:
             sink.send(text)
 
-    def set_status(self, upstream: str, reason: str = "") -> bool:
-        """Tell every connection when the upstream's health changes; True if it did."""
-        if (upstream, reason) == self.status:
+    def defer(self, key: Key, message: str, at: int) -> None:
+        """Tell ``key``'s subscribers its first data waits until ``at`` (Unix ms); they keep
+        the subscription. Nothing is said once the key has data."""
+        entry = self.entries.get(key)
+        if entry is None or entry.data is not None or not entry.subscribers:
+            return
+        text = protocol.encode(
+            {
+                "type": "notice",
+                "code": protocol.DEFERRED,
+                "message": message,
+                "retry_at": at,
+                "symbol": key.symbol,
+                "tf": key.tf,
+                "profile": key.profile,
+            }
+        )
+        for sink in entry.subscribers:
+            sink.send(text)
+
+    def set_status(self, upstream: str, reason: str = "", retry_at: int | None = None) -> bool:
+        """Tell every connection when the upstream's health changes, or, while it is not
+        ``ok``, when the next try is; True if the health changed."""
+        if upstream == "ok":
+            retry_at = None
+        if (upstream, reason) == self.status and retry_at == self.retry_at:
             return False
         changed_level = upstream != self.status[0]
+        changed_retry = retry_at != self.retry_at
         self.status = (upstream, reason)
-        if changed_level:
+        self.retry_at = retry_at
+        if changed_level or changed_retry:
             text = self._status_text()
             for sink in self.subscriptions:
                 sink.send(text)
@@ -291,4 +327,7 @@ class Hub:
 
     def _status_text(self) -> str:
         upstream, reason = self.status
+        if self.retry_at is not None:
+            return protocol.reply("status", upstream=upstream, reason=reason,
+                                  retry_at=self.retry_at)
         return protocol.reply("status", upstream=upstream, reason=reason)

@@ -85,6 +85,23 @@ class Metrics:
             "bad_column)",
             ["profile", "kind"], registry=r,
         )
+        self.early_fetches = Counter(
+            "quartsig_early_fetches", "Early fetches of keys nobody had, launched", registry=r
+        )
+        self.early_deferred = Counter(
+            "quartsig_early_deferred_keys",
+            "New keys left for the next full tick (reason: budget spent, throttled, or the "
+            "account's early share spent: quota)",
+            ["reason"], registry=r,
+        )
+        self.refusals = Counter(
+            "quartsig_subscribe_refusals",
+            "Subscriptions refused by a limit (code: quota_exceeded, key_limit)",
+            ["code"], registry=r,
+        )
+        self.backoffs = Counter(
+            "quartsig_throttle_backoffs", "Backoff steps after throttled fetches", registry=r
+        )
         self.tasks = Gauge("quartsig_tasks", "asyncio tasks alive (leak watch)", registry=r)
         self.tasks.set_function(_tasks_alive)
 

@@ -160,6 +160,12 @@ class Batch:
     term: int = 0
     #: key, code, message: subscribers are told, and keep the subscription (a failing profile)
     failed: list[tuple[Key, str, str]] = field(default_factory=list)
+    #: Keys whose first data waits (early-fetch budget spent, or throttled): key, message, and
+    #: when the next try is (Unix ms). Their subscribers get a ``deferred`` notice.
+    deferred: list[tuple[Key, str, int]] = field(default_factory=list)
+    #: With ``status``: when the collector, backing off from throttling, tries next (Unix ms).
+    retry_at: int | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.values or self.rejected or self.failed or self.status is not None)
+        return bool(self.values or self.rejected or self.failed or self.deferred
+                    or self.status is not None)

@@ -54,6 +54,13 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     RATE_LIMITED = "rate_limited"
     PROFILE_FAILED = "profile_failed"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    KEY_LIMIT = "key_limit"
+
+
+#: The code of a ``notice`` frame: a key's first data waits for the next try (the subscription
+#: stays).
+DEFERRED = "deferred"
 
 
 class ProtocolError(Exception):

@@ -22,6 +22,7 @@ from quart import current_app
 
 from .admission import Gate
 from .broker import Broker
+from .budget import KeyQuota
 from .caps import Caps
 from .connection import Outbox
 from .expiring import Expiring
@@ -94,10 +95,14 @@ class State:
     standin: web.AppRunner | None = None
     shutting_down: bool = False
     started_at: float = field(default_factory=time.monotonic)
+    #: Distinct new keys per account per minute (early, then next tick, then refused).
+    new_keys: KeyQuota = field(init=False)
 
     def __post_init__(self) -> None:
         self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,
                        retain=max(60.0, 3 * self.settings.interval))
+        self.new_keys = KeyQuota(self.settings.new_keys_per_minute,
+                                 self.settings.early_keys_per_minute)
         self.metrics.watch(
             lambda: len(self.hub.subscriptions),
             lambda: sum(len(keys) for keys in self.hub.subscriptions.values()),
@@ -194,6 +199,7 @@ class State:
     async def watch_accounts(self) -> None:
         while True:
             await asyncio.sleep(self.settings.interval)
+            self.new_keys.prune()
             try:
                 await self.check_accounts()
             except Exception:

@@ -282,17 +282,24 @@ class ScannerClient:
         await self.close()
 
     async def scan_all(
-        self, requests: Iterable[ScanRequest], *, deadline: float | None = None
+        self, requests: Iterable[ScanRequest], *, deadline: float | None = None,
+        retry: bool = True,
     ) -> list[ScanResult]:
         """Every request, concurrently within the client's bounds; results in request order."""
-        return list(await asyncio.gather(*(self.scan(r, deadline=deadline) for r in requests)))
+        return list(await asyncio.gather(
+            *(self.scan(r, deadline=deadline, retry=retry) for r in requests)
+        ))
 
-    async def scan(self, request: ScanRequest, *, deadline: float | None = None) -> ScanResult:
+    async def scan(
+        self, request: ScanRequest, *, deadline: float | None = None, retry: bool = True
+    ) -> ScanResult:
         """One request with retries; never raises (but lets cancellation through).
 
         ``deadline`` is a ``time.monotonic()`` instant: no attempt runs past it
         and no backoff sleeps across it; the last error is returned instead.
+        ``retry=False``: one attempt only (a probe while the collector backs off).
         """
+        retries = len(self.retry_delays) if retry else 0
         started = time.monotonic()
         if not self.started:
             await self.start()
@@ -301,7 +308,7 @@ class ScannerClient:
         attempts = 0
         slot: ProxySlot | None = None
         error: ScanError | None = None
-        for retry in range(len(self.retry_delays) + 1):
+        for attempt in range(retries + 1):
             remaining = _remaining(deadline)
             if remaining is not None and remaining <= 0:
                 error = _deadline_error(error)
@@ -339,10 +346,10 @@ class ScannerClient:
                     retry_after=None if error.retry_after is None
                     else min(error.retry_after, self.max_retry_after),
                 )
-            if not error.retryable or retry == len(self.retry_delays):
+            if not error.retryable or attempt == retries:
                 break
             delay = backoff_delay(
-                retry, self.retry_delays, error, self._rng, self.max_retry_after
+                attempt, self.retry_delays, error, self._rng, self.max_retry_after
             )
             remaining = _remaining(deadline)
             if remaining is not None and delay >= remaining:
@@ -353,7 +360,7 @@ class ScannerClient:
                 break
             log.warning(
                 "scan %s via %s: %s; retry %d in %.2fs",
-                request.screener, slot.label, error.message, retry + 1, delay,
+                request.screener, slot.label, error.message, attempt + 1, delay,
             )
             await asyncio.sleep(delay)
         assert error is not None

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from quart import Blueprint, websocket
 
 from . import caps, protocol
+from .budget import KeyQuota
 from .connection import TOO_SLOW, Connection
 from .hub import TooManySubscriptions
 from .model import Key
@@ -281,6 +282,34 @@ def _id_of(raw: object) -> object:
         return None
 
 
+def _admit_new_key(state: State, connection: Connection, key: Key, id: object) -> bool:
+    """Limits on keys nobody has data for; True when the key may be fetched early.
+
+    A key with data (or already subscribed by this connection) is free; a new one counts
+    against the node's cap of distinct keys and the account's quota (refused beyond them)."""
+    hub = state.hub
+    entry = hub.entries.get(key)
+    if entry is not None and (entry.data is not None or connection in entry.subscribers):
+        return True
+    settings = state.settings
+    if (entry is None or not entry.subscribers) and len(hub.entries) >= settings.max_keys \
+            and hub.watched() >= settings.max_keys:
+        state.metrics.refusals.labels(code=str(ErrorCode.KEY_LIMIT)).inc()
+        raise ProtocolError(
+            ErrorCode.KEY_LIMIT, f"this server watches {settings.max_keys} keys already", id
+        )
+    verdict = state.new_keys.admit(hub.users.get(connection), key)
+    if verdict == KeyQuota.REFUSE:
+        state.metrics.refusals.labels(code=str(ErrorCode.QUOTA_EXCEEDED)).inc()
+        raise ProtocolError(
+            ErrorCode.QUOTA_EXCEEDED,
+            f"at most {settings.new_keys_per_minute} new keys a minute per account", id,
+        )
+    if verdict == KeyQuota.TICK:
+        state.metrics.early_deferred.labels(reason="quota").inc()
+    return verdict == KeyQuota.EARLY
+
+
 def _obey(state: State, connection: Connection, message: protocol.Message) -> None:
     hub = state.hub
     if isinstance(message, protocol.Ping):
@@ -294,14 +323,19 @@ def _obey(state: State, connection: Connection, message: protocol.Message) -> No
             unknown = state.unknown_symbols.get(message.symbol)
             if unknown is not None:
                 raise ProtocolError(ErrorCode.UNKNOWN_SYMBOL, unknown, message.id)
+            early = _admit_new_key(state, connection, key, message.id)
             try:
-                hub.subscribe(connection, key)
+                hub.subscribe(connection, key, early=early)
             except TooManySubscriptions as error:
                 raise ProtocolError(
                     ErrorCode.TOO_MANY_SUBSCRIPTIONS, str(error), message.id
                 ) from None
             # Replies leave before pieces in the same frame, so this precedes the snapshot.
             connection.send(protocol.reply("subscribed", message.id, **target))
+            if not early:
+                connection.send(protocol.reply(
+                    "notice", code=protocol.DEFERRED, message="over this account's early "
+                    "fetches for the minute: first data comes with the next tick", **target))
         else:
             hub.unsubscribe(connection, key)
             connection.send(protocol.reply("unsubscribed", message.id, **target))

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quartsig"
 LAYERS: dict[str, int] = {
     # values, then pure rules and the plugins (docs/architecture.md has the table)
     "model": 0, "timeframes": 0, "columns": 0, "expiring": 0, "ratelimit": 0, "config": 0,
-    "caps": 0, "sessions": 0,
+    "caps": 0, "sessions": 0, "budget": 0, "earlyfetch": 0,
     "symbols": 1, "rules": 1, "profiles": 1, "protocol": 1, "planner": 1, "tokens": 1,
     "logs": 1, "hookspecs": 1, "isolation": 1, "builtins": 2, "plugins": 2,
     # the in-process core and the stores, then the clients
@@ -30,7 +30,8 @@ LAYERS: dict[str, int] = {
     "cli": 11, "__init__": 2, "__main__": 12,
 }
 PURE = {"model", "timeframes", "columns", "expiring", "ratelimit", "symbols", "rules",
-        "profiles", "protocol", "planner", "hub", "caps", "sessions"}
+        "profiles", "protocol", "planner", "hub", "caps", "sessions", "budget",
+        "earlyfetch"}
 FRAMEWORKS = {"aiohttp", "aiohttp_socks", "quart", "hypercorn", "tortoise", "redis", "wsproto"}
 ROUTES = {"api", "stream", "board"}
 
