@@ -294,6 +294,8 @@ def test_publish_args_chunk_values_and_put_rejections_and_status_on_the_last_ent
     batch = Batch(values=[(key, {"n": n}, n) for n, key in enumerate(keys)],
                   rejected=[(Key("full", "X:NOPE", "1d"), "unknown_symbol", "no such symbol")],
                   failed=[(keys[1], "profile_failed", "compute raised")],
+                  deferred=[(keys[2], "the early-fetch budget is spent", 1234)],
+                  retry_at=5678,
                   status=("ok", ""), term=9)
     args = publish_args(batch, "node:9")
     assert args[:2] == ["node:9", STREAM_LENGTH]
@@ -305,6 +307,9 @@ def test_publish_args_chunk_values_and_put_rejections_and_status_on_the_last_ent
     assert [len(entry.values) for entry in entries] == [200, 200, 50]
     assert entries[0].values[0] == (keys[0], {"n": 0}, 0)
     assert [bool(entry.rejected) for entry in entries] == [False, False, True]
-    assert [entry.failed for entry in entries][2] == [(keys[1], "profile_failed", "compute raised")]
+    last = entries[2]
+    assert last.failed == [(keys[1], "profile_failed", "compute raised")]
+    assert last.deferred == [(keys[2], "the early-fetch budget is spent", 1234)]
+    assert [entry.retry_at for entry in entries] == [None, None, 5678]
     assert [entry.status for entry in entries] == [None, None, ("ok", "")]
     assert {entry.term for entry in entries} == {9}

@@ -156,7 +156,10 @@ def encode_entry(batch: Batch, values: list[tuple[Key, dict[str, Any], int]],
         if last else [],
         "failed": [[key_name(key), code, message] for key, code, message in batch.failed]
         if last else [],
+        "deferred": [[key_name(key), message, at] for key, message, at in batch.deferred]
+        if last else [],
         "status": list(batch.status) if last and batch.status is not None else None,
+        "retry_at": batch.retry_at if last else None,
     })
 
 
@@ -167,6 +170,8 @@ def decode_entry(raw: bytes) -> Batch:
         values=[(parse_key(name), data, ts) for name, data, ts in body["values"]],
         rejected=[(parse_key(name), code, message) for name, code, message in body["rejected"]],
         failed=[(parse_key(name), code, message) for name, code, message in body["failed"]],
+        deferred=[(parse_key(name), message, at) for name, message, at in body["deferred"]],
+        retry_at=body["retry_at"],
         status=(status[0], status[1]) if status is not None else None,
         term=body["term"],
     )
@@ -174,7 +179,8 @@ def decode_entry(raw: bytes) -> Batch:
 
 def publish_args(batch: Batch, token: str) -> list[bytes | str | int]:
     """The publish script's ARGV: the token, then chunks of at most ``CHUNK`` values."""
-    status = orjson.dumps(list(batch.status)) if batch.status is not None else b""
+    status = (orjson.dumps([*batch.status, batch.retry_at]) if batch.status is not None
+              else b"")
     args: list[bytes | str | int] = [token, STREAM_LENGTH, status]
     chunks = [batch.values[i:i + CHUNK] for i in range(0, len(batch.values), CHUNK)] or [[]]
     for number, chunk in enumerate(chunks):
@@ -473,8 +479,8 @@ class RedisBroker:
             if raw is not None:
                 self._apply_latest(key, raw)
         if status is not None:
-            upstream, reason = orjson.loads(status)
-            self.deliver(Batch(status=(upstream, reason)))
+            upstream, reason, *rest = orjson.loads(status)
+            self.deliver(Batch(status=(upstream, reason), retry_at=rest[0] if rest else None))
         elif self.hub.status == ("degraded", UNREACHABLE):
             self.deliver(Batch(status=("ok", "")))
         await self._advertise_now()
