@@ -451,10 +451,15 @@ async def test_a_rejected_column_is_charged_to_its_profiles_not_to_the_status():
 
 @contextlib.asynccontextmanager
 async def running(
-    profiles: Mapping[str, Profile] | None = None, **options: Any
+    profiles: Mapping[str, Profile] | None = None,
+    *,
+    retry_delays: tuple[float, ...] = (0.05,),
+    scanner_timeout: float = 5.0,
+    **options: Any,
 ) -> AsyncIterator[tuple[Collector, Standin]]:
+    """A collector ticking against a stand-in served in this process."""
     runner, url = await serve_standin("127.0.0.1", 0, seed=5, change_share=1.0)
-    client = ScannerClient(url, retry_delays=(0.05,), timeout=5.0)
+    client = ScannerClient(url, retry_delays=retry_delays, timeout=scanner_timeout)
     await client.start()
     col = collector(profiles, client, **options)
     task = asyncio.create_task(col.run())

@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from quartsig.broker.memory import MemoryBroker
 from quartsig.budget import RequestBudget
 from quartsig.collector import Collector
 from quartsig.model import Key
-from quartsig.scanner import ScannerClient
-from tests.support.standin import STANDIN, Standin, serve_standin
-from tests.test_collector import attach, collector, hub_of, messages
+from tests.support.standin import Standin
+from tests.test_collector import attach, hub_of, messages
+from tests.test_collector import running as run_collector
 
 USDJPY = "FX_IDC:USDJPY"
 EURUSD = "FX_IDC:EURUSD"
@@ -28,24 +27,9 @@ NOWHERE = "FX_IDC:ZZZQQQ"
 SLOW = {"kind": "delay", "seconds": 60.0}  # answered long after each test has its verdict
 
 
-@contextlib.asynccontextmanager
-async def running(
-    *, retry_delays: tuple[float, ...] = (0.05,), **options: Any
-) -> AsyncIterator[tuple[Collector, Standin]]:
-    runner, url = await serve_standin("127.0.0.1", 0, seed=5, change_share=1.0)
-    client = ScannerClient(url, retry_delays=retry_delays, timeout=120.0)
-    await client.start()
-    col = collector(None, client, **options)
-    task = asyncio.create_task(col.run())
-    try:
-        yield col, runner.app[STANDIN]
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        assert task.cancelled()
-        await client.close()
-        await runner.cleanup()
+def running(**options: Any) -> contextlib.AbstractAsyncContextManager[tuple[Collector, Standin]]:
+    """The collector against the stand-in; scanner answers may take long (the SLOW fault)."""
+    return run_collector(scanner_timeout=120.0, **options)
 
 
 async def until(predicate: Any, within: float = 20.0) -> None:
