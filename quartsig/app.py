@@ -29,6 +29,9 @@ from quartsig.tokens import TokenAuthority
 
 log = logging.getLogger(__name__)
 
+#: Seconds the feed's tasks get to end on shutdown before they are left behind.
+STOP_TIMEOUT = 10.0
+
 MAX_HTTP_BODY = 16 * 1024
 """Bytes an HTTP body may have: the only body we accept is a tiny JSON object."""
 
@@ -111,9 +114,12 @@ class FeedComponent:
 
     async def stop(self, state: State) -> None:
         state.close_all()
+        if state.collector is not None:
+            state.collector.stop()  # in case a cancellation is lost inside redis-py
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=STOP_TIMEOUT)
         self.tasks = []
         if state.broker is not None:
             await state.broker.stop()  # releases a held lease: a successor leads at once

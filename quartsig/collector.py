@@ -136,6 +136,8 @@ class Collector:
         self._unknown: Expiring[str, str] = Expiring(UNKNOWN_SYMBOL_TTL, clock=clock)
         #: Set after every tick, full or early: tests and tools wait on it instead of sleeping.
         self.ticked = asyncio.Event()
+        #: Set by :meth:`stop`.
+        self.stopping = False
         self._columns = {name: tuple(profile.columns) for name, profile in profiles.items()}
         self._pairs: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         #: The inputs each key's data was last computed from: an unchanged row is skipped.
@@ -154,9 +156,17 @@ class Collector:
 
     # -- the loop ------------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Make the loops end at their next turn, even if a cancellation is lost on the way.
+
+        redis-py can swallow a task's cancellation that lands inside a command (redis-py
+        issues #2028, #2551): the command then returns and the loop would carry on. The flag
+        ends it at the next turn; the owner still cancels, and waits a bounded time."""
+        self.stopping = True
+
     async def run(self) -> None:
-        """Collect whenever this node leads, until cancelled."""
-        while True:
+        """Collect whenever this node leads, until cancelled or stopped."""
+        while not self.stopping:
             await self.broker.leadership()
             self._sources.clear()  # a new term: what others published meanwhile is unknown
             await self._lead()
@@ -178,7 +188,7 @@ class Collector:
         """Full ticks every ``interval`` (one probe per step while throttled). Nothing a tick
         meets escapes this loop but cancellation."""
         self._next_tick = self.clock()
-        while self.broker.leading():
+        while self.broker.leading() and not self.stopping:
             now = self.clock()
             wake = max(self._next_tick, self.backoff.until)
             if now < wake:
@@ -200,7 +210,7 @@ class Collector:
     async def _gather(self) -> None:
         """Wait for keys nobody had and launch early fetches of them as they fall due."""
         early = self.early
-        while True:
+        while not self.stopping:
             due = early.due()
             now = self.clock()
             if due is None or due > now:

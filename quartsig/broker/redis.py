@@ -90,7 +90,12 @@ return 0
 """
 
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+-- KEYS: lease, wanted; ARGV: token. Tells the others on the stream they block on.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'released', ARGV[1])
+  return 1
+end
 return 0
 """
 
@@ -222,6 +227,8 @@ class RedisBroker:
         #: Monotonic time until which the lease is surely ours (measured from before renewing).
         self._lease_until = 0.0
         self._led = asyncio.Event()
+        #: Set when a leader says it released the lease: try for it now, not at the next round.
+        self._vacant = asyncio.Event()
         #: Per key, the ``seq`` of the value this node holds: nothing older is applied.
         self._seq: dict[Key, int] = {}
         self._last_seq = 0
@@ -231,6 +238,9 @@ class RedisBroker:
         self._wanted_id = b"0-0"
         self._demanded: set[Key] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        #: Set by :meth:`stop`: the loops end even if redis-py turned their cancellation into a
+        #: connection error (which they would otherwise retry).
+        self._stopping = False
         self._failures = Sparse()
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
@@ -264,14 +274,17 @@ class RedisBroker:
         ]
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
         self._tasks = []
         if self.token is not None:
             with contextlib.suppress(RedisError, OSError):
                 async with asyncio.timeout(1.0):  # let a successor lead at once
-                    await self._release(keys=[self.keys["lease"]], args=[self.token])
+                    await self._release(keys=[self.keys["lease"], self.keys["wanted"]],
+                                        args=[self.token])
             self._step_down("stopping")
         await self.client.aclose()
 
@@ -288,7 +301,7 @@ class RedisBroker:
     async def _campaign(self) -> None:
         """Try for the lease while nobody holds it; renew it at a third of its TTL while held."""
         ttl_ms = int(self.lease_ttl * 1000)
-        while True:
+        while not self._stopping:
             try:
                 if self.token is None:
                     await self._try_acquire(ttl_ms)
@@ -304,7 +317,13 @@ class RedisBroker:
                 self._unreachable(error)
                 if self.token is not None:
                     self._step_down("Redis unreachable")
-            await asyncio.sleep(self.lease_ttl / 3)
+            except Exception:  # a bug must not end the campaign: nobody would lead again
+                log.exception("lease campaign failed")
+                self._step_down("internal error")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease_ttl / 3):
+                    await self._vacant.wait()
+            self._vacant.clear()
 
     async def _try_acquire(self, ttl_ms: int) -> None:
         sent = self.clock()
@@ -393,7 +412,7 @@ class RedisBroker:
     async def _listen_wanted(self) -> None:
         """Gather the keys new to the cluster that any node asks for (the leader uses them)."""
         started = False
-        while True:
+        while not self._stopping:
             try:
                 if not started:  # from the stream's end: what was asked before is in demand
                     self._wanted_id, started = await self._tail(self.keys["wanted"]), True
@@ -404,7 +423,9 @@ class RedisBroker:
                 continue
             for entry_id, fields in found:
                 self._wanted_id = entry_id
-                if self.token is not None:
+                if b"released" in fields:
+                    self._vacant.set()
+                elif self.token is not None:
                     self._wanted.update(parse_key(n) for n in fields[b"keys"].split(b"\n"))
             if self._wanted:
                 self._wanted_event.set()
@@ -413,7 +434,7 @@ class RedisBroker:
 
     async def _follow(self) -> None:
         """Read changes from the stream and apply them; resync after a gap or a new epoch."""
-        while True:
+        while not self._stopping:
             try:
                 if self.epoch is None:
                     await self._resync()
@@ -492,7 +513,7 @@ class RedisBroker:
 
     async def _newcomers(self) -> None:
         """Keys new to this node: from ``latest`` if anyone has them, else ask the leader."""
-        while True:
+        while not self._stopping:
             await self.hub.fresh_added.wait()
             self.hub.fresh_added.clear()
             keys = list(self.hub.fresh)
@@ -518,7 +539,7 @@ class RedisBroker:
                 # The next advertisement carries them; the leader's next tick fetches them.
 
     async def _advertise_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(ADVERTISE_EVERY)
             try:
                 await self._advertise_now()
