@@ -38,10 +38,12 @@ from tests.support.stack import Stack, server_stack
 KEY = Fernet.generate_key().decode()
 MAX_FRAME = 4096
 
-TYPES = {"authed", "subscribed", "unsubscribed", "snapshot", "update", "status", "error", "pong"}
+TYPES = {"authed", "subscribed", "unsubscribed", "snapshot", "update", "status", "error", "pong",
+         "notice"}
 ERROR_CODES = {"bad_json", "bad_op", "bad_symbol", "bad_timeframe", "bad_profile",
-               "unknown_symbol", "too_many_subscriptions", "rate_limited"}
-CLOSE_CODES = {1000, 1001, 1008, 1009, 1013, 4401, 4403, 4408}
+               "unknown_symbol", "too_many_subscriptions", "rate_limited", "quota_exceeded",
+               "key_limit", "profile_failed"}
+CLOSE_CODES = {1000, 1001, 1008, 1009, 1013, 4401, 4403, 4408, 4429}
 #: Closes the WebSocket layer itself sends for wire-level violations (protocol.md, Closes).
 WIRE_CLOSE_CODES = {1002, 1007, 1009}
 #: Hypercorn (wsproto) fails a connection that breaks the framing by dropping the TCP
@@ -377,7 +379,8 @@ def test_foreign_origins_are_refused_with_403(app_for_tokens: AppUnderFuzz, orig
 
 def test_thousands_of_subscriptions_hit_the_limit_not_the_server(tmp_path: Path) -> None:
     """4 096 subscribe ops in 40-op frames: 128 taken, the rest refused; then flooding closes."""
-    with AppUnderFuzz(tmp_path, ops_per_second=1e6) as app:
+    # The per-account quota of new keys is tested elsewhere (test_abuse_budget): here, the cap.
+    with AppUnderFuzz(tmp_path, ops_per_second=1e6, new_keys_per_minute=100_000) as app:
         async def subscribe_all() -> dict[str, int]:
             counts: dict[str, int] = {}
             tfs = ["1m", "5m", "15m", "30m", "1h", "2h", "4h", "1d", "1W", "1M"]
@@ -400,8 +403,11 @@ def test_thousands_of_subscriptions_hit_the_limit_not_the_server(tmp_path: Path)
 
         counts = app.run(subscribe_all())
         state = app.app.extensions["quartsig"]
-        assert counts["subscribed"] == 128
-        assert counts["too_many_subscriptions"] == 4096 - 128
+        # Made-up symbols fetched early come back unknown and free their slot, so more than
+        # 128 may be taken over time, never more than 128 held at once.
+        held = counts["subscribed"] - counts.get("unknown_symbol", 0)
+        assert held == 128, counts
+        assert counts["too_many_subscriptions"] == 4096 - counts["subscribed"], counts
         assert not state.hub.subscriptions  # the connection is gone and left nothing behind
         print(f"\nFIGURES many-subscriptions: {counts}")
 
