@@ -38,6 +38,10 @@ class Profile:
         order (``None`` for a missing one), which saves the collector building the mapping;
         it must return exactly what ``compute`` returns. When given, the collector calls it
         instead of ``compute``.
+    :param checked: whether the values it returns are proven JSON-safe by its own tests, so
+        the collector may skip checking each one every tick (the built-ins: ~7 µs a ``full``
+        row, 70 ms of a 10 000-key tick). A plugin leaves it False; its exceptions and slow
+        calls are caught either way.
     """
 
     name: str
@@ -45,6 +49,7 @@ class Profile:
     columns: tuple[str, ...]
     compute: Compute
     compute_values: ComputeValues | None = None
+    checked: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quartsig.builtins import full, summary
 from quartsig.columns import FULL_COLUMNS
 from quartsig.plugins import DEFAULT_PLUGINS, get_plugin_manager, load_profiles
+from quartsig.testing import check_contract, rows_strategy
 
 OSCILLATOR_KEYS = {
     "act.RSI", "act.STOCH.K", "act.CCI", "act.ADX", "act.AO", "act.Mom", "act.MACD",
@@ -135,3 +138,17 @@ def test_full_compute_values_on_a_real_looking_row_and_an_empty_one() -> None:
 @given(_value)
 def test_summary_compute_values_is_compute(value) -> None:
     assert summary.compute_values((value,)) == summary.compute({"Recommend.All": value})
+
+
+@pytest.mark.parametrize("profile", [full.PROFILE, summary.PROFILE], ids=["full", "summary"])
+def test_builtins_keep_the_contract_their_checked_flag_claims(profile: Any) -> None:
+    """``checked=True`` lets the collector skip the per-value check every tick; this is why."""
+    assert profile.checked
+    check_contract(profile)
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(rows_strategy(profile))
+    def on_arbitrary_rows(row: dict[str, Any]) -> None:
+        check_contract(profile, [row])
+
+    on_arbitrary_rows()

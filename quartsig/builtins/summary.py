@@ -33,6 +33,7 @@ PROFILE = Profile(
     columns=COLUMNS,
     compute=compute,
     compute_values=compute_values,
+    checked=True,  # tests/test_builtins.py runs it over arbitrary rows (quartsig.testing)
 )
 
 
