@@ -205,6 +205,7 @@ class Stack:
                 QUARTSIG_PLUGINS_DIR=str(work / "no-plugins"), PYTHONUNBUFFERED="1",
                 # thousands of clients of one account from one address model many users
                 QUARTSIG_MAX_CONNECTIONS_PER_ACCOUNT="0", QUARTSIG_MAX_CONNECTIONS_PER_ADDRESS="0",
+                QUARTSIG_NEW_KEYS_PER_MINUTE="100000", QUARTSIG_EARLY_KEYS_PER_MINUTE="100000",
             )  # fmt: skip
             for args in (["migrate"], ["account", "add", str(TG_ID)]):
                 subprocess.run([PY, "-m", "quartsig", *args], env=env, cwd=REPO, check=True,

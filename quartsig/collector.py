@@ -358,8 +358,10 @@ class Collector:
         requests: list[ScanRequest] | None = None,
     ) -> Batch:
         if full:
+            # Keys of an early fetch in flight are fetched again rather than left to it: a
+            # fetch stuck in retries must not keep a card empty for ticks (a browser test saw
+            # it on a loaded machine), and the duplicate costs cells, not a request.
             self._forget_all_but(keys)
-            keys = keys - self.early.in_flight
         else:
             self._owed |= keys
         if not keys:

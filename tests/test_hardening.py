@@ -41,9 +41,12 @@ SLOW_WINDOW = 6.0  # seconds; the stalled client is closed 6 s after it stops re
 
 KEYS = [("FX_IDC:EURUSD", "1m", "full"), ("FX_IDC:USDJPY", "1m", "summary")]
 #: Hundreds of clients of one account from one address here model many users: the
-#: connection caps (their own tests: tests/test_caps.py) would refuse them.
+#: connection caps and the account's new-key quotas (their own tests: tests/test_caps.py,
+#: tests/test_abuse_budget.py) would refuse them.
 UNCAPPED = {"QUARTSIG_MAX_CONNECTIONS_PER_ACCOUNT": "0",
-            "QUARTSIG_MAX_CONNECTIONS_PER_ADDRESS": "0"}
+            "QUARTSIG_MAX_CONNECTIONS_PER_ADDRESS": "0",
+            "QUARTSIG_NEW_KEYS_PER_MINUTE": "100000",
+            "QUARTSIG_EARLY_KEYS_PER_MINUTE": "100000"}
 
 
 @pytest.fixture(scope="module")
