@@ -151,7 +151,9 @@ class Batch:
 
     It carries computed data, not raw rows, so that a node needs no profile code to apply it and
     each node diffs and encodes once for its own subscribers. ``term`` is the leader's fencing
-    term (0 standalone): a node never applies an older term after a newer one.
+    term (0 standalone), for health and logs; in a cluster the order of values is kept by the
+    global ``seq`` Redis gives each publication (:mod:`quartsig.broker.redis`), which a fenced,
+    older leader can never write.
     """
 
     values: list[tuple[Key, dict[str, Any], int]] = field(default_factory=list)  # key, data, ts

@@ -24,9 +24,10 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart
 
+from quartsig.app import state_of
 from quartsig.config import ConfigError, Settings
 from quartsig.hosting import decline_permessage_deflate
-from quartsig.runtime import EXTENSION, State
+from quartsig.runtime import State
 
 __all__ = ["DEFAULT_BIND", "apply_stream_settings", "decline_permessage_deflate",
            "hypercorn_config", "run", "serve_until_signalled"]
@@ -102,7 +103,7 @@ async def serve_until_signalled(app: Quart, config: Config) -> None:
 
     async def shutdown_trigger() -> None:
         await stop.wait()
-        state: State = app.extensions[EXTENSION]
+        state = state_of(app)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(config.graceful_timeout):
                 # Again until none is left: one may have been authenticating meanwhile.
