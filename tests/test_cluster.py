@@ -333,8 +333,14 @@ async def test_a_leader_paused_past_its_lease_publishes_no_stale_value(cluster: 
         # paused with that reply on its way, past its lease.
         await asyncio.to_thread(
             lambda: http("POST", f"{cluster.standin.url}/_standin/faults",
-                         {"kind": "delay", "seconds": 2.0, "count": 1}))
-        await asyncio.sleep(INTERVAL + 0.2)  # its next tick is now waiting for that answer
+                         {"kind": "delay", "seconds": 3.0, "count": 1}))
+
+        @blocking
+        def reply_on_its_way() -> bool:  # its next tick is now waiting for that answer
+            status, body = http("GET", f"{cluster.standin.url}/_standin/stats", timeout=2)
+            return status == 200 and json.loads(body)["in_flight"] >= 1
+
+        await until(reply_on_its_way, what="the leader's delayed request")
         assert leader.process is not None
         leader.process.send_signal(signal.SIGSTOP)
         try:
