@@ -186,19 +186,18 @@ def _latencies(clients: list[Client], since: list[int], window: tuple[float, flo
 
 @pytest.fixture
 def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
+    """No heartbeat within the test: a client that stops reading cannot answer a ping either,
+    so the liveness check (``hosting.end_pings_with_their_stream``) would drop it as a dead
+    peer once its first ping, at a random point of the interval, went unanswered. Whichever
+    came first won, and the send timeout this test is about lost about half the runs."""
     with server_stack(
         tmp_path, standin_args=("--step-every", "0.25", "--change-share", "1.0"),
-        QUARTSIG_INTERVAL="0.5", QUARTSIG_SEND_TIMEOUT="1", **UNCAPPED,
+        QUARTSIG_INTERVAL="0.5", QUARTSIG_SEND_TIMEOUT="1",
+        QUARTSIG_HEARTBEAT_INTERVAL="3600", **UNCAPPED,
     ) as running:
         yield running
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open regression (see the closing note of issues 11-15): in about half the runs "
-    "since the merge the stalled client is never closed 1013 (0 slow closes in 120 s), while "
-    "the others' latencies hold; not yet explained",
-)
 async def test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013(
     fresh_stack: Stack, sizes: Sizes
 ) -> None:
@@ -264,10 +263,10 @@ async def test_a_stalled_client_does_not_slow_the_others_and_is_closed_1013(
         assert slow_closes >= sizes.slow_rounds
         assert all(c.close_code is None for c in clients)
         # Nobody waited on the stalled client: that would cost its whole send timeout (1 s)
-        # per tick. The 10 % target itself is measured by `python -m bench.soak slow` at
-        # 1 000 clients (docs/reliability.md); a timed assertion would only measure this
-        # machine's neighbours.
-        assert p50_during <= p50_before * 1.10 + 5.0, (p50_before, p50_during)
+        # per tick, a quarter of it at the median at least. The 10 % target itself is
+        # measured by `python -m bench.soak slow` at 1 000 clients (docs/reliability.md); a
+        # tighter bound here would only measure this machine's neighbours.
+        assert p50_during < p50_before + 250.0, (p50_before, p50_during)
         assert p99_during < 1000.0, (p99_before, p99_during)
     finally:
         await asyncio.gather(*(c.close() for c in clients))
