@@ -286,17 +286,21 @@ def _admit_new_key(state: State, connection: Connection, key: Key, id: object) -
     """Limits on keys nobody has data for; True when the key may be fetched early.
 
     A key with data (or already subscribed by this connection) is free; a new one counts
-    against the node's cap of distinct keys and the account's quota (refused beyond them)."""
+    against the cap of distinct keys (this node's, and the cluster's as last counted) and the
+    account's quota (refused beyond them)."""
     hub = state.hub
     entry = hub.entries.get(key)
     if entry is not None and (entry.data is not None or connection in entry.subscribers):
         return True
     settings = state.settings
-    if (entry is None or not entry.subscribers) and len(hub.entries) >= settings.max_keys \
-            and hub.watched() >= settings.max_keys:
+    cap = settings.max_keys
+    cluster = state.broker.cluster_keys() if state.broker is not None else 0
+    if (entry is None or not entry.subscribers) and (
+        cluster >= cap or (len(hub.entries) >= cap and hub.watched() >= cap)
+    ):
         state.metrics.refusals.labels(code=str(ErrorCode.KEY_LIMIT)).inc()
         raise ProtocolError(
-            ErrorCode.KEY_LIMIT, f"this server watches {settings.max_keys} keys already", id
+            ErrorCode.KEY_LIMIT, f"this server watches {cap} keys already", id
         )
     verdict = state.new_keys.admit(hub.users.get(connection), key)
     if verdict == KeyQuota.REFUSE:

@@ -18,6 +18,9 @@ import pytest
 
 from quartsig import accounts
 from quartsig.app import create_app
+from quartsig.model import Key
+from tests.support.redisdb import REDIS_URL
+from tests.test_broker_redis import cluster, until
 from tests.test_stream import KEY, Stack, authed, receive, standin_server
 
 ROUNDS = 34  # 20 s / 0.6 s
@@ -137,3 +140,35 @@ async def test_the_node_caps_distinct_keys(stack: Stack):
                 replies.update({m["id"]: m for m in await receive(ws, 30) if "id" in m})
         assert [replies[tf]["type"] for tf in ("1h", "4h")] == ["subscribed", "subscribed"]
         assert replies["1d"]["code"] == "key_limit"
+
+
+async def test_a_cluster_caps_the_distinct_keys_of_all_its_nodes(tmp_path: Any, prefix: str):
+    """Every node's keys cost the one collector's requests: the cap counts the cluster's."""
+    async with standin_server() as (standin, url):
+        app = create_app(data_dir=tmp_path, scanner_url=url, interval=300.0, secret_keys=(KEY,),
+                         redis_url=REDIS_URL, redis_prefix=prefix, max_keys=3)
+        async with app.test_app() as test_app, cluster(prefix, 1, interval=300.0) as (nodes, _):
+            other = nodes[0]  # another node of the cluster, two keys of its own
+            other.watch(*(Key("summary", "FX_IDC:EURUSD", tf) for tf in ("1h", "4h")))
+            await until(lambda: other.broker.cluster_keys() == 2)
+            await accounts.add(42)
+            state = app.extensions["quartsig"]
+            stack = Stack(app, test_app.test_client(), standin, state.tokens.issue(42).token)
+            async with stack.ws() as ws:
+                await authed(ws, stack.token)
+                replies = await subscribe(ws, "1d")  # the third key of the cluster
+                assert replies["1d"]["type"] == "subscribed"
+                await until(lambda: state.broker.cluster_keys() == 3)
+                replies = await subscribe(ws, "1W")
+                assert replies["1W"]["code"] == "key_limit"
+                assert state.hub.demand() == {Key("summary", "FX_IDC:EURUSD", "1d")}
+
+
+async def subscribe(ws: Any, tf: str) -> dict[str, dict[str, Any]]:
+    await ws.send(orjson.dumps({"op": "subscribe", "symbol": "FX_IDC:EURUSD", "tf": tf,
+                                "profile": "summary", "id": tf}).decode())
+    replies: dict[str, dict[str, Any]] = {}
+    async with asyncio.timeout(30):
+        while tf not in replies:
+            replies.update({m["id"]: m for m in await receive(ws, 30) if "id" in m})
+    return replies

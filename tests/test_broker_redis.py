@@ -2,22 +2,21 @@
 
 Nodes run in this process (a hub, a broker and a collector each, against the stand-in scanner);
 the process-level failures (SIGKILL, SIGSTOP, a Redis restart) are in ``test_cluster.py``.
-Every test uses its own key prefix, so tests never see each other's data.
+Every test uses its own key prefix (``tests/support/redisdb.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from quartsig.broker.redis import (
+    DEMAND_TTL,
     STREAM_LENGTH,
     RedisBroker,
     decode_entry,
@@ -32,35 +31,12 @@ from quartsig.model import Batch, Key
 from quartsig.plugins import get_plugin_manager, load_profiles
 from quartsig.scanner import ScannerClient
 from quartsig.symbols import screener_for
+from tests.support.redisdb import REDIS_URL
 from tests.support.standin import STANDIN, Standin, serve_standin
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 PROFILES = load_profiles(get_plugin_manager(entry_points=False))
 USDJPY, EURUSD, BTC = "FX_IDC:USDJPY", "FX_IDC:EURUSD", "BINANCE:BTCUSDT"
 WAIT = 20.0  # generous: these run on a busy 2-core machine
-
-
-async def redis_up() -> bool:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        return bool(await client.ping())
-    except Exception:
-        return False
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    if not await redis_up():
-        pytest.skip("no Redis at 127.0.0.1:6379")
-    name = f"test:{uuid.uuid4().hex[:8]}:"
-    yield name
-    client = aioredis.Redis.from_url(REDIS_URL)
-    keys = await client.keys(name + "*")
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 class Sink:
@@ -198,6 +174,19 @@ async def test_one_leader_serves_every_node_the_union_of_their_demand(prefix: st
         for node in nodes:
             await until(lambda node=node: all(  # type: ignore[misc]
                 data == expected(standin, key) for key, data in node.sink.state.items()))
+
+
+async def test_every_node_counts_the_distinct_keys_of_the_whole_cluster(prefix: str):
+    """What the key cap (``QUARTSIG_MAX_KEYS``) is held against in a cluster."""
+    async with cluster(prefix, 2, interval=30.0) as (nodes, _):
+        shared = Key("summary", EURUSD, "4h")
+        nodes[0].watch(Key("summary", EURUSD, "1h"), shared)
+        nodes[1].watch(shared, Key("full", BTC, "1h"))
+        await until(lambda: [node.broker.cluster_keys() for node in nodes] == [3, 3])
+        nodes[1].hub.unsubscribe(nodes[1].sink, Key("full", BTC, "1h"))
+        # its advertisement stops and the key expires; a node learns at its next advertisement
+        await until(lambda: [node.broker.cluster_keys() for node in nodes] == [2, 2],
+                    within=WAIT + DEMAND_TTL)
 
 
 async def test_a_follower_newcomer_gets_a_cached_key_without_an_upstream_request(prefix: str):

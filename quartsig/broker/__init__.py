@@ -53,5 +53,10 @@ class Broker(Protocol):
 
     # -- the node's side -----------------------------------------------------------------
 
+    def cluster_keys(self) -> int:
+        """Distinct keys the whole cluster watched at the last count (0 without a cluster,
+        where the hub counts its own): what ``QUARTSIG_MAX_KEYS`` caps, since every node's
+        keys cost the one collector's requests."""
+
     def health(self) -> dict[str, object]:
         """Role, term and the broker's own state, for ``/healthz``."""

@@ -45,5 +45,8 @@ class MemoryBroker:
         self.deliver(batch)
         return True
 
+    def cluster_keys(self) -> int:
+        return 0
+
     def health(self) -> dict[str, object]:
         return {"role": self.role, "term": self.term}

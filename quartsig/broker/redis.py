@@ -125,11 +125,12 @@ return last
 """
 
 _ADVERTISE = """
--- KEYS: demand; ARGV: ttl_ms, members...
+-- KEYS: demand; ARGV: ttl_ms, members...; returns how many keys the cluster watches now
 local now = redis.call('TIME')
-local until_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local until_ms = now_ms + tonumber(ARGV[1])
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'GT', until_ms, ARGV[i]) end
-return #ARGV - 1
+return redis.call('ZCOUNT', KEYS[1], '(' .. now_ms, '+inf')
 """
 
 _DEMAND = """
@@ -237,6 +238,8 @@ class RedisBroker:
         self._wanted_event = asyncio.Event()
         self._wanted_id = b"0-0"
         self._demanded: set[Key] = set()
+        #: The cluster's distinct keys at the last advertisement (this node's or a newcomer's).
+        self._cluster_keys = 0
         self._tasks: list[asyncio.Task[None]] = []
         #: Set by :meth:`stop`: the loops end even if redis-py turned their cancellation into a
         #: connection error (which they would otherwise retry).
@@ -533,7 +536,7 @@ class RedisBroker:
                                               args=[int(DEMAND_TTL * 1000), *names], client=pipe)
                         pipe.xadd(self.keys["wanted"], {"keys": "\n".join(names)},
                                   maxlen=1_000, approximate=True)
-                        await pipe.execute()
+                        self._cluster_keys = int((await pipe.execute())[0])
             except (RedisError, OSError) as error:
                 self._unreachable(error)
                 # The next advertisement carries them; the leader's next tick fetches them.
@@ -548,9 +551,10 @@ class RedisBroker:
 
     async def _advertise_now(self) -> None:
         names = [key_name(key) for key in self.hub.demand()]
-        for start in range(0, len(names), 1_000):
-            await self._advertise(keys=[self.keys["demand"]],
-                                  args=[int(DEMAND_TTL * 1000), *names[start:start + 1_000]])
+        for start in range(0, max(1, len(names)), 1_000):  # once at least: the count
+            self._cluster_keys = int(await self._advertise(
+                keys=[self.keys["demand"]],
+                args=[int(DEMAND_TTL * 1000), *names[start:start + 1_000]]))
         self._forget(set(self.hub.entries))
 
     def _forget(self, held: Iterable[Key]) -> None:
@@ -571,6 +575,9 @@ class RedisBroker:
 
     def _reachable(self) -> None:
         self.redis_ok = True
+
+    def cluster_keys(self) -> int:
+        return self._cluster_keys
 
     def health(self) -> dict[str, object]:
         return {"role": "leader" if self.leading() else "follower", "term": self.term,
