@@ -471,6 +471,37 @@ def test_a_token_expiring_mid_session_shows_the_token_form_without_retrying(
         watched.assert_clean()
 
 
+def test_a_tab_over_the_accounts_connection_cap_says_so_and_gets_in_when_another_closes(
+    tmp_path: Path, standin: Standin, open_page: Any
+) -> None:
+    """A 4429 is not fatal: the board says why it waits and reconnects with backoff."""
+    env = quartsig_env(tmp_path / "data", standin.url,
+                       QUARTSIG_MAX_CONNECTIONS_PER_ACCOUNT="1")
+    quartsig_cli(env, "account", "add", TG_ID)
+    with QuartsigServer.start(env, tmp_path) as server:
+        token = quartsig_cli(env, "token", "issue", TG_ID).strip()
+        first = open_page()
+        first.page.goto(f"{server.url}/#token={token}")
+        wait_state(first.page, "open")
+        second = open_page()
+        page = second.page
+        page.goto(f"{server.url}/#token={token}")
+        # one look at the element: the next attempt (0.05-0.5 s later) changes it again
+        page.wait_for_function(
+            """() => {
+                const el = document.querySelector('[data-testid="connection-state"]');
+                return el.dataset.closeCode === "4429"
+                    && el.textContent.startsWith("Too many open tabs for this account")
+                    && el.title === "too many connections for this account";
+            }""")
+        assert page.get_by_test_id("fatal").is_hidden()
+        conn = page.get_by_test_id("connection-state")
+        first.page.close()  # its socket closes: the second tab's next attempt gets in
+        wait_state(page, "open", timeout=60_000)
+        assert conn.get_attribute("data-close-code") == ""
+        second.assert_clean(allow=("4429",))
+
+
 @pytest.mark.parametrize("how", ["terminate", "kill"])
 def test_a_server_restart_is_survived(
     site: Site, standin: Standin, open_page: Any, how: str

@@ -57,6 +57,12 @@ const CONNECTION_TEXT = {
   [STATES.STOPPED]: "Disconnected",
   [STATES.FATAL]: "Token rejected",
 };
+/** Why the board waits to reconnect, for the closes a person can do something about. */
+const WAIT_TEXT = {
+  4429: "Too many open tabs for this account (close one)",
+  1013: "Server busy",
+  1001: "Server restarting",
+};
 const ERROR_TEXT = {
   bad_symbol: "Not a valid symbol (use EXCHANGE:TICKER, e.g. BINANCE:BTCUSDT)",
   unknown_symbol: "TradingView does not know this symbol",
@@ -537,10 +543,15 @@ class Board {
     if (state === STATES.IDLE && !c.token) text = "No token";
     if (state === STATES.STOPPED && c.lastClose) text = `Disconnected (${c.lastClose.code})`;
     this.connEl.textContent = text;
+    const why = state === STATES.WAITING && c.lastClose ? WAIT_TEXT[c.lastClose.code] : undefined;
+    this.connEl.dataset.closeCode = why ? String(c.lastClose.code) : "";
+    this.connEl.title = why ? c.lastClose.reason : "";
+    if (why) text = `${why}: reconnecting…`;
     if (state === STATES.WAITING && c.nextAttemptAt) {
       const tick = () => {
         const left = Math.max(0, Math.ceil((c.nextAttemptAt - Date.now()) / 1000));
-        this.connEl.textContent = left > 0 ? `Reconnecting in ${left}s…` : "Reconnecting…";
+        const again = left > 0 ? `reconnecting in ${left}s…` : "reconnecting…";
+        this.connEl.textContent = why ? `${why}: ${again}` : again[0].toUpperCase() + again.slice(1);
       };
       tick();
       this.countdown = setInterval(tick, 1000);
