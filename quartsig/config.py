@@ -285,7 +285,8 @@ class Settings:
         "it: quota_exceeded."
     )
     max_keys: int = _setting(
-        20000, _positive_int, "Distinct keys watched (a cluster's, all nodes together); beyond it: key_limit."
+        20000, _positive_int,
+        "Distinct keys watched (a cluster's, all nodes together); beyond it: key_limit."
     )
     backoff_max: float = _setting(
         300.0, _positive_float, "Longest wait, in seconds, between tries while TradingView "

@@ -113,10 +113,14 @@ async def test_upstream_fault_then_recovery(stack: Stack, name: str) -> None:
         statuses = [m for m in during if m["type"] == "status"]
         if name in THROTTLING:
             # issue 14, finding 11: a throttled address gets quieter. The collector backs off
-            # across ticks (one probe per step) and each status says when the next try is.
-            assert all("retry_at" in m for m in statuses), statuses
+            # across ticks (one probe per step) and each status about it says when the next try
+            # is. (On a busy machine a request may also time out first, at 0.25 s: a status
+            # about that alone is no throttling, and says nothing of a next try.)
+            throttled = [m for m in statuses
+                         if "throttled" in m["reason"] or "blocked" in m["reason"]]
+            assert throttled and all("retry_at" in m for m in throttled), statuses
             assert len(faulted) <= 4 * per_tick + 4, (len(faulted), per_tick)
-            next_try = statuses[-1]["retry_at"] / 1000 - cleared_wall
+            next_try = throttled[-1]["retry_at"] / 1000 - cleared_wall
         else:
             # the collector kept its period: one tick per interval, give or take one
             assert ticks_in_fault >= FAULT_WINDOW / INTERVAL - 2, ticks_in_fault
