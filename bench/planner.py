@@ -1,21 +1,40 @@
 """How many scanner requests a tick costs, and how much it over-fetches, per planning strategy.
 
-Run ``python -m bench.planner`` (or ``python bench/planner.py``). The demand is synthetic but
-shaped like real use: a few hundred forex, crypto and US-stock symbols, all ten timeframes, a
-Zipf popularity over symbols and timeframes (a few majors and the intraday frames take most
-subscriptions), both built-in profiles, and a fixed seed so runs compare.
+    python -m bench.planner [--runs 7] [--seeds 10] [--compare main=DIR]
+
+The demands are synthetic but shaped like real use: forex, crypto and US-stock symbols, all ten
+timeframes, a Zipf popularity over symbols and timeframes (a few majors and the intraday frames
+take most subscriptions), both built-in profiles, and fixed seeds so runs compare:
+
+- **clients**: 300 clients subscribing to 5 distinct keys each, half of them on ``full`` and
+  half on ``summary``, over 150 symbols (Zipf exponent 1.1): about 620 keys over 140 tickers,
+  the shape of issue 15's held-out mix (624 keys over 143 tickers).
+- **realistic** and **large**: keys drawn one at a time, profile per key, until 1,500 (over
+  ~400 symbols) and 5,000 (over ~1,250) distinct keys exist.
+
+Target (issue 15): on every mix, ``plan`` at its defaults sends <= 0.4 times the seed
+grouping's requests at an over-fetch <= 1.25, in well under 50 ms for 5,000 keys. The clients
+mix is also drawn with ``--seeds`` other seeds, so the verdict does not rest on one lucky draw.
+
+``--compare NAME=DIR`` also plans every mix with the ``quartsig/planner.py`` of another
+checkout (e.g. ``git archive 807553f | tar -x -C /tmp/base``) at its default limits, side by
+side: planner output is deterministic, so counts compare exactly, run to run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import random
 import statistics
 import string
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 from quartsig.columns import FULL_COLUMNS
 from quartsig.model import Key, ScanRequest
@@ -39,15 +58,30 @@ CURRENCIES = (
     "ZAR", "MXN", "SGD", "HKD", "CNH", "HUF", "CZK",
 )  # fmt: skip
 
+#: Issue 15's target: requests at most this share of the seed grouping's ...
+TARGET_RATIO = 0.4
+#: ... at an over-fetch at most this.
+TARGET_OVERFETCH = 1.25
+
 
 @dataclass(frozen=True)
 class Scenario:
+    """One demand: ``keys`` distinct keys drawn one at a time, or ``clients`` x ``per``."""
+
     name: str
     symbols_per_market: int
-    keys: int
+    keys: int = 0
+    clients: int = 0
+    per: int = 5
+    exponent: float = 1.0
+    seed: int = 20240601
 
 
-SCENARIOS = (Scenario("realistic", 150, 1500), Scenario("large", 500, 5000))
+SCENARIOS = (
+    Scenario("clients", 50, clients=300, exponent=1.1),
+    Scenario("realistic", 150, keys=1500),
+    Scenario("large", 500, keys=5000),
+)
 
 
 def _forex(count: int) -> list[str]:
@@ -77,14 +111,23 @@ def zipf_weights(count: int, exponent: float = 1.0) -> list[float]:
     return [1 / (rank**exponent) for rank in range(1, count + 1)]
 
 
-def demand(scenario: Scenario, seed: int = 20240601) -> list[Key]:
-    """Subscriptions drawn until ``scenario.keys`` distinct keys exist (or the draws run out)."""
-    rng = random.Random(seed)
+def demand(scenario: Scenario, seed: int | None = None) -> list[Key]:
+    """The scenario's keys, sorted, drawn with ``seed`` (the scenario's own by default)."""
+    rng = random.Random(scenario.seed if seed is None else seed)
     symbols = universe(rng, scenario.symbols_per_market)
-    symbol_weights = zipf_weights(len(symbols))
-    tf_weights = zipf_weights(len(POPULARITY))
+    symbol_weights = zipf_weights(len(symbols), scenario.exponent)
+    tf_weights = zipf_weights(len(POPULARITY), scenario.exponent)
     keys: set[Key] = set()
-    for _ in range(200 * scenario.keys):
+    if scenario.clients:
+        for client in range(scenario.clients):
+            profile = "full" if client % 2 else "summary"
+            mine: set[tuple[str, str]] = set()
+            while len(mine) < scenario.per:
+                symbol = rng.choices(symbols, symbol_weights)[0]
+                mine.add((symbol, rng.choices(POPULARITY, tf_weights)[0]))
+            keys.update(Key(profile, symbol, tf) for symbol, tf in mine)
+        return sorted(keys)
+    for _ in range(200 * scenario.keys):  # until enough distinct keys (or the draws run out)
         symbol = rng.choices(symbols, symbol_weights)[0]
         tf = rng.choices(POPULARITY, tf_weights)[0]
         profile = "summary" if rng.random() < 0.5 else "full"
@@ -121,60 +164,161 @@ def timed(function: Callable[[], list[ScanRequest]], runs: int) -> tuple[list[Sc
     return result, statistics.median(times)
 
 
-STRATEGIES: tuple[tuple[str, Limits | None], ...] = (
+STRATEGIES: tuple[tuple[str, Limits], ...] = (
     ("plan, defaults", Limits()),
     ("plan, request_cost=0", Limits(request_cost=0)),
     ("plan, request_cost=100", Limits(request_cost=100)),
     ("plan, request_cost=1000", Limits(request_cost=1000)),
     ("plan, request_cost=5000", Limits(request_cost=5000)),
+    ("plan, request_cost=5000, max_overfetch=2", Limits(request_cost=5000, max_overfetch=2.0)),
+    ("plan, max_overfetch=1.0", Limits(max_overfetch=1.0)),
     ("plan, max_tickers=50", Limits(max_tickers=50)),
     ("plan, max_cells=5000", Limits(max_cells=5_000)),
     ("plan, max_columns=200", Limits(max_columns=200)),
 )
 
+#: A planning function: keys -> requests.
+Planner = Callable[[Sequence[Key]], list[ScanRequest]]
 
-def run(scenario: Scenario, runs: int) -> list[tuple[str, int, int, int, float, float]]:
-    keys = demand(scenario)
-    needed = needed_cells(keys, PROFILES)
-    wanted = sum(map(len, needed.values()))
-    rows = []
 
-    def row(name: str, requests: list[ScanRequest], ms: float) -> None:
-        cells = sum(request.cells for request in requests)
-        rows.append((name, len(requests), cells, wanted, overfetch(requests, needed), ms))
-
-    row(
-        "one per (profile, symbol, tf)", *timed(lambda: per_key(keys, PROFILES, screener_for), runs)
+def variant(name: str, where: Path) -> Planner:
+    """``plan`` at its default limits from ``where/quartsig/planner.py`` (another checkout)."""
+    spec = importlib.util.spec_from_file_location(
+        f"bench_planner_{name}", where / "quartsig" / "planner.py"
     )
-    row("seed grouping", *timed(lambda: seed_grouping(keys, PROFILES, screener_for), runs))
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no quartsig/planner.py in {where}")
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    other: Callable[..., list[ScanRequest]] = module.plan
+    return lambda keys: other(keys, PROFILES, screener_for)
+
+
+#: name, requests, cells fetched, cells needed, over-fetch, rows per ticker, plan ms
+Row = tuple[str, int, int, int, float, float, float]
+
+
+def measure(name: str, keys: Sequence[Key], planner: Planner, runs: int) -> Row:
+    requests, ms = timed(lambda: planner(keys), runs)
+    needed = needed_cells(keys, PROFILES)
+    cells = sum(request.cells for request in requests)
+    wanted = sum(map(len, needed.values()))
+    # How many pieces a ticker's row comes back in: the collector joins them.
+    rows = sum(len(request.tickers) for request in requests) / max(1, len(needed))
+    return name, len(requests), cells, wanted, overfetch(requests, needed), rows, ms
+
+
+def run(keys: Sequence[Key], runs: int, others: Mapping[str, Planner]) -> list[Row]:
+    rows = [
+        measure("one per (profile, symbol, tf)", keys,
+                lambda k: per_key(k, PROFILES, screener_for), runs),
+        measure("seed grouping", keys, lambda k: seed_grouping(k, PROFILES, screener_for), runs),
+    ]  # fmt: skip
+    for name, planner in others.items():
+        rows.append(measure(f"{name}: plan, defaults", keys, planner, runs))
     for name, limits in STRATEGIES:
-        requests, ms = timed(lambda lim=limits: plan(keys, PROFILES, screener_for, lim), runs)
-        row(name, requests, ms)
+        rows.append(
+            measure(name, keys, lambda k, lim=limits: plan(k, PROFILES, screener_for, lim), runs)
+        )
     return rows
 
 
-def table(scenario: Scenario, rows: Sequence[tuple[str, int, int, int, float, float]]) -> str:
-    symbols = len({key.symbol for key in demand(scenario)})
+def verdict(requests: int, seed: int, ratio: float) -> str:
+    share = requests / seed if seed else 0.0
+    met = share <= TARGET_RATIO and ratio <= TARGET_OVERFETCH
+    return f"{share:.3f}x at {ratio:.3f}: {'met' if met else 'MISSED'}"
+
+
+def table(scenario: Scenario, keys: Sequence[Key], rows: Sequence[Row]) -> str:
+    symbols = len({key.symbol for key in keys})
+    seed = rows[1][1]
     lines = [
-        f"### {scenario.name}: {scenario.keys} keys, {symbols} symbols",
+        f"### {scenario.name}: {len(keys)} keys, {symbols} symbols",
         "",
-        "| strategy | requests/tick | cells fetched | cells needed | over-fetch | plan ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| strategy | requests/tick | vs seed | cells fetched | cells needed | over-fetch "
+        "| rows/ticker | plan ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {name} | {count} | {cells} | {wanted} | {ratio:.3f} | {ms:.2f} |"
-        for name, count, cells, wanted, ratio, ms in rows
+        f"| {name} | {count} | {count / seed:.3f} | {cells} | {wanted} | {ratio:.3f} "
+        f"| {per:.2f} | {ms:.2f} |"
+        for name, count, cells, wanted, ratio, per, ms in rows
     ]
     return "\n".join(lines)
+
+
+def sweep(
+    scenario: Scenario, seeds: Sequence[int], others: Mapping[str, Planner]
+) -> tuple[str, bool]:
+    """The scenario drawn with each of ``seeds``: the table, and whether ``plan`` met the
+    target on every draw."""
+    planners: dict[str, Planner] = {"plan": lambda k: plan(k, PROFILES, screener_for)}
+    planners.update(others)
+    head = " | ".join(f"{name} requests | {name} vs seed | {name} over-fetch" for name in planners)
+    lines = [
+        f"### {scenario.name}, {len(seeds)} seeds: `plan` at defaults"
+        + "".join(f" and {name}" for name in others),
+        "",
+        f"| seed | keys | symbols | seed grouping | {head} |",
+        "|---:|---:|---:|---:|" + "---:|" * (3 * len(planners)),
+    ]
+    worst: dict[str, tuple[float, float]] = {name: (0.0, 0.0) for name in planners}
+    for seed in seeds:
+        keys = demand(scenario, seed)
+        needed = needed_cells(keys, PROFILES)
+        base = len(seed_grouping(keys, PROFILES, screener_for))
+        cells = []
+        for name, planner in planners.items():
+            requests = planner(keys)
+            ratio = overfetch(requests, needed)
+            cells.append(f"{len(requests)} | {len(requests) / base:.3f} | {ratio:.3f}")
+            share, most = worst[name]
+            worst[name] = (max(share, len(requests) / base), max(most, ratio))
+        symbols = len({key.symbol for key in keys})
+        lines.append(f"| {seed} | {len(keys)} | {symbols} | {base} | {' | '.join(cells)} |")
+    lines.append("")
+    for name, (share, most) in worst.items():
+        met = share <= TARGET_RATIO and most <= TARGET_OVERFETCH
+        lines.append(
+            f"{name}: worst {share:.3f}x the seed's requests, worst over-fetch {most:.3f} "
+            f"(target <= {TARGET_RATIO}x at <= {TARGET_OVERFETCH}): {'met' if met else 'MISSED'}"
+        )
+    share, most = worst["plan"]
+    return "\n".join(lines), share <= TARGET_RATIO and most <= TARGET_OVERFETCH
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timing runs (median reported)")
+    parser.add_argument("--seeds", type=int, default=10,
+                        help="other seeds the clients mix is drawn with (1..N)")  # fmt: skip
+    parser.add_argument("--compare", metavar="NAME=DIR", action="append", default=[],
+                        help="also plan with DIR/quartsig/planner.py's plan, as NAME")  # fmt: skip
     args = parser.parse_args(argv)
+    others: dict[str, Planner] = {}
+    for item in args.compare:
+        name, _, where = item.partition("=")
+        others[name] = variant(name, Path(where).resolve())
+    met = True
     for scenario in SCENARIOS:
-        print(table(scenario, run(scenario, args.runs)))
+        keys = demand(scenario)
+        rows = run(keys, args.runs, others)
+        print(table(scenario, keys, rows))
         print()
+        seed_count = rows[1][1]
+        for name, count, _, _, ratio, _, _ in rows[2:]:
+            if name == "plan, defaults" or name.endswith(": plan, defaults"):
+                print(f"{name}: {verdict(count, seed_count, ratio)}")
+                met &= name != "plan, defaults" or (
+                    count <= TARGET_RATIO * seed_count and ratio <= TARGET_OVERFETCH
+                )
+        print()
+    clients = SCENARIOS[0]
+    text, swept = sweep(clients, range(1, args.seeds + 1), others)
+    print(text)
+    print()
+    print(f"target on every mix and seed: {'met' if met and swept else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -5,23 +5,38 @@ The scanner is throttled per request (one project's working policy allows a requ
 back in about 1.3 s. So the planner's job is to send few requests without asking for much that
 nobody needs.
 
-It starts from the seed's grouping (per screener, the tickers that need exactly the same
-columns share one request: the interval is part of the column name, so one request serves
-every timeframe), then merges groups of one screener when a saved request is worth the cells
-the merged request fetches for nobody. Every ticker sits in exactly one request, which is why
-no cell is ever fetched twice; only a ticker that alone needs more columns than a request may
-carry is split, by columns, across several.
+A request is a rectangle, some tickers times some columns, and a plan must cover every needed
+``(ticker, column)`` cell exactly once. Each screener is planned two ways round and the cheaper
+plan is kept (``requests * request_cost + cells fetched``; on a tie, the fewer requests, then
+the first way):
 
-Column sets are handled as ``int`` bitsets over the tick's sorted column list: unions and sizes
-are then single machine operations, which keeps a plan of thousands of keys to milliseconds.
+- **by tickers**, the seed's way: tickers that need exactly the same columns share one request
+  (the interval is part of the column name, so one request serves every timeframe), and every
+  ticker sits in one request. Few distinct needs (everyone watching the same frames) plan best
+  this way, and a ticker's row comes back whole.
+- **by columns**: columns that exactly the same tickers need share one request, and every
+  column sits in one request. On a Zipf demand each ticker watches its own handful of
+  timeframes, so distinct needs grow with the tickers (hundreds), while the columns fall into
+  a few blocks per timeframe and profile, whatever the number of tickers; a popular ticker's row
+  then comes back in a few pieces, which the collector joins.
+
+Either way, groups of one screener are then merged when a saved request is worth the cells the
+merged request fetches for nobody, as long as the plan stays within ``Limits.max_overfetch``.
+Because a group holds every ticker (or every column) of its cells, merging two never fetches a
+cell twice. Only a group too big for the limits is cut the other way, and its pieces are final.
+
+Column and ticker sets are handled as ``int`` bitsets over the screener's sorted tickers and
+the tick's sorted columns: unions and sizes are then single machine operations, which keeps a
+plan of thousands of keys to milliseconds.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import insort
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress
 
 from quartsig.model import Key, ScanRequest
@@ -38,7 +53,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Limits:
-    """How big one request may get, and what saving one is worth.
+    """How big one request may get, what saving one is worth, and how much waste is allowed.
 
     - ``max_tickers = 1000``: the largest request reported to work (about 1.3 s).
     - ``max_columns = 1000``: the built-in ``full`` profile on all ten timeframes needs 910
@@ -49,16 +64,19 @@ class Limits:
     - ``request_cost = 300``: the cost rule is ``requests * request_cost + cells fetched``,
       so a merge happens when it adds at most this many cells nobody asked for: about three
       tickers getting one more ``full`` timeframe (91 columns) none of them watches. Requests
-      are the throttled resource, but bulk is not free either; at 300 the bench demand
-      (``bench/planner.py``) needs 3-5 times fewer requests than the seed's grouping while
-      fetching at most about 1.2 times the cells it needs (1,000 would halve the requests
-      again for 1.4 to 1.7 times).
+      are the throttled resource, but bulk is not free either; at 300 the bench demands
+      (``bench/planner.py``) need 3.5 to 18 times fewer requests than the seed's grouping
+      while fetching at most about 1.05 times the cells they need.
+    - ``max_overfetch = 1.25``: a plan never fetches more than this many times the cells its
+      demand needs, whatever ``request_cost`` says (merges that would cross it are refused;
+      1.0 allows no waste at all). It bounds the bulk a large ``request_cost`` can buy.
     """
 
     max_tickers: int = 1000
     max_columns: int = 1000
     max_cells: int = 50_000
     request_cost: int = 300
+    max_overfetch: float = 1.25
 
     def __post_init__(self) -> None:
         for name in ("max_tickers", "max_columns", "max_cells"):
@@ -66,6 +84,8 @@ class Limits:
                 raise ValueError(f"{name} must be at least 1")
         if self.request_cost < 0:
             raise ValueError("request_cost must not be negative")
+        if not self.max_overfetch >= 1.0:  # also refuses NaN
+            raise ValueError("max_overfetch must be at least 1.0")
 
 
 def needed_cells(
@@ -87,21 +107,31 @@ def overfetch(requests: Iterable[ScanRequest], needed: Mapping[str, set[str]]) -
 
 @dataclass(slots=True)
 class _Group:
-    """A request under construction: tickers sharing one column bitset."""
+    """A request under construction: ``members`` (tickers or columns) sharing one bitset of
+    the other kind (columns or tickers)."""
 
-    tickers: list[str]
+    members: list[str]
     mask: int
     width: int  # popcount of mask
     seq: int = 0  # creation order: breaks ties between equally wide requests
 
     @property
     def cells(self) -> int:
-        return len(self.tickers) * self.width
+        return len(self.members) * self.width
+
+
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """``Limits`` seen from one way round: how many members, how wide, how many cells."""
+
+    members: int
+    width: int
+    cells: int
 
 
 @dataclass(slots=True)
 class _Catalogue:
-    """The tick's columns in sorted order; bit ``i`` of a mask stands for ``names[i]``."""
+    """Names in sorted order; bit ``i`` of a mask stands for ``names[i]``."""
 
     names: list[str]
 
@@ -115,12 +145,46 @@ class _Catalogue:
 _BITS = str.maketrans("01", "\x00\x01")
 
 
-def _tickers_by_mask(
+@dataclass(slots=True)
+class _Screener:
+    """One screener's demand, both ways round."""
+
+    #: Column bitset -> the tickers needing exactly those columns: the seed's groups.
+    by_columns: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    #: ``(profile, tf)`` -> the tickers with that key.
+    by_block: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def needed(self) -> int:
+        return sum(len(tickers) * mask.bit_count() for mask, tickers in self.by_columns.items())
+
+    def by_tickers(
+        self, blocks: Mapping[tuple[str, str], tuple[str, ...]]
+    ) -> tuple[_Catalogue, dict[int, list[str]]]:
+        """The screener's sorted tickers, and ticker bitset -> the columns needed by exactly
+        those tickers.
+
+        Built from the blocks, not from each ticker's columns: a block's columns all have its
+        tickers, so this costs the blocks' columns, not the demand's cells."""
+        tickers = sorted(ticker for group in self.by_columns.values() for ticker in group)
+        bit = {ticker: 1 << i for i, ticker in enumerate(tickers)}
+        of_column: dict[str, int] = defaultdict(int)
+        for block, block_tickers in self.by_block.items():
+            mask = _or(bit[ticker] for ticker in block_tickers)
+            for name in blocks[block]:
+                of_column[name] |= mask
+        by_mask: dict[int, list[str]] = defaultdict(list)
+        for name, mask in of_column.items():
+            by_mask[mask].append(name)
+        return _Catalogue(tickers), by_mask
+
+
+def _screeners(
     demand: Iterable[Key],
     profile_columns: Mapping[str, Sequence[str]],
     screener_of: Callable[[str], str],
-) -> tuple[_Catalogue, dict[str, dict[int, list[str]]]]:
-    """Screener -> column bitset -> tickers needing exactly it: the seed's groups."""
+) -> tuple[_Catalogue, dict[tuple[str, str], tuple[str, ...]], dict[str, _Screener]]:
+    """The tick's columns, each block's columns, and each screener's demand."""
     blocks: dict[tuple[str, str], tuple[str, ...]] = {}
     symbols: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for profile, symbol, tf in demand:
@@ -131,12 +195,15 @@ def _tickers_by_mask(
     names = sorted({name for columns in blocks.values() for name in columns})
     bit = {name: 1 << i for i, name in enumerate(names)}
     block_masks = {block: _or(bit[name] for name in columns) for block, columns in blocks.items()}
-    groups: dict[str, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+    screeners: dict[str, _Screener] = defaultdict(_Screener)
     for symbol, symbol_blocks in symbols.items():
         mask = _or(block_masks[block] for block in symbol_blocks)
         if mask:  # a profile without columns needs nothing fetched
-            groups[screener_of(symbol)][mask].append(symbol)
-    return _Catalogue(names), groups
+            screener = screeners[screener_of(symbol)]
+            screener.by_columns[mask].append(symbol)
+            for block in symbol_blocks:
+                screener.by_block[block].append(symbol)
+    return _Catalogue(names), blocks, screeners
 
 
 def _or(masks: Iterable[int]) -> int:
@@ -144,13 +211,6 @@ def _or(masks: Iterable[int]) -> int:
     for mask in masks:
         result |= mask
     return result
-
-
-def _requests(
-    screener: str, groups: Iterable[_Group], catalogue: _Catalogue
-) -> Iterator[ScanRequest]:
-    for group in groups:
-        yield ScanRequest(screener, tuple(sorted(group.tickers)), catalogue.decode(group.mask))
 
 
 def _ordered(requests: Iterable[ScanRequest]) -> list[ScanRequest]:
@@ -164,12 +224,12 @@ def seed_grouping(
     screener_of: Callable[[str], str],
 ) -> list[ScanRequest]:
     """The seed's rule, kept as the yardstick: per screener, one request per distinct need."""
-    catalogue, by_screener = _tickers_by_mask(demand, profile_columns, screener_of)
-    requests: list[ScanRequest] = []
-    for screener, by_mask in by_screener.items():
-        groups = (_Group(tickers, mask, mask.bit_count()) for mask, tickers in by_mask.items())
-        requests.extend(_requests(screener, groups, catalogue))
-    return _ordered(requests)
+    catalogue, _, screeners = _screeners(demand, profile_columns, screener_of)
+    return _ordered(
+        ScanRequest(name, tuple(sorted(tickers)), catalogue.decode(mask))
+        for name, screener in screeners.items()
+        for mask, tickers in screener.by_columns.items()
+    )
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -177,7 +237,7 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
         yield list(items[start : start + size])
 
 
-def _column_chunks(mask: int, size: int) -> Iterator[tuple[int, int]]:
+def _bit_chunks(mask: int, size: int) -> Iterator[tuple[int, int]]:
     """Split a bitset into ``(mask, width)`` pieces of at most ``size`` bits, low bits first."""
     piece = width = 0
     while mask:
@@ -192,8 +252,10 @@ def _column_chunks(mask: int, size: int) -> Iterator[tuple[int, int]]:
         yield piece, width
 
 
-def _split(tickers: list[str], mask: int, limits: Limits) -> tuple[list[_Group], list[_Group]]:
-    """Cut one seed group to the limits: ``(mergeable pieces, final pieces)``.
+def _by_tickers_pieces(
+    tickers: list[str], mask: int, bounds: _Bounds
+) -> tuple[list[_Group], list[_Group]]:
+    """Cut one seed group (tickers x column bitset) to the limits: ``(mergeable, final)``.
 
     Pieces cut by tickers still hold each ticker once, so they may merge like any group. Pieces
     cut by columns share tickers, and merging one would fetch a column a sibling already
@@ -201,61 +263,88 @@ def _split(tickers: list[str], mask: int, limits: Limits) -> tuple[list[_Group],
     """
     tickers = sorted(tickers)
     width = mask.bit_count()
-    max_width = min(limits.max_columns, limits.max_cells)
+    max_width = min(bounds.width, bounds.cells)
     if width <= max_width:
-        per = min(limits.max_tickers, limits.max_cells // width)
+        per = min(bounds.members, bounds.cells // width)
         return [_Group(chunk, mask, width) for chunk in _chunks(tickers, per)], []
     final: list[_Group] = []
-    for piece, piece_width in _column_chunks(mask, max_width):
-        per = min(limits.max_tickers, limits.max_cells // piece_width)
+    for piece, piece_width in _bit_chunks(mask, max_width):
+        per = min(bounds.members, bounds.cells // piece_width)
         final.extend(_Group(chunk, piece, piece_width) for chunk in _chunks(tickers, per))
     return [], final
 
 
-def _merge(groups: list[_Group], budget: int, limits: Limits) -> list[_Group]:
-    """One greedy merging pass within one screener.
+def _by_columns_pieces(
+    columns: list[str], mask: int, bounds: _Bounds
+) -> tuple[list[_Group], list[_Group]]:
+    """Cut one column group (columns x ticker bitset) to the limits: ``(mergeable, final)``.
+
+    A group within the limits is mergeable. One that is not is cut by tickers first (by columns
+    only beyond ``max_columns``), so a ticker's row stays in as few pieces as the limits allow,
+    and every piece is final: a piece missing some of the group's tickers, merged, would fetch
+    a cell a sibling fetches.
+    """
+    columns = sorted(columns)
+    width = mask.bit_count()
+    size = len(columns)
+    if size <= bounds.members and width <= bounds.width and size * width <= bounds.cells:
+        return [_Group(columns, mask, width)], []
+    final: list[_Group] = []
+    for chunk in _chunks(columns, min(bounds.members, bounds.cells)):
+        per = min(bounds.width, bounds.cells // len(chunk))
+        final.extend(_Group(chunk, piece, width) for piece, width in _bit_chunks(mask, per))
+    return [], final
+
+
+def _merge(
+    groups: list[_Group], budget: int, allowance: int, bounds: _Bounds
+) -> tuple[list[_Group], int]:
+    """One greedy merging pass within one screener: ``(groups, unneeded cells it added)``.
 
     Widest groups go first and become the requests; each later group joins the request where
-    it adds the fewest cells nobody asked for, if that is at most ``budget`` and the result
-    stays within the limits, and otherwise becomes a request of its own. Each merge saves one
-    request, so a pass never returns more groups than it was given.
+    it adds the fewest cells nobody asked for, if that is at most ``budget`` (and, summed over
+    the pass, ``allowance``) and the result stays within the bounds, and otherwise becomes a
+    request of its own. Each merge saves one request, so a pass never returns more groups than
+    it was given.
 
     Because groups come widest first, every request is at least as wide as the group being
-    placed, so joining one ``extra`` columns wider adds at least ``tickers * extra`` cells.
+    placed, so joining one ``extra`` bits wider adds at least ``members * extra`` cells.
     Requests are kept sorted by width and the scan stops where that bound alone is too much:
     without it, a demand of thousands of distinct needs would take quadratic time.
     """
-    groups.sort(key=lambda g: (-g.width, -len(g.tickers), g.mask, g.tickers[0]))
+    groups.sort(key=lambda g: (-g.width, -len(g.members), g.mask, g.members[0]))
     merged: list[_Group] = []  # ascending (width, seq)
+    spent = 0
     for seq, group in enumerate(groups):
-        size, own, width = len(group.tickers), group.cells, group.width
+        size, own, width = len(group.members), group.cells, group.width
         best_at = -1
-        best_added = budget + 1
+        best_added = min(budget, allowance - spent) + 1
         for at, target in enumerate(merged):
             if size * (target.width - width) >= best_added:
                 break
             union = (target.mask | group.mask).bit_count()
-            count = len(target.tickers) + size
+            count = len(target.members) + size
             cells = count * union
             added = cells - target.cells - own
             if (
                 added < best_added
-                and count <= limits.max_tickers
-                and union <= limits.max_columns
-                and cells <= limits.max_cells
+                and count <= bounds.members
+                and union <= bounds.width
+                and cells <= bounds.cells
             ):
                 best_at, best_added = at, added
                 if added == 0:
                     break
         if best_at < 0:
-            target = _Group(list(group.tickers), group.mask, width, seq)
+            target = _Group(list(group.members), group.mask, width, seq)
         else:
             target = merged.pop(best_at)
-            target.tickers.extend(group.tickers)
+            target.members.extend(group.members)
             target.mask |= group.mask
             target.width = target.mask.bit_count()
+            spent += best_added
         insort(merged, target, key=_by_width)
-    return merged
+    return merged, spent
 
 
 def _by_width(group: _Group) -> tuple[int, int]:
@@ -274,6 +363,19 @@ def _budgets(request_cost: int) -> tuple[int, ...]:
     return tuple(sorted({request_cost // 4, request_cost // 2, request_cost}))
 
 
+def _merged(
+    mergeable: list[_Group], final: list[_Group], allowance: int, limits: Limits, bounds: _Bounds
+) -> list[_Group]:
+    for budget in _budgets(limits.request_cost):
+        mergeable, spent = _merge(mergeable, budget, allowance, bounds)
+        allowance -= spent
+    return mergeable + final
+
+
+def _cost(groups: Sequence[_Group], limits: Limits) -> tuple[int, int]:
+    return len(groups) * limits.request_cost + sum(group.cells for group in groups), len(groups)
+
+
 def plan(
     demand: Iterable[Key],
     profile_columns: Mapping[str, Sequence[str]],
@@ -288,28 +390,65 @@ def plan(
       of one screener only;
     - a request asks a ticker for a column it does not need only because another ticker in
       the same request needs that column (a merge);
-    - every request respects ``limits``;
+    - every request respects ``limits``, and the plan fetches at most ``max_overfetch`` times
+      the cells the demand needs (each screener's plan does);
     - when every request of :func:`seed_grouping` respects ``limits``, there are never more
       requests than it has. A seed request that breaks a limit is first cut into
       ``ceil(tickers / per)`` pieces, ``per = min(max_tickers, max_cells // width)``, or, when
       its ``width`` (columns) exceeds ``min(max_columns, max_cells)``, into column pieces of
       that size each cut the same way; the bound then holds against the seed so cut;
+    - every unneeded cell fetched buys a saved request: the cells beyond the demand are at
+      most ``request_cost`` times the requests saved against the seed (so cut);
     - the same demand gives the same requests, in the same order, with sorted tickers and
       columns.
 
     ``screener_of`` is called once per distinct symbol and may raise for an unknown exchange;
     callers are expected to have refused such symbols at subscribe time.
     """
-    catalogue, by_screener = _tickers_by_mask(demand, profile_columns, screener_of)
+    catalogue, blocks, screeners = _screeners(demand, profile_columns, screener_of)
     requests: list[ScanRequest] = []
-    for screener, by_mask in by_screener.items():
-        mergeable: list[_Group] = []
-        final: list[_Group] = []
-        for mask, tickers in by_mask.items():
-            pieces, fixed = _split(tickers, mask, limits)
-            mergeable.extend(pieces)
-            final.extend(fixed)
-        for budget in _budgets(limits.request_cost):
-            mergeable = _merge(mergeable, budget, limits)
-        requests.extend(_requests(screener, mergeable + final, catalogue))
+    for name, screener in screeners.items():
+        allowance = math.floor((limits.max_overfetch - 1) * screener.needed)
+        rows = _by_tickers(screener, allowance, limits)
+        tickers, pieces = _by_columns(screener, blocks, allowance, limits)
+        if _cost(pieces, limits) < _cost(rows, limits):
+            requests.extend(
+                ScanRequest(name, tickers.decode(group.mask), tuple(sorted(group.members)))
+                for group in pieces
+            )
+        else:
+            requests.extend(
+                ScanRequest(name, tuple(sorted(group.members)), catalogue.decode(group.mask))
+                for group in rows
+            )
     return _ordered(requests)
+
+
+def _by_tickers(screener: _Screener, allowance: int, limits: Limits) -> list[_Group]:
+    """The plan by tickers: groups of tickers over a column bitset."""
+    bounds = _Bounds(limits.max_tickers, limits.max_columns, limits.max_cells)
+    mergeable: list[_Group] = []
+    final: list[_Group] = []
+    for mask, tickers in screener.by_columns.items():
+        pieces, fixed = _by_tickers_pieces(tickers, mask, bounds)
+        mergeable.extend(pieces)
+        final.extend(fixed)
+    return _merged(mergeable, final, allowance, limits, bounds)
+
+
+def _by_columns(
+    screener: _Screener,
+    blocks: Mapping[tuple[str, str], tuple[str, ...]],
+    allowance: int,
+    limits: Limits,
+) -> tuple[_Catalogue, list[_Group]]:
+    """The plan by columns: the screener's tickers, and groups of columns over a ticker bitset."""
+    bounds = _Bounds(limits.max_columns, limits.max_tickers, limits.max_cells)
+    tickers, by_mask = screener.by_tickers(blocks)
+    mergeable: list[_Group] = []
+    final: list[_Group] = []
+    for mask, names in by_mask.items():
+        pieces, fixed = _by_columns_pieces(names, mask, bounds)
+        mergeable.extend(pieces)
+        final.extend(fixed)
+    return tickers, _merged(mergeable, final, allowance, limits, bounds)
