@@ -1,4 +1,5 @@
-"""The planner: every needed cell once, in no more requests than the seed's grouping."""
+"""The planner: every needed cell once, in no more requests than the seed's grouping, within
+the over-fetch cap."""
 
 from __future__ import annotations
 
@@ -67,11 +68,59 @@ def test_a_cheap_overfetch_saves_a_request() -> None:
     # USDJPY's summary column is inside EURUSD's full set: 90 cells extra buy one request less.
     demand = [Key("full", "FX_IDC:EURUSD", "1h"), Key("summary", "FX_IDC:USDJPY", "1h")]
     assert len(seed_grouping(demand, PROFILES, screener_for)) == 2
-    [request] = plan(demand, PROFILES, screener_for)
+    [request] = plan(demand, PROFILES, screener_for, Limits(max_overfetch=2.0))
     assert request.cells == 2 * 91
-    assert plan(demand, PROFILES, screener_for, Limits(request_cost=89)) == seed_grouping(
-        demand, PROFILES, screener_for
+    assert plan(
+        demand, PROFILES, screener_for, Limits(request_cost=89, max_overfetch=2.0)
+    ) == seed_grouping(demand, PROFILES, screener_for)
+
+
+def test_the_overfetch_cap_refuses_a_merge_request_cost_would_take() -> None:
+    # The same merge fetches 182 cells for 92 needed: over 1.25 whatever a request is worth.
+    demand = [Key("full", "FX_IDC:EURUSD", "1h"), Key("summary", "FX_IDC:USDJPY", "1h")]
+    seed = seed_grouping(demand, PROFILES, screener_for)
+    assert plan(demand, PROFILES, screener_for, Limits(request_cost=10**6)) == seed
+    assert len(plan(demand, PROFILES, screener_for, Limits(max_overfetch=1.97))) == 2
+    assert len(plan(demand, PROFILES, screener_for, Limits(max_overfetch=1.98))) == 1
+
+
+def test_many_distinct_needs_over_few_timeframes_are_planned_by_columns() -> None:
+    # Two tickers on each pair of four frames: six distinct needs, six seed requests, where one
+    # request per frame covers every cell exactly, each ticker's row coming back in two pieces.
+    frames = ("1h", "4h", "1d", "1W")
+    pairs = [(a, b) for a in frames for b in frames if frames.index(a) < frames.index(b)]
+    demand = [
+        Key("full", f"FX_IDC:T{i}{j}", tf)
+        for i, pair in enumerate(pairs)
+        for j in range(2)
+        for tf in pair
+    ]
+    assert len(seed_grouping(demand, PROFILES, screener_for)) == 6
+    requests = plan(demand, PROFILES, screener_for)
+    assert overfetch(requests, needed_cells(demand, PROFILES)) == 1.0
+    by_frame = {r.columns[0].partition("|")[2]: r.tickers for r in requests}
+    assert len(requests) == len(by_frame) == 4
+    assert all(len(r.columns) == 91 and len(r.tickers) == 6 for r in requests)
+    assert by_frame["240"] == tuple(
+        f"FX_IDC:T{i}{j}" for i, pair in enumerate(pairs) if "4h" in pair for j in range(2)
     )
+
+
+def test_pieces_of_a_column_group_cut_to_the_limits_do_not_merge() -> None:
+    # By columns, A|240 is needed by three tickers, over max_tickers: cut into pieces, one of
+    # which, merged with a narrower group, would fetch a cell its sibling fetches too.
+    demand = [
+        Key("p", "FX_IDC:S0", "1h"),
+        Key("p", "FX_IDC:S5", "1d"),
+        Key("p", "FX_IDC:S5", "4h"),
+        Key("r", "FX_IDC:S0", "4h"),
+        Key("r", "FX_IDC:S3", "4h"),
+    ]
+    profiles = {"p": ("A",), "r": ("A", "B", "C")}
+    limits = Limits(max_tickers=2, max_cells=6, request_cost=17, max_overfetch=3.0)
+    fetched = fetched_cells(plan(demand, profiles, screener_for, limits))
+    assert set(fetched.values()) == {1}
+    assert set(fetched) >= {(t, c) for t, cs in needed_cells(demand, profiles).items() for c in cs}
 
 
 def test_a_dear_overfetch_does_not() -> None:
@@ -82,9 +131,10 @@ def test_a_dear_overfetch_does_not() -> None:
     assert len(plan(demand, PROFILES, screener_for)) == 2
 
 
-def test_request_cost_zero_is_the_seed_grouping() -> None:
+def test_request_cost_zero_fetches_only_what_is_needed() -> None:
     demand = [Key("full", "FX_IDC:EURUSD", "1h"), Key("summary", "FX_IDC:USDJPY", "1h")]
-    assert plan(demand, PROFILES, screener_for, Limits(request_cost=0)) == seed_grouping(
+    limits = Limits(request_cost=0, max_overfetch=10.0)
+    assert plan(demand, PROFILES, screener_for, limits) == seed_grouping(
         demand, PROFILES, screener_for
     )
 
@@ -121,14 +171,23 @@ def test_needed_cells_and_overfetch() -> None:
     needed = needed_cells(demand, PROFILES)
     assert needed["FX_IDC:USDJPY"] == {"Recommend.All|60"}
     assert len(needed["FX_IDC:EURUSD"]) == 91
-    assert overfetch(plan(demand, PROFILES, screener_for), needed) == pytest.approx(182 / 92)
+    requests = plan(demand, PROFILES, screener_for, Limits(max_overfetch=2.0))
+    assert overfetch(requests, needed) == pytest.approx(182 / 92)
     assert overfetch([], {}) == 1.0
 
 
 @pytest.mark.parametrize(
-    "changes", [{"max_tickers": 0}, {"max_columns": 0}, {"max_cells": -1}, {"request_cost": -1}]
+    "changes",
+    [
+        {"max_tickers": 0},
+        {"max_columns": 0},
+        {"max_cells": -1},
+        {"request_cost": -1},
+        {"max_overfetch": 0.99},
+        {"max_overfetch": math.nan},
+    ],
 )
-def test_limits_refuse_nonsense(changes: dict[str, int]) -> None:
+def test_limits_refuse_nonsense(changes: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(changes))):
         Limits(**changes)
 
@@ -162,6 +221,7 @@ limits_strategy = st.one_of(
         max_columns=st.integers(1, 30),
         max_cells=st.integers(1, 120),
         request_cost=st.integers(0, 60),
+        max_overfetch=st.one_of(st.just(1.0), st.floats(1.0, 3.0)),
     ),
 )
 
@@ -228,13 +288,21 @@ def test_plan_properties(
         assert list(request.tickers) == sorted(request.tickers)
         assert list(request.columns) == sorted(request.columns)
 
-    if all(within(request, limits) for request in seed):
-        assert len(requests) <= len(seed)
-        # Each request saved is worth at most request_cost unneeded cells.
-        wasted = sum(fetched.values()) - sum(map(len, needed.values()))
-        assert wasted <= (len(seed) - len(requests)) * limits.request_cost
-    else:
-        assert len(requests) <= split_seed_size(seed, limits)
+    # Never over the cap: the plan starts exact and refuses a merge that would cross it.
+    wanted = sum(map(len, needed.values()))
+    wasted = sum(fetched.values()) - wanted
+    assert wasted <= (limits.max_overfetch - 1) * wanted
+    if limits.max_overfetch == 1.0 or limits.request_cost == 0:
+        assert wasted == 0
+
+    # Each request saved is worth at most request_cost unneeded cells.
+    bound = (
+        len(seed)
+        if all(within(request, limits) for request in seed)
+        else split_seed_size(seed, limits)
+    )
+    assert len(requests) <= bound
+    assert wasted <= (bound - len(requests)) * limits.request_cost
 
     # Deterministic, whatever order the demand arrives in.
     shuffled = list(demand)
