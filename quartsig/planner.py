@@ -67,9 +67,13 @@ class Limits:
       are the throttled resource, but bulk is not free either; at 300 the bench demands
       (``bench/planner.py``) need 3.5 to 18 times fewer requests than the seed's grouping
       while fetching at most about 1.05 times the cells they need.
-    - ``max_overfetch = 1.25``: a plan never fetches more than this many times the cells its
-      demand needs, whatever ``request_cost`` says (merges that would cross it are refused;
-      1.0 allows no waste at all). It bounds the bulk a large ``request_cost`` can buy.
+    - ``max_overfetch = 1.25``: a screener's plan never fetches more than this many times the
+      cells its demand needs, whatever ``request_cost`` says (merges that would cross it are
+      refused), so a large ``request_cost`` cannot buy unbounded bulk ...
+    - ``overfetch_slack = 300``: ... except for this many unneeded cells, allowed however small
+      the demand. On a few keys a ratio means nothing: a ``full`` key and a ``summary`` key
+      share one request at an over-fetch of 2.0 (92 cells more), which beats two requests.
+      ``max_overfetch=1.0, overfetch_slack=0`` allows no waste at all.
     """
 
     max_tickers: int = 1000
@@ -77,13 +81,15 @@ class Limits:
     max_cells: int = 50_000
     request_cost: int = 300
     max_overfetch: float = 1.25
+    overfetch_slack: int = 300
 
     def __post_init__(self) -> None:
         for name in ("max_tickers", "max_columns", "max_cells"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.request_cost < 0:
-            raise ValueError("request_cost must not be negative")
+        for name in ("request_cost", "overfetch_slack"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         if not self.max_overfetch >= 1.0:  # also refuses NaN
             raise ValueError("max_overfetch must be at least 1.0")
 
@@ -372,6 +378,11 @@ def _merged(
     return mergeable + final
 
 
+def _allowance(needed: int, limits: Limits) -> int:
+    """Unneeded cells one screener's plan may fetch."""
+    return max(math.floor((limits.max_overfetch - 1) * needed), limits.overfetch_slack)
+
+
 def _cost(groups: Sequence[_Group], limits: Limits) -> tuple[int, int]:
     return len(groups) * limits.request_cost + sum(group.cells for group in groups), len(groups)
 
@@ -390,8 +401,9 @@ def plan(
       of one screener only;
     - a request asks a ticker for a column it does not need only because another ticker in
       the same request needs that column (a merge);
-    - every request respects ``limits``, and the plan fetches at most ``max_overfetch`` times
-      the cells the demand needs (each screener's plan does);
+    - every request respects ``limits``, and each screener's plan fetches at most
+      ``max(max_overfetch * needed, needed + overfetch_slack)`` cells, ``needed`` being the
+      cells its keys need;
     - when every request of :func:`seed_grouping` respects ``limits``, there are never more
       requests than it has. A seed request that breaks a limit is first cut into
       ``ceil(tickers / per)`` pieces, ``per = min(max_tickers, max_cells // width)``, or, when
@@ -408,7 +420,7 @@ def plan(
     catalogue, blocks, screeners = _screeners(demand, profile_columns, screener_of)
     requests: list[ScanRequest] = []
     for name, screener in screeners.items():
-        allowance = math.floor((limits.max_overfetch - 1) * screener.needed)
+        allowance = _allowance(screener.needed, limits)
         rows = _by_tickers(screener, allowance, limits)
         tickers, pieces = _by_columns(screener, blocks, allowance, limits)
         if _cost(pieces, limits) < _cost(rows, limits):
