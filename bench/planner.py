@@ -16,6 +16,12 @@ Target (issue 15): on every mix, ``plan`` at its defaults sends <= 0.4 times the
 grouping's requests at an over-fetch <= 1.25, in well under 50 ms for 5,000 keys. The clients
 mix is also drawn with ``--seeds`` other seeds, so the verdict does not rest on one lucky draw.
 
+Per strategy: requests per tick and their share of the seed grouping's, cells fetched and
+needed, over-fetch, rows per ticker (the pieces a ticker's row comes back in: 1.00 when every
+ticker sits in one request), plan ms, and join ms: ``collector.merge_results`` joining those
+pieces and every key's values picked out of the joined rows, on synthetic rows (the CPU a plan
+by columns moves into the collector's tick). Both times are medians of ``--runs``.
+
 ``--compare NAME=DIR`` also plans every mix with the ``quartsig/planner.py`` of another
 checkout (e.g. ``git archive 807553f | tar -x -C /tmp/base``) at its default limits, side by
 side: planner output is deterministic, so counts compare exactly, run to run.
@@ -36,8 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from quartsig.collector import merge_results
 from quartsig.columns import FULL_COLUMNS
-from quartsig.model import Key, ScanRequest
+from quartsig.model import Key, Layout, Row, ScanRequest, ScanResult
 from quartsig.planner import (
     Limits,
     needed_cells,
@@ -196,21 +203,44 @@ def variant(name: str, where: Path) -> Planner:
     return lambda keys: other(keys, PROFILES, screener_for)
 
 
-#: name, requests, cells fetched, cells needed, over-fetch, rows per ticker, plan ms
-Row = tuple[str, int, int, int, float, float, float]
+def join_ms(keys: Sequence[Key], requests: Sequence[ScanRequest], runs: int) -> float:
+    """Median ms the collector spends joining a ticker's pieces (``merge_results``) and
+    picking every key's values out of the joined rows: what a plan by columns costs it."""
+    columns = {
+        (key.profile, key.tf): tuple(column(base, key.tf) for base in PROFILES[key.profile])
+        for key in keys
+    }
+    times = []
+    for _ in range(runs):
+        results = []
+        for request in requests:
+            layout = Layout(request.columns)
+            rows = {ticker: Row(layout, [0.0] * len(layout.columns)) for ticker in request.tickers}
+            results.append(ScanResult(request, rows, frozenset(), None, 1, 0.0))
+        start = time.perf_counter()
+        outcome = merge_results(results)
+        for key in keys:
+            outcome.rows[key.symbol].pick(columns[key.profile, key.tf])
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
-def measure(name: str, keys: Sequence[Key], planner: Planner, runs: int) -> Row:
+#: name, requests, cells fetched, cells needed, over-fetch, rows per ticker, plan ms, join ms
+Measured = tuple[str, int, int, int, float, float, float, float]
+
+
+def measure(name: str, keys: Sequence[Key], planner: Planner, runs: int) -> Measured:
     requests, ms = timed(lambda: planner(keys), runs)
     needed = needed_cells(keys, PROFILES)
     cells = sum(request.cells for request in requests)
     wanted = sum(map(len, needed.values()))
     # How many pieces a ticker's row comes back in: the collector joins them.
     rows = sum(len(request.tickers) for request in requests) / max(1, len(needed))
-    return name, len(requests), cells, wanted, overfetch(requests, needed), rows, ms
+    ratio = overfetch(requests, needed)
+    return name, len(requests), cells, wanted, ratio, rows, ms, join_ms(keys, requests, runs)
 
 
-def run(keys: Sequence[Key], runs: int, others: Mapping[str, Planner]) -> list[Row]:
+def run(keys: Sequence[Key], runs: int, others: Mapping[str, Planner]) -> list[Measured]:
     rows = [
         measure("one per (profile, symbol, tf)", keys,
                 lambda k: per_key(k, PROFILES, screener_for), runs),
@@ -231,20 +261,20 @@ def verdict(requests: int, seed: int, ratio: float) -> str:
     return f"{share:.3f}x at {ratio:.3f}: {'met' if met else 'MISSED'}"
 
 
-def table(scenario: Scenario, keys: Sequence[Key], rows: Sequence[Row]) -> str:
+def table(scenario: Scenario, keys: Sequence[Key], rows: Sequence[Measured]) -> str:
     symbols = len({key.symbol for key in keys})
     seed = rows[1][1]
     lines = [
         f"### {scenario.name}: {len(keys)} keys, {symbols} symbols",
         "",
         "| strategy | requests/tick | vs seed | cells fetched | cells needed | over-fetch "
-        "| rows/ticker | plan ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows/ticker | plan ms | join ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {name} | {count} | {count / seed:.3f} | {cells} | {wanted} | {ratio:.3f} "
-        f"| {per:.2f} | {ms:.2f} |"
-        for name, count, cells, wanted, ratio, per, ms in rows
+        f"| {per:.2f} | {ms:.2f} | {join:.1f} |"
+        for name, count, cells, wanted, ratio, per, ms, join in rows
     ]
     return "\n".join(lines)
 
@@ -308,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(table(scenario, keys, rows))
         print()
         seed_count = rows[1][1]
-        for name, count, _, _, ratio, _, _ in rows[2:]:
+        for name, count, _, _, ratio, _, _, _ in rows[2:]:
             if name == "plan, defaults" or name.endswith(": plan, defaults"):
                 print(f"{name}: {verdict(count, seed_count, ratio)}")
                 met &= name != "plan, defaults" or (
