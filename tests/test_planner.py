@@ -247,14 +247,30 @@ limits_strategy = st.one_of(
 
 
 @st.composite
-def demands(draw: st.DrawFn) -> tuple[dict[str, tuple[str, ...]], list[Key]]:
+def demands(
+    draw: st.DrawFn,
+    symbols_strategy: st.SearchStrategy[list[str]] = symbols_strategy,
+    timeframes: Sequence[str] = TIMEFRAMES,
+    min_keys: int = 0,
+) -> tuple[dict[str, tuple[str, ...]], list[Key]]:
     profiles = draw(profiles_strategy)
     symbols = draw(symbols_strategy)
     key = st.builds(
         Key, st.sampled_from(sorted(profiles)), st.sampled_from(symbols),
-        st.sampled_from(TIMEFRAMES),
+        st.sampled_from(timeframes),
     )  # fmt: skip
-    return profiles, draw(st.lists(key, max_size=60, unique=True))
+    return profiles, draw(st.lists(key, min_size=min_keys, max_size=60, unique=True))
+
+
+#: Also one screener's many tickers on a few timeframes: many distinct needs over few column
+#: blocks, where a plan by columns wins and tickers come back in pieces.
+crowded = st.lists(
+    st.builds("FX_IDC:{}{}".format, st.sampled_from("ABCDEFGH"), st.sampled_from("ABCDEFGH")),
+    min_size=10,
+    max_size=30,
+    unique=True,
+)
+any_demand = st.one_of(demands(), demands(crowded, TIMEFRAMES[3:6], min_keys=20))
 
 
 def fetched_cells(requests: Sequence[ScanRequest]) -> Counter[tuple[str, str]]:
@@ -283,8 +299,8 @@ def split_seed_size(seed: Sequence[ScanRequest], limits: Limits) -> int:
     return total
 
 
-@given(demands(), limits_strategy)
-@settings(max_examples=300, deadline=None)
+@given(any_demand, limits_strategy)
+@settings(max_examples=400, deadline=None)
 def test_plan_properties(
     drawn: tuple[Mapping[str, Sequence[str]], list[Key]], limits: Limits
 ) -> None:
