@@ -21,7 +21,8 @@ the first way):
   then comes back in a few pieces, which the collector joins.
 
 Either way, groups of one screener are then merged when a saved request is worth the cells the
-merged request fetches for nobody, as long as the plan stays within ``Limits.max_overfetch``.
+merged request fetches for nobody, as long as the plan stays within ``Limits.max_overfetch``
+(or ``overfetch_slack``, on a small demand).
 Because a group holds every ticker (or every column) of its cells, merging two never fetches a
 cell twice. Only a group too big for the limits is cut the other way, and its pieces are final.
 
@@ -65,8 +66,8 @@ class Limits:
       so a merge happens when it adds at most this many cells nobody asked for: about three
       tickers getting one more ``full`` timeframe (91 columns) none of them watches. Requests
       are the throttled resource, but bulk is not free either; at 300 the bench demands
-      (``bench/planner.py``) need 3.5 to 18 times fewer requests than the seed's grouping
-      while fetching at most about 1.05 times the cells they need.
+      (``bench/planner.py``) need 3.4 to 19 times fewer requests than the seed's grouping
+      while fetching at most 1.06 times the cells they need.
     - ``max_overfetch = 1.25``: a screener's plan never fetches more than this many times the
       cells its demand needs, whatever ``request_cost`` says (merges that would cross it are
       refused), so a large ``request_cost`` cannot buy unbounded bulk ...
@@ -156,23 +157,23 @@ class _Screener:
     """One screener's demand, both ways round."""
 
     #: Column bitset -> the tickers needing exactly those columns: the seed's groups.
-    by_columns: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    by_need: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     #: ``(profile, tf)`` -> the tickers with that key.
     by_block: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
 
     @property
     def needed(self) -> int:
-        return sum(len(tickers) * mask.bit_count() for mask, tickers in self.by_columns.items())
+        return sum(len(tickers) * mask.bit_count() for mask, tickers in self.by_need.items())
 
-    def by_tickers(
+    def by_audience(
         self, blocks: Mapping[tuple[str, str], tuple[str, ...]]
     ) -> tuple[_Catalogue, dict[int, list[str]]]:
         """The screener's sorted tickers, and ticker bitset -> the columns needed by exactly
-        those tickers.
+        those tickers (their audience).
 
         Built from the blocks, not from each ticker's columns: a block's columns all have its
         tickers, so this costs the blocks' columns, not the demand's cells."""
-        tickers = sorted(ticker for group in self.by_columns.values() for ticker in group)
+        tickers = sorted(ticker for group in self.by_need.values() for ticker in group)
         bit = {ticker: 1 << i for i, ticker in enumerate(tickers)}
         of_column: dict[str, int] = defaultdict(int)
         for block, block_tickers in self.by_block.items():
@@ -206,7 +207,7 @@ def _screeners(
         mask = _or(block_masks[block] for block in symbol_blocks)
         if mask:  # a profile without columns needs nothing fetched
             screener = screeners[screener_of(symbol)]
-            screener.by_columns[mask].append(symbol)
+            screener.by_need[mask].append(symbol)
             for block in symbol_blocks:
                 screener.by_block[block].append(symbol)
     return _Catalogue(names), blocks, screeners
@@ -234,7 +235,7 @@ def seed_grouping(
     return _ordered(
         ScanRequest(name, tuple(sorted(tickers)), catalogue.decode(mask))
         for name, screener in screeners.items()
-        for mask, tickers in screener.by_columns.items()
+        for mask, tickers in screener.by_need.items()
     )
 
 
@@ -298,7 +299,7 @@ def _by_columns_pieces(
     final: list[_Group] = []
     for chunk in _chunks(columns, min(bounds.members, bounds.cells)):
         per = min(bounds.width, bounds.cells // len(chunk))
-        final.extend(_Group(chunk, piece, width) for piece, width in _bit_chunks(mask, per))
+        final.extend(_Group(chunk, piece, bits) for piece, bits in _bit_chunks(mask, per))
     return [], final
 
 
@@ -441,7 +442,7 @@ def _by_tickers(screener: _Screener, allowance: int, limits: Limits) -> list[_Gr
     bounds = _Bounds(limits.max_tickers, limits.max_columns, limits.max_cells)
     mergeable: list[_Group] = []
     final: list[_Group] = []
-    for mask, tickers in screener.by_columns.items():
+    for mask, tickers in screener.by_need.items():
         pieces, fixed = _by_tickers_pieces(tickers, mask, bounds)
         mergeable.extend(pieces)
         final.extend(fixed)
@@ -456,7 +457,7 @@ def _by_columns(
 ) -> tuple[_Catalogue, list[_Group]]:
     """The plan by columns: the screener's tickers, and groups of columns over a ticker bitset."""
     bounds = _Bounds(limits.max_columns, limits.max_tickers, limits.max_cells)
-    tickers, by_mask = screener.by_tickers(blocks)
+    tickers, by_mask = screener.by_audience(blocks)
     mergeable: list[_Group] = []
     final: list[_Group] = []
     for mask, names in by_mask.items():
