@@ -20,7 +20,9 @@ Per strategy: requests per tick and their share of the seed grouping's, cells fe
 needed, over-fetch, rows per ticker (the pieces a ticker's row comes back in: 1.00 when every
 ticker sits in one request), plan ms, and join ms: ``collector.merge_results`` joining those
 pieces and every key's values picked out of the joined rows, on synthetic rows (the CPU a plan
-by columns moves into the collector's tick). Both times are medians of ``--runs``.
+by columns moves into the collector's tick). Both times are medians of ``--runs`` rounds, every
+strategy timed once per round; with ``--compare``, the medians of the per-round ratios of
+``plan`` to the other follow each table.
 
 ``--compare NAME=DIR`` also plans every mix with the ``quartsig/planner.py`` of another
 checkout (e.g. ``git archive 807553f | tar -x -C /tmp/base``) at its default limits, side by
@@ -160,17 +162,6 @@ def per_key(
     ]
 
 
-def timed(function: Callable[[], list[ScanRequest]], runs: int) -> tuple[list[ScanRequest], float]:
-    """The result and the median wall time in milliseconds."""
-    times = []
-    result: list[ScanRequest] = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = function()
-        times.append((time.perf_counter() - start) * 1000)
-    return result, statistics.median(times)
-
-
 STRATEGIES: tuple[tuple[str, Limits], ...] = (
     ("plan, defaults", Limits()),
     ("plan, request_cost=0", Limits(request_cost=0)),
@@ -203,56 +194,78 @@ def variant(name: str, where: Path) -> Planner:
     return lambda keys: other(keys, PROFILES, screener_for)
 
 
-def join_ms(keys: Sequence[Key], requests: Sequence[ScanRequest], runs: int) -> float:
-    """Median ms the collector spends joining a ticker's pieces (``merge_results``) and
-    picking every key's values out of the joined rows: what a plan by columns costs it."""
-    columns = {
-        (key.profile, key.tf): tuple(column(base, key.tf) for base in PROFILES[key.profile])
-        for key in keys
-    }
-    times = []
-    for _ in range(runs):
-        results = []
-        for request in requests:
-            layout = Layout(request.columns)
-            rows = {ticker: Row(layout, [0.0] * len(layout.columns)) for ticker in request.tickers}
-            results.append(ScanResult(request, rows, frozenset(), None, 1, 0.0))
-        start = time.perf_counter()
-        outcome = merge_results(results)
-        for key in keys:
-            outcome.rows[key.symbol].pick(columns[key.profile, key.tf])
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def join_ms(
+    keys: Sequence[Key], columns: Mapping[tuple[str, str], tuple[str, ...]],
+    requests: Sequence[ScanRequest],
+) -> float:  # fmt: skip
+    """Ms the collector spends joining a ticker's pieces (``merge_results``) and picking every
+    key's values out of the joined rows: what a plan by columns costs it."""
+    results = []
+    for request in requests:
+        layout = Layout(request.columns)
+        rows = {ticker: Row(layout, [0.0] * len(layout.columns)) for ticker in request.tickers}
+        results.append(ScanResult(request, rows, frozenset(), None, 1, 0.0))
+    start = time.perf_counter()
+    outcome = merge_results(results)
+    for key in keys:
+        outcome.rows[key.symbol].pick(columns[key.profile, key.tf])
+    return (time.perf_counter() - start) * 1000
 
 
 #: name, requests, cells fetched, cells needed, over-fetch, rows per ticker, plan ms, join ms
 Measured = tuple[str, int, int, int, float, float, float, float]
 
 
-def measure(name: str, keys: Sequence[Key], planner: Planner, runs: int) -> Measured:
-    requests, ms = timed(lambda: planner(keys), runs)
-    needed = needed_cells(keys, PROFILES)
-    cells = sum(request.cells for request in requests)
-    wanted = sum(map(len, needed.values()))
-    # How many pieces a ticker's row comes back in: the collector joins them.
-    rows = sum(len(request.tickers) for request in requests) / max(1, len(needed))
-    ratio = overfetch(requests, needed)
-    return name, len(requests), cells, wanted, ratio, rows, ms, join_ms(keys, requests, runs)
+def run(
+    keys: Sequence[Key], runs: int, others: Mapping[str, Planner]
+) -> tuple[list[Measured], dict[str, tuple[float, float]]]:
+    """Every strategy on ``keys``, and per other planner the medians of the per-round ratios
+    ``plan``/other of plan ms and join ms.
 
-
-def run(keys: Sequence[Key], runs: int, others: Mapping[str, Planner]) -> list[Measured]:
-    rows = [
-        measure("one per (profile, symbol, tf)", keys,
-                lambda k: per_key(k, PROFILES, screener_for), runs),
-        measure("seed grouping", keys, lambda k: seed_grouping(k, PROFILES, screener_for), runs),
-    ]  # fmt: skip
+    Timings go round-robin, every strategy once per round, so a busy machine slows them alike
+    and a round's ratios compare like with like."""
+    planners: dict[str, Planner] = {
+        "one per (profile, symbol, tf)": lambda k: per_key(k, PROFILES, screener_for),
+        "seed grouping": lambda k: seed_grouping(k, PROFILES, screener_for),
+    }
     for name, planner in others.items():
-        rows.append(measure(f"{name}: plan, defaults", keys, planner, runs))
+        planners[f"{name}: plan, defaults"] = planner
     for name, limits in STRATEGIES:
-        rows.append(
-            measure(name, keys, lambda k, lim=limits: plan(k, PROFILES, screener_for, lim), runs)
-        )
-    return rows
+        planners[name] = lambda k, lim=limits: plan(k, PROFILES, screener_for, lim)
+    columns = {
+        (key.profile, key.tf): tuple(column(base, key.tf) for base in PROFILES[key.profile])
+        for key in keys
+    }
+    plans = {name: planner(keys) for name, planner in planners.items()}
+    plan_ms: dict[str, list[float]] = {name: [] for name in planners}
+    joins: dict[str, list[float]] = {name: [] for name in planners}
+    for _ in range(runs):
+        for name, planner in planners.items():
+            start = time.perf_counter()
+            planner(keys)
+            plan_ms[name].append((time.perf_counter() - start) * 1000)
+            joins[name].append(join_ms(keys, columns, plans[name]))
+    needed = needed_cells(keys, PROFILES)
+    wanted = sum(map(len, needed.values()))
+    rows: list[Measured] = []
+    for name, requests in plans.items():
+        cells = sum(request.cells for request in requests)
+        # How many pieces a ticker's row comes back in: the collector joins them.
+        pieces = sum(len(request.tickers) for request in requests) / max(1, len(needed))
+        rows.append((
+            name, len(requests), cells, wanted, overfetch(requests, needed), pieces,
+            statistics.median(plan_ms[name]), statistics.median(joins[name]),
+        ))  # fmt: skip
+    ratios = {}
+    for other in others:
+        theirs = f"{other}: plan, defaults"
+        ratios[other] = (_ratio(plan_ms, "plan, defaults", theirs),
+                         _ratio(joins, "plan, defaults", theirs))  # fmt: skip
+    return rows, ratios
+
+
+def _ratio(times: Mapping[str, list[float]], ours: str, theirs: str) -> float:
+    return statistics.median(a / b for a, b in zip(times[ours], times[theirs], strict=True))
 
 
 def verdict(requests: int, seed: int, ratio: float) -> str:
@@ -321,7 +334,7 @@ def sweep(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7, help="timing runs (median reported)")
+    parser.add_argument("--runs", type=int, default=7, help="timing rounds (medians reported)")
     parser.add_argument("--seeds", type=int, default=10,
                         help="other seeds the clients mix is drawn with (1..N)")  # fmt: skip
     parser.add_argument("--compare", metavar="NAME=DIR", action="append", default=[],
@@ -334,9 +347,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     met = True
     for scenario in SCENARIOS:
         keys = demand(scenario)
-        rows = run(keys, args.runs, others)
+        rows, ratios = run(keys, args.runs, others)
         print(table(scenario, keys, rows))
         print()
+        for other, (plan_ratio, join_ratio) in ratios.items():
+            print(f"plan, defaults / {other}: plan ms {plan_ratio:.2f}x, join ms "
+                  f"{join_ratio:.2f}x (medians of per-round ratios)")  # fmt: skip
         seed_count = rows[1][1]
         for name, count, _, _, ratio, _, _, _ in rows[2:]:
             if name == "plan, defaults" or name.endswith(": plan, defaults"):
