@@ -39,7 +39,7 @@ from .earlyfetch import EarlyFetches
 from .expiring import Expiring
 from .isolation import COMPUTE_BUDGET, QUARANTINE, Failure, Quarantine, run_compute
 from .logs import Sparse
-from .model import Batch, Key, Row, ScanRequest, ScanResult
+from .model import Batch, Key, Layout, Row, ScanRequest, ScanResult
 from .planner import Limits, plan
 from .profiles import Profile
 from .protocol import ErrorCode
@@ -76,18 +76,24 @@ class Outcome:
 
 def merge_results(results: Iterable[ScanResult]) -> Outcome:
     outcome = Outcome()
+    rows = outcome.rows
+    split: dict[str, list[Row]] = {}  # tickers in more than one request: their pieces
     missing: set[str] = set()
     for result in results:
         if result.ok:
             for ticker, row in result.rows.items():
-                known = outcome.rows.get(ticker)
-                outcome.rows[ticker] = row if known is None else known.merged(row)
+                known = rows.setdefault(ticker, row)
+                if known is not row:
+                    split.setdefault(ticker, [known]).append(row)
             missing.update(result.missing)
         else:
             outcome.incomplete.update(result.request.tickers)
             if result.error is not None and result.error.column:
                 outcome.bad_columns.add(result.error.column)
-    outcome.unknown = missing - outcome.rows.keys() - outcome.incomplete
+    layouts: dict[tuple[int, ...], Layout] = {}
+    for ticker, pieces in split.items():
+        rows[ticker] = Row.joined(pieces, layouts)
+    outcome.unknown = missing - rows.keys() - outcome.incomplete
     return outcome
 
 

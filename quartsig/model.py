@@ -119,11 +119,20 @@ class Row(Mapping[str, Any]):
             return tuple(map(self.get, names))
         return picker(self.cells)
 
-    def merged(self, other: Row) -> Row:
-        """This row with ``other``'s columns added (a ticker that spans two requests); where
-        both have a column, ``other``'s value wins, as ``dict.update`` would have it."""
-        return Row(Layout(self.layout.columns + other.layout.columns),
-                   self.cells + other.cells)
+    @staticmethod
+    def joined(pieces: Sequence[Row], layouts: dict[tuple[int, ...], Layout]) -> Row:
+        """One row of a ticker's ``pieces`` (it spans several requests); where two have a
+        column, the later piece's value wins, as ``dict.update`` would have it.
+
+        A plan by columns splits most tickers the same few ways, so ``layouts`` (one dict per
+        fetch, keyed by the pieces' layouts) gives every ticker split alike one joined layout,
+        and with it one picker per key's columns instead of one per ticker."""
+        shape = tuple(id(piece.layout) for piece in pieces)  # alive for the fetch: ids stay put
+        layout = layouts.get(shape)
+        if layout is None:
+            layout = layouts[shape] = Layout(
+                [column for piece in pieces for column in piece.layout.columns])
+        return Row(layout, [cell for piece in pieces for cell in piece.cells])
 
     def __repr__(self) -> str:
         return f"Row({dict(self)!r})"

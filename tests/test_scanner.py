@@ -61,10 +61,22 @@ def test_pick_gives_a_tuple_even_of_one_and_none_for_absent_columns():
     assert row.pick(()) == ()
 
 
-def test_a_merged_row_has_both_columns_and_the_later_value_wins_like_update():
-    merged = Row.of({"a": 1, "b": 2}).merged(Row.of({"b": 3, "c": 4}))
-    assert merged == {"a": 1, "b": 3, "c": 4}
-    assert merged.pick(("a", "b", "c")) == (1, 3, 4)
+def test_a_joined_row_has_every_pieces_columns_and_the_later_value_wins_like_update():
+    joined = Row.joined([Row.of({"a": 1, "b": 2}), Row.of({"b": 3, "c": 4}), Row.of({"d": 5})],
+                        {})
+    assert joined == {"a": 1, "b": 3, "c": 4, "d": 5}
+    assert joined.pick(("a", "b", "c", "d")) == (1, 3, 4, 5)
+
+
+def test_tickers_split_alike_share_one_joined_layout():
+    left, right = Layout(("a", "b")), Layout(("c",))
+    layouts: dict[tuple[int, ...], Layout] = {}
+    one = Row.joined([Row(left, [1, 2]), Row(right, [3])], layouts)
+    two = Row.joined([Row(left, [4, 5]), Row(right, [6])], layouts)
+    other = Row.joined([Row(right, [7]), Row(left, [8, 9])], layouts)  # another order
+    assert one.layout is two.layout and other.layout is not one.layout
+    assert (one.pick(("c", "a")), two.pick(("c", "a")), other.pick(("c", "a"))) == (
+        (3, 1), (6, 4), (7, 8))
 
 
 names = st.sampled_from(["RSI|5", "RSI|15", "close|5", "close", "MACD.macd|60", "x"])
