@@ -17,7 +17,8 @@ catches up to the current state rather than replaying history). Then:
   whose send does not finish in time is *congested*, and the outbox never waits for
   it again until it has caught up; so a newly stalled client delays the others of
   its tick by 2 ms, once. (A healthy one misjudged on a busy loop merely sends from
-  its own task until its next send goes through.)
+  its own task until its next send goes through; the interrupted frame is sent again
+  from there, since it may have been cut off before it was written.)
 - Everything else (replies, a new subscriber's snapshot, a congested connection's
   frames) goes out from the connection's own drain task, which exists only while
   there is something to send. Its sends get ``send_timeout``; a client that takes
@@ -114,6 +115,8 @@ class Connection:
         self._on_frame = on_frame
         self._on_close = on_close
         self._replies: list[str] = []  # a list: an empty deque is 760 B, idle or not
+        #: A frame whose inline send was interrupted before it surely reached the transport.
+        self._resend: str | None = None
         self._pending: dict[Key, Piece] = {}
         self._task: asyncio.Task[None] | None = None  # the own drain task, while needed
         self._sending = False  # the outbox is sending for this connection right now
@@ -154,12 +157,16 @@ class Connection:
 
     @property
     def backlog(self) -> int:
-        return len(self._replies) + len(self._pending)
+        return len(self._replies) + len(self._pending) + (self._resend is not None)
 
     # -- sending ---------------------------------------------------------------------------
 
     def take(self) -> str | None:
-        """Everything pending as one frame: replies first, then one piece per key."""
+        """Everything pending as one frame: replies first, then one piece per key. A frame to
+        send again goes first, alone: everything pending is newer than it."""
+        if self._resend is not None:
+            frame, self._resend = self._resend, None
+            return frame
         if not self._replies and not self._pending:
             return None
         # Copied and cleared in place, not swapped for a new list: a new list per connection
@@ -203,8 +210,14 @@ class Connection:
             if outbox.overdue is not self or task is None or task.uncancel() > 0:
                 raise
             outbox.overdue = None
-            # The frame is in the transport's buffer; the socket did not drain in time.
             self.congested = True
+            # Quart's send yields once *before* it writes (``asyncio.sleep(0)``), and a full
+            # transport yields after: the timer may have met either, so whether the frame was
+            # written is unknown. It is sent again from the connection's own task: a frame
+            # cut off before the write would be lost for good (a card stale until its next
+            # change; test_cluster saw it on a loaded machine), while one written twice
+            # changes nothing (snapshots and updates set values; a reply comes twice).
+            self._resend = frame
         except Exception as error:  # the peer is gone; its handler will notice
             log.debug("send failed: %r", error)
             self.close(Close.NORMAL, "")

@@ -160,7 +160,13 @@ async def _converges(seed: int) -> tuple[bool, int, int]:
         state: dict = {}
 
         async def send(text: str, state: dict = state) -> None:
-            # as Hypercorn does: the frame is in the transport once written; then it drains
+            # as Quart and Hypercorn do: one yield before the write (Quart's sleep(0), which a
+            # busy loop can stretch past the inline timeout), then the frame is in the
+            # transport, then it drains (slowly for a congested peer)
+            if rng.random() < 0.05:
+                await asyncio.sleep(0.003)
+            else:
+                await asyncio.sleep(0)
             value = orjson.loads(text)
             for m in value if isinstance(value, list) else [value]:
                 if m["type"] in ("snapshot", "update"):
