@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from . import protocol
 from .model import Batch, Key
@@ -99,8 +99,50 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
 
     Measured against C-level alternatives (a set difference of the items, a pairwise
     ``map(ne, ...)`` with ``compress``): on profile data this comprehension was fastest.
+    It is what every shaped diff (:func:`shaped_diff`) falls back to.
     """
     return {name: value for name, value in new.items() if old.get(name, _MISSING) != value}
+
+
+Diff = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+
+#: Most keys a data object may have for a diff to be generated for its shape (a local per
+#: value, twice); a bigger one is diffed by :func:`diff`.
+SHAPED_MAX_KEYS: Final = 512
+
+
+def shaped_diff(keys: Sequence[str]) -> Diff:
+    """:func:`diff`, generated for data whose keys are exactly ``keys`` in that order.
+
+    A profile's compute returns the same keys in the same order every time (``full``: 126),
+    so the diff need not look each one up in the old dict: both dicts' values are unpacked
+    into locals, a copy of the new one is made (a C-level clone of its table) and each value
+    that did not change is deleted from it, one straight-line comparison each. On ``full``
+    data that is about 0.7x of the comprehension (bench.tick), for the same dict, key order
+    included, and the values themselves (``not a != b``: the comprehension's ``!=``).
+    Data of another shape (a plugin whose keys vary) goes to :func:`diff`.
+    tests/test_hub.py checks it against :func:`diff` on arbitrary pairs. Keys reach the
+    source text only as ``repr`` of exact ``str`` objects.
+    """
+    names = tuple(keys)
+    if not 0 < len(names) <= SHAPED_MAX_KEYS or any(type(name) is not str for name in names):
+        return diff
+    old = ", ".join(f"o{i}" for i in range(len(names)))
+    new = ", ".join(f"n{i}" for i in range(len(names)))
+    lines = [
+        "def shaped(old, new):",
+        "    if type(new) is not dict or [*old] != KEYS or [*new] != KEYS:",
+        "        return diff(old, new)",
+        f"    {old}, = old.values()",
+        f"    {new}, = new.values()",
+        "    out = new.copy()",
+    ]
+    lines += [f"    if not o{i} != n{i}: del out[{name!r}]" for i, name in enumerate(names)]
+    lines.append("    return out")
+    scope: dict[str, Any] = {"KEYS": list(names), "diff": diff}
+    exec(compile("\n".join(lines), "<quartsig.hub shaped diff>", "exec"), scope)
+    shaped: Diff = scope["shaped"]
+    return shaped
 
 
 class Hub:
@@ -124,6 +166,8 @@ class Hub:
         self.status: tuple[str, str] = ("ok", "")
         #: While the collector backs off from throttling: when it tries next (Unix ms).
         self.retry_at: int | None = None
+        #: Each profile's diff, generated for the shape of its first data (:func:`shaped_diff`).
+        self._diffs: dict[str, Diff] = {}
 
     # -- connections ----------------------------------------------------------------------
 
@@ -224,7 +268,10 @@ class Hub:
                 for sink in entry.subscribers:
                     sink.deliver(key, piece)
             return True
-        changes = diff(entry.data, data)
+        differ = self._diffs.get(key.profile)
+        if differ is None:
+            differ = self._diffs[key.profile] = shaped_diff(tuple(data))
+        changes = differ(entry.data, data)
         entry.data, entry.ts = data, ts
         if not changes:
             return False

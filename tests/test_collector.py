@@ -328,6 +328,23 @@ async def test_unchanged_inputs_are_not_recomputed():
     assert (update["type"], update["tf"], update["data"]) == ("update", "5m", {"RSI": row["RSI|5"]})
 
 
+async def test_each_row_is_read_through_its_own_request_layout():
+    """Rows of two requests whose columns are in different orders, one of them short of a
+    column: each key gets its own values (pickers are per layout, a missing column is null)."""
+    profile, calls = counting()
+    col = collector({"counting": profile})
+    usd, eur = Key("counting", USDJPY, "5m"), Key("counting", EURUSD, "5m")
+    conn = attach(hub_of(col), usd, eur)
+    one = request([USDJPY], ["RSI|5", "Recommend.All|5"])
+    two = request([EURUSD], ["Recommend.All|5", "Other|5"])
+    publish(col, [usd, eur], [ok(one, {USDJPY: {"RSI|5": 61.0, "Recommend.All|5": 0.3}}),
+                              ok(two, {EURUSD: {"Recommend.All|5": -0.2, "Other|5": 7.0}})])
+    got = {m["symbol"]: m["data"] for m in messages(conn)}
+    assert got == {USDJPY: {"Recommend.All": 0.3, "RSI": 61.0},
+                   EURUSD: {"Recommend.All": -0.2, "RSI": None}}
+    assert len(calls) == 2
+
+
 async def test_a_key_in_a_failed_request_keeps_its_data_and_status_reports_it():
     market = Market()
     col = collector()

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quartsig.connection import Connection
-from quartsig.hub import Hub, TooManySubscriptions, diff
+from quartsig.hub import SHAPED_MAX_KEYS, Hub, TooManySubscriptions, diff, shaped_diff
 from quartsig.model import Key
 from quartsig.protocol import ErrorCode
 
@@ -46,6 +46,66 @@ def test_diff_is_the_keys_whose_value_differs_whether_or_not_the_keys_line_up(ol
     got = diff(old, new)
     assert list(got) == list(expected)
     assert all(got[name] is expected[name] for name in got)
+
+
+_names = st.sampled_from(["a", "b", "c", "d'e", "f\\n", "\u00e9", "x" * 40])
+_values = st.none() | st.booleans() | st.integers(-2, 2) | st.floats() | st.text(max_size=1)
+
+
+@given(st.lists(_names, min_size=1, unique=True), st.data())
+def test_a_shaped_diff_is_exactly_the_diff(names, data):
+    """Same dict as :func:`diff`, same key order, the very same value objects, whether the
+    data has the shape it was generated for or not (then :func:`diff` answers)."""
+    shaped = shaped_diff(names)
+    shape = st.fixed_dictionaries({name: _values for name in names})
+    other = st.dictionaries(_names, _values)
+    old = data.draw(shape | other, label="old")
+    new = data.draw(shape | other, label="new")
+    expected = diff(old, new)
+    got = shaped(old, new)
+    assert list(got) == list(expected)
+    assert all(got[name] is expected[name] for name in got)
+    assert got is not new
+
+
+@given(st.dictionaries(_names, _values, min_size=1), st.data())
+def test_a_shaped_diff_compares_values_not_objects(old, data):
+    """Equal values parsed afresh (distinct objects, as every tick's are) are no change."""
+    names = list(old)
+    new = orjson.loads(orjson.dumps(old, option=orjson.OPT_NON_STR_KEYS))
+    moved = data.draw(st.lists(st.sampled_from(names), unique=True), label="moved")
+    for name in moved:
+        new[name] = data.draw(_values, label=name)
+    expected = diff(old, new)
+    got = shaped_diff(names)(old, new)
+    assert list(got) == list(expected)
+    assert all(got[name] is expected[name] for name in got)
+
+
+def test_a_shaped_diff_is_generated_only_for_str_keys_within_the_bound():
+    assert shaped_diff(["a", 1]) is diff  # type: ignore[list-item]
+    assert shaped_diff([]) is diff
+    assert shaped_diff([f"k{i}" for i in range(SHAPED_MAX_KEYS + 1)]) is diff
+    assert shaped_diff(["a", "b"]) is not diff
+
+
+async def test_a_profile_whose_keys_vary_still_gets_exact_updates():
+    """The hub's diff is generated for the shape of a profile's first data; data of another
+    shape later (a plugin whose keys vary) is diffed the generic way."""
+    hub = Hub()
+    conn = connection()
+    hub.attach(conn, 1)
+    hub.subscribe(conn, KEY)
+    hub.subscribe(conn, OTHER)
+    hub.publish(KEY, {"a": 1, "b": 2}, 1)
+    hub.publish(OTHER, {"b": 2, "a": 1, "c": 0}, 1)
+    frames(conn)
+    hub.publish(KEY, {"a": 1, "b": 3}, 2)
+    hub.publish(OTHER, {"b": 2, "a": 5, "c": 0}, 2)
+    hub.publish(KEY, {"b": 3, "a": 4}, 3)
+    assert [(f["symbol"], f["data"]) for f in frames(conn)] == [
+        (KEY.symbol, {"b": 3, "a": 4}), (OTHER.symbol, {"a": 5})
+    ]
 
 
 async def test_first_data_is_a_snapshot_then_only_changes():
