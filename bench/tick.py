@@ -9,7 +9,8 @@ Phases, each timed on its own over the same inputs, then the whole
 
 - parse: JSON bodies -> rows matched by ``"s"`` (``scanner.parse_body``)
 - compute: each key's profile data (``Profile.compute``)
-- diff: changed keys against what each key last held (``hub.diff``)
+- diff: changed keys against what each key last held (the hub's diff for the profile's
+  shape, ``hub.shaped_diff``)
 - encode: one update text per changed key (``protocol.data_frame``)
 """
 
@@ -28,7 +29,7 @@ from quartsig.broker.memory import MemoryBroker
 from quartsig.collector import Collector, merge_results
 from quartsig.connection import Connection
 from quartsig.demo import DemoScanner, synthetic_universe
-from quartsig.hub import Hub, diff
+from quartsig.hub import Hub, shaped_diff
 from quartsig.model import Key, Row, ScanResult
 from quartsig.planner import plan
 from quartsig.plugins import get_plugin_manager, load_profiles
@@ -112,6 +113,7 @@ async def _run(args: argparse.Namespace) -> None:
                 for key in keys]
 
     old, new = compute(merged_first), compute(merged_second)
+    diff = shaped_diff(tuple(new[0]))  # as the hub diffs a profile's data
     changes = [diff(a, b) for a, b in zip(old, new, strict=True)]
 
     def encode() -> None:
