@@ -26,7 +26,8 @@ import orjson
 
 from quartsig import protocol
 from quartsig.broker.memory import MemoryBroker
-from quartsig.collector import Collector, merge_results
+from quartsig.collector import Collector
+from quartsig.composer import merge_results
 from quartsig.connection import Connection
 from quartsig.demo import DemoScanner, synthetic_universe
 from quartsig.hub import Hub, shaped_diff

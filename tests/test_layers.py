@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "hub": 3, "connection": 3, "metrics": 3, "admission": 3, "proxies": 3, "scanner": 4,
     "accounts": 3, "database": 3, "demo": 4, "testing": 10,
     # the seam and what drives it
-    "broker": 5, "collector": 6,
+    "broker": 5, "composer": 6, "collector": 6,
     # the state, its routes, and the wiring
     "runtime": 7, "api": 8, "stream": 8, "board": 8, "hosting": 8, "app": 9, "server": 10,
     "cli": 11, "__init__": 2, "__main__": 12,

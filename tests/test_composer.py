@@ -1,0 +1,319 @@
+"""The composer: merging a tick's results, publishing only changes, charging failures.
+
+``merge_results`` and ``Collector.compose`` (the collector's composer) are driven with
+hand-built ``ScanResult``s whose values come from the stand-in's pure value model, through the
+real built-in profiles, a real ``Hub`` and real ``Connection``s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quartsig.composer import merge_results
+from quartsig.model import Key
+from quartsig.planner import Limits
+from tests.test_collector import (
+    BTC,
+    EURUSD,
+    FULL,
+    NOWHERE,
+    SUMMARY,
+    USDJPY,
+    Market,
+    apply,
+    attach,
+    collector,
+    counting,
+    failed,
+    hub_of,
+    messages,
+    ok,
+    publish,
+    request,
+)
+
+# ------------------------------------------------------------------------ merge_results
+
+
+def test_rows_of_one_ticker_are_merged_across_requests():
+    first = request([USDJPY, EURUSD], ["RSI|5", "close|5"])
+    second = request([USDJPY], ["Recommend.All|5"])
+    outcome = merge_results(
+        [
+            ok(first, {USDJPY: {"RSI|5": 40.0, "close|5": 150.1}, EURUSD: {"RSI|5": 60.0}}),
+            ok(second, {USDJPY: {"Recommend.All|5": 0.25}}),
+        ]
+    )
+    assert outcome.rows == {
+        USDJPY: {"RSI|5": 40.0, "close|5": 150.1, "Recommend.All|5": 0.25},
+        EURUSD: {"RSI|5": 60.0},
+    }
+    assert outcome.unknown == set() and outcome.incomplete == set()
+    assert outcome.bad_columns == set()
+
+
+def test_unknown_means_missing_from_a_success_and_returned_nowhere():
+    first = request([USDJPY, NOWHERE, EURUSD], ["RSI|5"])
+    second = request([EURUSD], ["RSI|15"])  # EURUSD is missing above but returned here
+    outcome = merge_results(
+        [ok(first, {USDJPY: {"RSI|5": 40.0}}), ok(second, {EURUSD: {"RSI|15": 55.0}})]
+    )
+    assert outcome.unknown == {NOWHERE}
+    assert set(outcome.rows) == {USDJPY, EURUSD}
+
+
+def test_failed_requests_mark_their_tickers_incomplete_not_unknown():
+    first = request([USDJPY, EURUSD], ["RSI|5"])
+    second = request([EURUSD, BTC], ["RSI|15"])
+    outcome = merge_results([ok(first, {USDJPY: {"RSI|5": 40.0}}), failed(second)])
+    # EURUSD is missing from a successful answer, but its other request failed: no verdict.
+    assert outcome.incomplete == {EURUSD, BTC}
+    assert outcome.unknown == set()
+    assert outcome.rows == {USDJPY: {"RSI|5": 40.0}}
+
+
+def test_bad_columns_are_collected():
+    bad = request([USDJPY], ["Nope|5"])
+    worse = request([EURUSD], ["Nah|15"])
+    fine = request([BTC], ["RSI|5"], "crypto")
+    outcome = merge_results(
+        [
+            failed(bad, "bad_column", "Nope|5"),
+            failed(worse, "bad_column", "Nah|15"),
+            failed(fine, "throttled"),
+            ok(request([], ["RSI|5"]), {}),
+        ]
+    )
+    assert outcome.bad_columns == {"Nope|5", "Nah|15"}
+    assert outcome.incomplete == {USDJPY, EURUSD, BTC}
+
+
+def test_merge_of_nothing_is_empty():
+    outcome = merge_results([])
+    assert (outcome.rows, outcome.unknown, outcome.incomplete, outcome.bad_columns) == (
+        {},
+        set(),
+        set(),
+        set(),
+    )
+
+
+# ------------------------------------------------------------------------ publish
+
+
+async def test_publish_sends_snapshots_then_only_what_changed():
+    market = Market()
+    col = collector()
+    full, summary = Key("full", USDJPY, "5m"), Key("summary", USDJPY, "5m")
+    conn = attach(hub_of(col), full, summary)
+    assert messages(conn) == []  # nothing cached yet
+
+    keys = hub_of(col).demand()
+    assert publish(col, keys, [market.answer(r) for r in col.plan(keys)]) == 2
+    first = messages(conn)
+    assert sorted(m["type"] for m in first) == ["snapshot", "snapshot"]
+    state: dict[Key, dict[str, Any]] = {}
+    apply(state, first)
+    assert state == {full: market.expected(FULL, full), summary: market.expected(SUMMARY, summary)}
+    assert hub_of(col).fresh == set()
+
+    # The same answer again: nothing to send.
+    assert publish(col, keys, [market.answer(r) for r in col.plan(keys)]) == 0
+    assert messages(conn) == []
+
+    # The market moves until the full profile changes (a step moves 30% of the series).
+    for _ in range(20):
+        market.model.step()
+        if market.expected(FULL, full) != state[full]:
+            break
+    before = {key: dict(data) for key, data in state.items()}
+    changed = publish(col, keys, [market.answer(r) for r in col.plan(keys)])
+    received = messages(conn)
+    assert changed == len(received) >= 1
+    assert {m["type"] for m in received} == {"update"}
+    for message in received:
+        key = Key(message["profile"], message["symbol"], message["tf"])
+        # Only changed keys, each with a value that differs from what the client holds.
+        assert message["data"]
+        assert all(before[key].get(name) != value for name, value in message["data"].items())
+        assert len(message["data"]) < len(before[key]) or key.profile == "summary"
+    apply(state, received)
+    assert state == {full: market.expected(FULL, full), summary: market.expected(SUMMARY, summary)}
+
+
+async def test_two_subscribers_receive_the_same_encoded_piece():
+    market = Market()
+    col = collector()
+    key = Key("full", EURUSD, "1h")
+    one, two = attach(hub_of(col), key, user=1), attach(hub_of(col), key, user=2)
+    keys = hub_of(col).demand()
+    publish(col, keys, [market.answer(r) for r in col.plan(keys)])
+    assert one.take() == two.take()
+    for _ in range(20):
+        market.model.step()
+        if publish(col, keys, [market.answer(r) for r in col.plan(keys)]):
+            break
+    assert one._pending[key] is two._pending[key]  # one piece, encoded once
+    assert one.take() == two.take()
+
+
+async def test_unchanged_inputs_are_not_recomputed():
+    profile, calls = counting()
+    market = Market()
+    col = collector({"counting": profile})
+    usd5, usd1h = Key("counting", USDJPY, "5m"), Key("counting", USDJPY, "1h")
+    conn = attach(hub_of(col), usd5, usd1h)
+    keys = hub_of(col).demand()
+
+    publish(col, keys, [market.answer(r) for r in col.plan(keys)])
+    assert len(calls) == 2  # one compute per key
+    assert len(messages(conn)) == 2
+
+    for _ in range(3):
+        publish(col, keys, [market.answer(r) for r in col.plan(keys)])
+    assert len(calls) == 2  # same rows: no compute, nothing sent
+    assert messages(conn) == []
+
+    # Only the 5m inputs move: only the 5m key is computed again.
+    row = market.row(USDJPY, ("RSI|5", "Recommend.All|5", "RSI|60", "Recommend.All|60"))
+    row["RSI|5"] += 1.0
+    [req] = col.plan(keys)
+    publish(col, keys, [ok(req, {USDJPY: {c: row[c] for c in req.columns}})])
+    assert len(calls) == 3 and calls[-1]["RSI"] == row["RSI|5"]
+    [update] = messages(conn)
+    assert (update["type"], update["tf"], update["data"]) == ("update", "5m", {"RSI": row["RSI|5"]})
+
+
+async def test_each_row_is_read_through_its_own_request_layout():
+    """Rows of two requests whose columns are in different orders, one of them short of a
+    column: each key gets its own values (pickers are per layout, a missing column is null)."""
+    profile, calls = counting()
+    col = collector({"counting": profile})
+    usd, eur = Key("counting", USDJPY, "5m"), Key("counting", EURUSD, "5m")
+    conn = attach(hub_of(col), usd, eur)
+    one = request([USDJPY], ["RSI|5", "Recommend.All|5"])
+    two = request([EURUSD], ["Recommend.All|5", "Other|5"])
+    publish(col, [usd, eur], [ok(one, {USDJPY: {"RSI|5": 61.0, "Recommend.All|5": 0.3}}),
+                              ok(two, {EURUSD: {"Recommend.All|5": -0.2, "Other|5": 7.0}})])
+    got = {m["symbol"]: m["data"] for m in messages(conn)}
+    assert got == {USDJPY: {"Recommend.All": 0.3, "RSI": 61.0},
+                   EURUSD: {"Recommend.All": -0.2, "RSI": None}}
+    assert len(calls) == 2
+
+
+async def test_a_key_in_a_failed_request_keeps_its_data_and_status_reports_it():
+    market = Market()
+    col = collector()
+    forex, crypto = Key("summary", USDJPY, "5m"), Key("summary", BTC, "5m")
+    fx_conn, btc_conn = attach(hub_of(col), forex, user=1), attach(hub_of(col), crypto, user=2)
+    keys = hub_of(col).demand()
+    requests = col.plan(keys)
+    assert len(requests) == 2  # one per screener
+
+    publish(col, keys, [market.answer(r) for r in requests])
+    kept = {c: messages(c)[0]["data"] for c in (fx_conn, btc_conn)}
+    assert hub_of(col).status[0] == "ok"
+
+    def tick(fail: set[str]) -> None:
+        results = [failed(r) if r.screener in fail else market.answer(r) for r in requests]
+        publish(col, keys, results)
+
+    # Move both symbols until each summary value differs, so a sent update would show.
+    for _ in range(50):
+        market.model.step()
+        if all(market.expected(SUMMARY, k)["Recommend.All"] != kept[c]["Recommend.All"]
+               for k, c in ((forex, fx_conn), (crypto, btc_conn))):
+            break
+
+    tick({"crypto"})
+    fx, btc = messages(fx_conn), messages(btc_conn)
+    assert [m["type"] for m in fx] == ["status", "update"]
+    assert fx[0]["upstream"] == "degraded" and "1 of 2 requests failed" in fx[0]["reason"]
+    assert btc == [fx[0]]  # the status only: the crypto key keeps its last data
+    assert hub_of(col).entries[crypto].data == kept[btc_conn]
+    assert hub_of(col).demand() == keys  # and it is still wanted
+
+    tick({"crypto", "forex"})
+    down = [messages(c) for c in (fx_conn, btc_conn)]
+    assert [[m["type"] for m in got] for got in down] == [["status"], ["status"]]
+    assert down[0][0]["upstream"] == down[1][0]["upstream"] == "down"
+
+    tick(set())  # recovery: ok, and the fresh data the crypto subscriber missed
+    btc = messages(btc_conn)
+    assert [m["type"] for m in btc] == ["status", "update"]
+    assert btc[0]["upstream"] == "ok"
+    assert btc[1]["data"]["Recommend.All"] == market.expected(SUMMARY, crypto)["Recommend.All"]
+    assert [m["type"] for m in messages(fx_conn)] == ["status"]
+    assert hub_of(col).status[0] == "ok"
+
+
+async def test_a_ticker_split_across_requests_keeps_its_data_when_one_part_fails():
+    market = Market()
+    col = collector(limits=Limits(max_columns=40, max_cells=40))
+    key = Key("full", USDJPY, "1d")
+    conn = attach(hub_of(col), key)
+    keys = hub_of(col).demand()
+    requests = col.plan(keys)
+    assert len(requests) > 2  # full has ~90 columns: split by columns
+    publish(col, keys, [market.answer(r) for r in requests])
+    [snapshot] = messages(conn)
+    assert snapshot["data"] == market.expected(FULL, key)
+
+    for _ in range(20):
+        market.model.step()
+        if market.expected(FULL, key) != snapshot["data"]:
+            break
+    results = [market.answer(r) for r in requests]
+    results[1] = failed(requests[1])
+    publish(col, keys, results)
+    assert [m["type"] for m in messages(conn)] == ["status"]  # degraded, and no half update
+    assert hub_of(col).entries[key].data == snapshot["data"]
+
+    publish(col, keys, [market.answer(r) for r in requests])
+    status, update = messages(conn)
+    assert status["upstream"] == "ok"
+    assert {**snapshot["data"], **update["data"]} == market.expected(FULL, key)
+
+
+async def test_unknown_tickers_are_rejected_and_reported_once():
+    market = Market()
+    unknown: list[str] = []
+    col = collector(unknown=unknown)
+    gone = [Key("summary", NOWHERE, "5m"), Key("full", NOWHERE, "1h")]
+    fine = Key("summary", USDJPY, "5m")
+    conn = attach(hub_of(col), *gone, fine)
+    keys = hub_of(col).demand()
+    publish(col, keys, [market.answer(r) for r in col.plan(keys)])
+
+    received = messages(conn)
+    errors = [m for m in received if m["type"] == "error"]
+    assert {(e["code"], e["symbol"], e["tf"], e["profile"]) for e in errors} == {
+        ("unknown_symbol", NOWHERE, "5m", "summary"),
+        ("unknown_symbol", NOWHERE, "1h", "full"),
+    }
+    assert [m["type"] for m in received if m["type"] != "error"] == ["snapshot"]
+    assert unknown == [NOWHERE]  # once per symbol, whatever the keys
+    assert hub_of(col).demand() == {fine}
+    assert hub_of(col).subscriptions[conn] == {fine}
+    assert hub_of(col).status[0] == "ok"  # an unknown ticker is not upstream trouble
+
+
+async def test_a_rejected_column_is_charged_to_its_profiles_not_to_the_status():
+    market = Market()
+    col = collector()
+    forex, crypto = Key("summary", USDJPY, "5m"), Key("summary", BTC, "5m")
+    conn = attach(hub_of(col), forex, crypto)
+    keys = hub_of(col).demand()
+    requests = col.plan(keys)
+    results = [
+        failed(r, "bad_column", "Recommend.All|5") if r.screener == "crypto" else market.answer(r)
+        for r in requests
+    ]
+    publish(col, keys, results)
+    received = messages(conn)
+    assert not [m for m in received if m["type"] == "status"]  # still ok
+    assert hub_of(col).status[0] == "ok"
+    errors = [m for m in received if m["type"] == "error"]
+    assert {m["code"] for m in errors} == {"profile_failed"}
+    assert all("Recommend.All" in m["message"] and m["profile"] == "summary" for m in errors)
+    assert hub_of(col).subscriptions[conn] == {forex, crypto}  # told, not dropped
