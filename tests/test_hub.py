@@ -52,20 +52,28 @@ _names = st.sampled_from(["a", "b", "c", "d'e", "f\\n", "\u00e9", "x" * 40])
 _values = st.none() | st.booleans() | st.integers(-2, 2) | st.floats() | st.text(max_size=1)
 
 
+def _both_ways(names):
+    """Two shaped diffs for ``names``: one that builds its result by adding what changed (as
+    it starts), one turned to copying and deleting by a call where everything changed."""
+    adding, deleting = shaped_diff(names), shaped_diff(names)
+    assert deleting(dict.fromkeys(names, 0), dict.fromkeys(names, 1)) == dict.fromkeys(names, 1)
+    return adding, deleting
+
+
 @given(st.lists(_names, min_size=1, unique=True), st.data())
 def test_a_shaped_diff_is_exactly_the_diff(names, data):
     """Same dict as :func:`diff`, same key order, the very same value objects, whether the
     data has the shape it was generated for or not (then :func:`diff` answers)."""
-    shaped = shaped_diff(names)
     shape = st.fixed_dictionaries({name: _values for name in names})
     other = st.dictionaries(_names, _values)
     old = data.draw(shape | other, label="old")
     new = data.draw(shape | other, label="new")
     expected = diff(old, new)
-    got = shaped(old, new)
-    assert list(got) == list(expected)
-    assert all(got[name] is expected[name] for name in got)
-    assert got is not new
+    for shaped in _both_ways(names):
+        got = shaped(old, new)
+        assert list(got) == list(expected)
+        assert all(got[name] is expected[name] for name in got)
+        assert got is not new
 
 
 @given(st.dictionaries(_names, _values, min_size=1), st.data())
@@ -77,9 +85,10 @@ def test_a_shaped_diff_compares_values_not_objects(old, data):
     for name in moved:
         new[name] = data.draw(_values, label=name)
     expected = diff(old, new)
-    got = shaped_diff(names)(old, new)
-    assert list(got) == list(expected)
-    assert all(got[name] is expected[name] for name in got)
+    for shaped in _both_ways(names):
+        got = shaped(old, new)
+        assert list(got) == list(expected)
+        assert all(got[name] is expected[name] for name in got)
 
 
 def test_a_shaped_diff_is_generated_only_for_str_keys_within_the_bound():
