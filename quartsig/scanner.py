@@ -18,6 +18,7 @@ reasoned about without a network.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import re
@@ -117,6 +118,18 @@ def classify_status(status: int, body: bytes, retry_after: float | None = None) 
     return ScanError("bad_request", f"{status}: {text or _snippet(body)}", False, status)
 
 
+@functools.lru_cache(maxsize=256)
+def layout_for(columns: tuple[str, ...]) -> Layout:
+    """The one layout of every reply to a request for ``columns``.
+
+    A tick asks for the same columns as the one before, so the layout (an index of up to a
+    thousand columns) and the pickers it caches for each key's columns are built once and
+    reused tick after tick, not rebuilt for every reply (bench.tick: 19 indexes and 190
+    pickers a tick, about 3 % of it). Layouts change only by filling that cache. The 256 most
+    recent are kept (one of ``full`` over ten timeframes, its biggest, is about 50 KB)."""
+    return Layout(columns)
+
+
 def parse_body(
     request: ScanRequest, body: bytes
 ) -> tuple[dict[str, Row], frozenset[str]] | ScanError:
@@ -140,7 +153,7 @@ def parse_body(
         return ScanError("bad_body", "200 body has no data list", False, 200)
     wanted = set(request.tickers)
     width = len(request.columns)
-    layout = Layout(request.columns)
+    layout = layout_for(request.columns)
     rows: dict[str, Row] = {}
     for item in data:
         if not isinstance(item, dict) or not isinstance(item.get("s"), str):

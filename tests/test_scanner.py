@@ -108,6 +108,17 @@ def test_parse_body_matches_by_s_ignores_strangers_and_reports_missing():
     assert missing == {"A:Z"}
 
 
+def test_replies_to_requests_for_the_same_columns_share_one_layout():
+    """Built once and reused tick after tick, with the pickers it caches."""
+    first = ScanRequest("forex", ("A:X",), ("c1", "c2"))
+    again = ScanRequest("forex", ("A:Y",), tuple(["c1", "c2"]))
+    other = ScanRequest("forex", ("A:X",), ("c2", "c1"))
+    rows = [parse_body(r, orjson.dumps({"data": [{"s": t, "d": d}]}))[0][t]
+            for r, t, d in ((first, "A:X", [1, 2]), (again, "A:Y", [3, 4]), (other, "A:X", [5, 6]))]
+    assert rows[0].layout is rows[1].layout is not rows[2].layout
+    assert [row.pick(("c1", "c2")) for row in rows] == [(1, 2), (3, 4), (6, 5)]
+
+
 @pytest.mark.parametrize(("body", "kind", "retryable"), [
     (b"", "throttled", True),
     (b"  \n", "throttled", True),
