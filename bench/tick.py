@@ -1,6 +1,6 @@
 """Tick cost: collector CPU for one tick of N tickers x 10 timeframes, split by phase.
 
-    python -m bench.tick [--tickers 1000] [--runs 5] [--profile full]
+    python -m bench.tick [--tickers 1000] [--runs 5] [--profile full] [--ticks N]
 
 The scanner's reply bodies come from the stand-in (so values and nulls look like
 TradingView's); the network is left out, since a tick's CPU is what is measured.
@@ -12,11 +12,17 @@ Phases, each timed on its own over the same inputs, then the whole
 - diff: changed keys against what each key last held (the hub's diff for the profile's
   shape, ``hub.shaped_diff``)
 - encode: one update text per changed key (``protocol.data_frame``)
+
+``--ticks N`` then runs N steady-state ticks on one hub and collector (the two reply sets in
+turn, so half the keys change every tick) and prints their median CPU time and the time the
+cycle collector took in them, by generation: a loop to record with a profiler
+(``py-spy record -- python -m bench.tick --ticks 60``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tickers", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", default="full")
+    parser.add_argument("--ticks", type=int, default=0,
+                        help="then run this many steady-state ticks (for a profiler)")
     args = parser.parse_args(argv)
 
     import asyncio
@@ -163,6 +171,47 @@ async def _run(args: argparse.Namespace) -> None:
     print()
     print(f"body size: {sum(map(len, second)) / 1e6:.1f} MB; "
           f"update frames: {sum(len(orjson.dumps(c)) for c in changes) / 1e6:.1f} MB of data")
+    if args.ticks:
+        _steady(args.ticks, keys, profiles, [results, first, second])
+
+
+def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any]) -> None:
+    """``ticks`` ticks of one collector into one hub, the replies alternating; CPU per tick,
+    and the cycle collector's share of it by generation (``gc.callbacks``)."""
+    results, first, second = inputs
+    hub = Hub(max_subscriptions=len(keys))
+    collector = Collector(MemoryBroker(hub, hub.apply), profiles, None, lambda s: "forex")
+    conn = Connection(_noop)
+    hub.attach(conn, 1)
+    for key in keys:
+        hub.subscribe(conn, key)
+    hub.apply(collector.compose(keys, results(first)))
+    conn.take()
+    collected = [0.0, 0.0, 0.0]
+    began = [0.0]
+    inside = [False]  # only collections within a tick count
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.process_time()
+        elif inside[0]:
+            collected[info["generation"]] += time.process_time() - began[0]
+
+    times = []
+    gc.callbacks.append(timed)
+    try:
+        for tick in range(ticks):
+            inside[0], started = True, time.process_time()
+            hub.apply(collector.compose(keys, results(second if tick % 2 == 0 else first)))
+            times.append((time.process_time() - started) * 1000)
+            inside[0] = False
+            conn.take()
+    finally:
+        gc.callbacks.remove(timed)
+    per_tick = ", ".join(f"gen{g} {ms * 1000 / ticks:.1f}" for g, ms in enumerate(collected))
+    print(f"{ticks} steady-state ticks: median {statistics.median(times):.1f} ms CPU a tick "
+          f"(min {min(times):.1f}); cycle collector, ms a tick: {per_tick} "
+          "(CPU time between the collections' start and stop)")
 
 
 if __name__ == "__main__":
