@@ -68,7 +68,7 @@ class Collector:
         wall: Callable[[], float] = time.time,
         quarantine: float = QUARANTINE,
         compute_budget: float = COMPUTE_BUDGET,
-        perf: Callable[[], float] = time.perf_counter,
+        perf: Callable[[], float] = time.thread_time,
     ) -> None:
         self.broker = broker
         self.profiles = profiles

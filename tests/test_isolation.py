@@ -7,6 +7,7 @@ what TradingView would refuse, so that every round of re-fetching is visible.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -98,6 +99,17 @@ def test_run_compute_turns_each_misbehaviour_into_a_failure() -> None:
     assert isinstance(failure, Failure) and failure.kind == "slow" and "200 ms" in failure.message
 
     assert run_compute(Profile("p", "", ("RSI",), dict), ("RSI",), (1.5,)) == {"RSI": 1.5}
+
+
+def test_a_compute_is_timed_by_its_threads_cpu_and_a_built_in_not_at_all() -> None:
+    # a thread descheduled on a busy machine: the wall clock moved, the thread's CPU did not
+    slept = run_compute(Profile("p", "", ("RSI",), lambda row: time.sleep(0.08) or dict(row)),
+                        ("RSI",), (1,), budget=0.05)
+    assert slept == {"RSI": 1}
+    ticks = iter([0.0, 0.2])
+    built_in = Profile("p", "", ("RSI",), dict, checked=True)  # bounded by its own tests
+    assert run_compute(built_in, ("RSI",), (1,), budget=0.05,
+                       perf=lambda: next(ticks)) == {"RSI": 1}
 
 
 def test_run_compute_prefers_compute_values() -> None:
