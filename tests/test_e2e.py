@@ -585,13 +585,14 @@ async def test_upstream_trouble_keeps_data_and_recovers(launch):
     # A client connecting now is told at once.
     late = await client(stack, 43)  # authed first (checked in client()), then the status
     [told] = await frame(late)
-    assert (told["type"], told["upstream"], told["reason"]) == ("status", "down", status["reason"])
+    # (the reason is the latest tick's: on a busy machine a timeout may precede the 503s)
+    assert (told["type"], told["upstream"]) == ("status", "down") and told["reason"]
     await late.close()
 
     await asyncio.to_thread(stack.stand.clear_faults)
     seen = []
-    recovered = await until(ws, is_("status"), within=5, seen=seen)
-    assert recovered["upstream"] == "ok"
+    # (a tick already failing when the faults cleared may still say "down" first)
+    await until(ws, is_("status", upstream="ok"), within=15, seen=seen)
     seen += await quiet(ws, 1.0)
     apply(state, seen)
     assert any(m["type"] == "update" for m in seen)

@@ -240,7 +240,10 @@ async def test_a_thousand_faulted_ticks_leak_no_task_and_no_socket(caplog, sizes
                 statuses.add(collector.broker.hub.status[0])
             elapsed = time.monotonic() - started
             standin.state.clear_faults()
-            await collector.tick(keys)
+            for _ in range(10):  # a 50 ms timeout: a busy machine may miss it once or twice
+                await collector.tick(keys)
+                if collector.broker.hub.status[0] == "ok":
+                    break
             assert collector.broker.hub.status[0] == "ok"
             await asyncio.sleep(0.2)
             gc.collect()
