@@ -11,14 +11,16 @@ pieces (one per key: a newer piece merges into a pending one, so a slow reader
 catches up to the current state rather than replaying history). Then:
 
 - A tick's frames go out from one :class:`Outbox` task, one connection after the
-  other, like the bare loop. Each send gets ``inline_timeout`` (2 ms): a healthy
-  send only writes to the transport's buffer and yields once to the loop, while a
-  client that stopped reading makes it wait for the buffer to drain. A connection
-  whose send does not finish in time is *congested*, and the outbox never waits for
-  it again until it has caught up; so a newly stalled client delays the others of
-  its tick by 2 ms, once. (A healthy one misjudged on a busy loop merely sends from
-  its own task until its next send goes through; the interrupted frame is sent again
-  from there, since it may have been cut off before it was written.)
+  other, like the bare loop. Each send gets ``inline_timeout`` (2 ms) to 2x that: a
+  healthy send only writes to the transport's buffer, while a client that stopped
+  reading makes it wait for the buffer to drain. A connection whose send does not
+  finish in time is *congested*, and the outbox never waits for it again until it has
+  caught up; so a newly stalled client delays the others of its tick by 2-4 ms, once.
+  (A healthy one misjudged on a busy loop merely sends from its own task until its
+  next send goes through; the interrupted frame is sent again from there, since it may
+  have been cut off before it was written.) The time is kept by one watchdog timer per batch, not one
+  per send, and the outbox yields to the loop every ``YIELD_EVERY`` sends, since the
+  direct send (:func:`quartsig.hosting.text_sender`) does not yield by itself.
 - Everything else (replies, a new subscriber's snapshot, a congested connection's
   frames) goes out from the connection's own drain task, which exists only while
   there is something to send. Its sends get ``send_timeout``; a client that takes
@@ -40,6 +42,8 @@ from .protocol import Close
 log = logging.getLogger(__name__)
 
 TOO_SLOW = "too slow"
+#: Sends in a row between two yields of the outbox to the loop (~0.5 ms of sends).
+YIELD_EVERY = 32
 
 
 class Outbox:
@@ -53,6 +57,11 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         #: The connection whose send ran out of time; the outbox task was cancelled for it.
         self.overdue: Connection | None = None
+        #: The connection whose inline send is under way, and how many have started.
+        self.sending: Connection | None = None
+        self.sends = 0
+        self._looked = -1  # ``sends`` when the watchdog last looked
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -83,18 +92,40 @@ class Outbox:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    def _watch(self) -> None:
+        """Every ``inline_timeout`` while a batch goes out: a send that was already under way
+        at the last look has had its time. One timer for the batch, where a timer per send
+        was a tenth of the outbox's time (py-spy, 10 000 connections)."""
+        sending = self.sending
+        if sending is not None and self.sends == self._looked:
+            self.sending = None  # expired once: the cancellation is on its way
+            self.expire(sending)
+        self._looked = self.sends
+        self._watchdog = asyncio.get_running_loop().call_later(self.inline_timeout, self._watch)
+
     async def _run(self) -> None:
         while True:
             await self._ready.wait()
             self._ready.clear()
             dirty, self._dirty = self._dirty, []
-            for connection in dirty:
-                connection.queued = False
-                try:
-                    await connection.send_inline(self.inline_timeout)
-                except Exception:  # one connection's bug must not stop everyone's frames
-                    log.exception("outbox send failed")
-                    connection.close(Close.NORMAL, "")
+            self._looked = -1
+            self._watchdog = asyncio.get_running_loop().call_later(
+                self.inline_timeout, self._watch
+            )
+            try:
+                for count, connection in enumerate(dirty, 1):
+                    connection.queued = False
+                    try:
+                        await connection.send_inline()
+                    except Exception:  # one connection's bug must not stop everyone's frames
+                        log.exception("outbox send failed")
+                        connection.close(Close.NORMAL, "")
+                    if count % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+            finally:
+                if self._watchdog is not None:
+                    self._watchdog.cancel()
+                    self._watchdog = None
 
 
 class Connection:
@@ -187,7 +218,7 @@ class Connection:
         else:
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
-    async def send_inline(self, within: float) -> None:
+    async def send_inline(self) -> None:
         """The outbox's send: short, so one stuck client cannot hold up the tick."""
         if self._task is not None or self._sending or self.closing is not None:
             return
@@ -200,9 +231,8 @@ class Connection:
         outbox = self._outbox
         assert outbox is not None
         self._sending = True
-        # A bare timer handle, not asyncio.timeout(): this runs for every connection of every
-        # tick, and the Timeout object's bookkeeping was a fifth of the outbox's time (py-spy).
-        timer = asyncio.get_running_loop().call_later(within, outbox.expire, self)
+        outbox.sending = self  # the outbox's watchdog times this send
+        outbox.sends += 1
         try:
             await self._send(frame)
         except asyncio.CancelledError:
@@ -211,11 +241,12 @@ class Connection:
                 raise
             outbox.overdue = None
             self.congested = True
-            # Quart's send yields once *before* it writes (``asyncio.sleep(0)``), and a full
-            # transport yields after: the timer may have met either, so whether the frame was
-            # written is unknown. It is sent again from the connection's own task: a frame
-            # cut off before the write would be lost for good (a card stale until its next
-            # change; test_cluster saw it on a loaded machine), while one written twice
+            # Quart's send yields once *before* it writes (``asyncio.sleep(0)``), and so does
+            # the direct send while another write (a ping) holds the stream's send lock; a
+            # full transport yields after. The watchdog may have met either, so whether the
+            # frame was written is unknown. It is sent again from the connection's own task: a
+            # frame cut off before the write would be lost for good (a card stale until its
+            # next change; test_cluster saw it on a loaded machine), while one written twice
             # changes nothing (snapshots and updates set values; a reply comes twice).
             self._resend = frame
         except Exception as error:  # the peer is gone; its handler will notice
@@ -225,7 +256,7 @@ class Connection:
         else:
             self._sent(frame)
         finally:
-            timer.cancel()
+            outbox.sending = None
             self._sending = False
         if self.backlog:  # delivered while this send was under way
             self._wake()

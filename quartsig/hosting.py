@@ -18,6 +18,13 @@ The fixes:
 - **Client messages are capped before they are stored** (``WebsocketBuffer.extend``):
   Hypercorn appends a fragment first and checks ``websocket_max_message_size`` after.
   The cap is the smaller of Hypercorn's setting and 4 x ``QUARTSIG_MAX_FRAME_BYTES``.
+- **A tick's frames skip Hypercorn's per-message dispatch** (``WSStream._accept``): an
+  accepted stream offers itself in the scope (``scope["extensions"][SEND_EXTENSION]``),
+  and :func:`text_sender` frames a text message itself and hands the bytes to the stream's
+  ``send``, the same call Hypercorn's own ``_send_wsproto_event`` ends in (so the same
+  lock, write and drain). Quart's ``Websocket.send`` -> ``app_send`` -> wsproto path it
+  skips was 30 % of a bare Quart send (py-spy); a stream that is closing or closed gets
+  that path, and its answer, unchanged.
 - **Pings are a liveness check** (``WSStream._send_pings``): every
   ``QUARTSIG_HEARTBEAT_INTERVAL`` (started at a random point, so connections opened
   together do not ping together) a ping goes out, and a peer that sends nothing at all
@@ -37,11 +44,14 @@ import copy
 import functools
 import inspect
 import random
+import struct
 import weakref
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from typing import Any
 
+from wsproto.connection import ConnectionState
 from wsproto.extensions import Extension, PerMessageDeflate
 
 from quartsig.config import ConfigError, Settings
@@ -59,6 +69,9 @@ PATCHED: dict[str, tuple[str, ...] | None] = {
     "hypercorn.protocol.ws_stream.WSStream.handle": ("self", "event"),
     "hypercorn.protocol.ws_stream.WSStream._send_pings": ("self",),
     "hypercorn.protocol.ws_stream.WSStream._send_wsproto_event": ("self", "event"),
+    "hypercorn.protocol.ws_stream.WSStream._accept": ("self", "message"),
+    "hypercorn.protocol.ws_stream.ASGIWebsocketState.CONNECTED": None,
+    "wsproto.connection.ConnectionState.OPEN": None,
     "hypercorn.protocol.ws_stream.WebsocketBuffer.extend": ("self", "event"),
     "hypercorn.protocol.ws_stream.WebsocketBuffer.__init__": ("self", "max_length"),
     "hypercorn.protocol.ws_stream.FrameTooLargeError": None,
@@ -150,6 +163,7 @@ def harden(settings: Settings) -> None:
     give_streams_quartsig_limits()
     end_pings_with_their_stream()
     cap_websocket_messages()
+    offer_direct_sends()
 
 
 # -- per-stream config ---------------------------------------------------------------------
@@ -305,3 +319,77 @@ def decline_permessage_deflate() -> None:
     from hypercorn.protocol import ws_stream
 
     ws_stream.PerMessageDeflate = DeclinedDeflate  # type: ignore[attr-defined,assignment]
+
+
+# -- direct sends ----------------------------------------------------------------------------
+# A stream's own ``send`` (``H11Protocol.stream_send`` or ``H2Protocol.stream_send``) takes the
+# websocket's bytes as a ``Data`` event; Hypercorn reaches it through the ASGI ``send`` ->
+# ``app_send`` -> wsproto for each message. Instance attributes read here (``scope``, ``closed``,
+# ``state``, ``connection``, ``send``, ``stream_id``) are exercised on a real ``WSStream`` by
+# ``tests/test_hosting.py``.
+
+SEND_EXTENSION = "quartsig.direct_send"
+"""The ASGI scope extension under which an accepted Hypercorn stream offers itself."""
+
+#: Hypercorn's ``ASGIWebsocketState.CONNECTED`` and ``events.Data``, once it is hardened.
+_connected: Any = None
+_data: Any = None
+_TEXT_FIN = 0x81  # FIN + opcode 1 (text); a server's frames are never masked (RFC 6455 5.1)
+
+
+def frame_text(text: str) -> bytes:
+    """``text`` as one final, unmasked text frame: wsproto's bytes with no extension active."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        return bytes((_TEXT_FIN, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", _TEXT_FIN, 126, size) + payload
+    return struct.pack("!BBQ", _TEXT_FIN, 127, size) + payload
+
+
+def offer_direct_sends() -> None:
+    """Make each accepted stream offer itself in its scope, when no extension can be on.
+
+    Only while permessage-deflate is declined (:func:`decline_permessage_deflate`): with
+    an extension negotiated, wsproto's framing is not :func:`frame_text`'s. Idempotent.
+    """
+    from hypercorn.protocol import ws_stream
+
+    global _connected, _data
+    from hypercorn.protocol.events import Data
+
+    _connected, _data = ws_stream.ASGIWebsocketState.CONNECTED, Data
+    if getattr(ws_stream.WSStream, "_quartsig_direct", False):
+        return
+    accept = ws_stream.WSStream._accept
+
+    @functools.wraps(accept)
+    async def accept_and_offer(self: Any, message: Any) -> None:
+        await accept(self, message)
+        if ws_stream.PerMessageDeflate is DeclinedDeflate:  # type: ignore[attr-defined,comparison-overlap]
+            self.scope.setdefault("extensions", {})[SEND_EXTENSION] = self
+
+    ws_stream.WSStream._accept = accept_and_offer  # type: ignore[method-assign]
+    ws_stream.WSStream._quartsig_direct = True  # type: ignore[attr-defined]
+
+
+def text_sender(
+    scope: Mapping[str, Any], fallback: Callable[[str], Awaitable[None]]
+) -> Callable[[str], Awaitable[None]]:
+    """The cheapest way to send text on this websocket: the stream's own send when the
+    server offered it (:func:`offer_direct_sends`), else ``fallback`` (Quart's ``send``)."""
+    stream = (scope.get("extensions") or {}).get(SEND_EXTENSION)
+    if stream is None:
+        return fallback
+    return functools.partial(_send_text, stream, fallback)
+
+
+async def _send_text(stream: Any, fallback: Callable[[str], Awaitable[None]], text: str) -> None:
+    """Unlike Quart's ``send``, this does not yield to the loop unless the socket is full:
+    a caller sending to many clients in a row yields on its own."""
+    if (stream.closed or stream.state is not _connected
+            or stream.connection.state is not ConnectionState.OPEN):
+        await fallback(text)  # closing or closed: whatever Hypercorn does then (drop, raise)
+        return
+    await stream.send(_data(stream_id=stream.stream_id, data=frame_text(text)))

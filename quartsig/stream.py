@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, websocket
 
-from . import caps, protocol
+from . import caps, hosting, protocol
 from .budget import KeyQuota
 from .connection import TOO_SLOW, Connection
 from .hub import TooManySubscriptions
@@ -154,7 +154,7 @@ async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
     handler = asyncio.current_task()
     assert handler is not None
     connection = Connection(
-        websocket.send,
+        hosting.text_sender(websocket.scope, websocket.send),
         send_timeout=state.settings.send_timeout,
         outbox=state.outbox,
         on_frame=state.metrics.frame_sent,

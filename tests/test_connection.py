@@ -2,7 +2,7 @@ import asyncio
 
 import orjson
 
-from quartsig.connection import TOO_SLOW, Connection, Outbox
+from quartsig.connection import TOO_SLOW, YIELD_EVERY, Connection, Outbox
 from quartsig.hub import UPDATE, Piece
 from quartsig.model import Key
 
@@ -110,6 +110,35 @@ async def test_a_batch_goes_out_from_the_outbox_one_frame_per_connection():
         await settle()
         for peer in peers:
             assert len(peer.frames) == 1 and len(peer.messages()) == 2
+    finally:
+        await outbox.stop()
+
+
+async def test_the_outbox_lets_the_loop_run_between_sends_that_never_yield():
+    """The direct send (quartsig.hosting.text_sender) yields only on a full socket: the
+    outbox itself must give the loop a turn every YIELD_EVERY sends."""
+    outbox = Outbox()
+    outbox.start()
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    conns = [Connection(send, outbox=outbox) for _ in range(3 * YIELD_EVERY)]
+    seen: list[int] = []
+
+    async def probe() -> None:
+        while len(sent) < len(conns):
+            seen.append(len(sent))
+            await asyncio.sleep(0)
+
+    try:
+        with outbox.batch():
+            for conn in conns:
+                conn.deliver(KEY, update(1))
+        await asyncio.wait_for(probe(), 5)
+        assert len(sent) == len(conns)
+        assert YIELD_EVERY in seen and 2 * YIELD_EVERY in seen
     finally:
         await outbox.stop()
 

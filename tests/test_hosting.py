@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -217,3 +218,108 @@ async def test_direct_hypercorn_drops_a_silent_peer_and_keeps_a_live_one(
     await live.send(orjson.dumps({"op": "ping", "id": "alive"}).decode())
     assert orjson.loads(await asyncio.wait_for(live.recv(), 5)) == {"type": "pong", "id": "alive"}
     await live.close()
+
+
+# ==================================================== direct sends on a real WSStream
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_frame_text_is_wsprotos_frame_byte_for_byte(size: int) -> None:
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    text = "é" * (size // 4) + "x" * (size - 2 * (size // 4))  # ``size`` bytes, some 2-byte
+    assert len(text.encode()) == size
+    wsproto_bytes = Connection(ConnectionType.SERVER).send(TextMessage(data=text))
+    assert hosting.frame_text(text) == wsproto_bytes
+
+
+class _TaskGroup:
+    """What ``WSStream.handle`` needs of Hypercorn's task group: the app is not run."""
+
+    async def spawn_app(self, *args: object) -> object:
+        async def put(message: object) -> None:
+            pass
+
+        return put
+
+    def spawn(self, *args: object) -> None:
+        pass
+
+
+async def _accepted_stream(sent: list[object]) -> object:
+    from hypercorn.config import Config
+    from hypercorn.protocol.events import Request
+    from hypercorn.protocol.ws_stream import WSStream
+    from hypercorn.typing import ConnectionState
+
+    hosting.harden(Settings.from_env({}))
+
+    async def send(event: object) -> None:
+        sent.append(event)
+
+    stream = WSStream(object(), Config(), object(), _TaskGroup(), False, None, None,  # type: ignore[arg-type]
+                      send, 1)
+    await stream.handle(Request(
+        stream_id=1, http_version="1.1", method="GET", raw_path=b"/ws",
+        state=ConnectionState({}), headers=[
+            (b"host", b"x"), (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+            (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+            (b"sec-websocket-version", b"13"),
+        ],
+    ))  # fmt: skip
+    await stream.app_send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+    return stream
+
+
+async def test_an_accepted_stream_offers_its_own_send_and_it_writes_wsprotos_bytes() -> None:
+    """Fails by name if Hypercorn's WSStream loses an attribute the direct send reads."""
+    from hypercorn.protocol.events import Data
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    sent: list[object] = []
+    stream: Any = await _accepted_stream(sent)
+    assert stream.scope["extensions"][hosting.SEND_EXTENSION] is stream
+    fallback: list[str] = []
+
+    async def quart_send(text: str) -> None:
+        fallback.append(text)
+
+    send = hosting.text_sender(stream.scope, quart_send)
+    sent.clear()
+    await send('{"type":"update","€":1}')
+    expected = Connection(ConnectionType.SERVER).send(TextMessage(data='{"type":"update","€":1}'))
+    assert sent == [Data(stream_id=stream.stream_id, data=expected)] and fallback == []
+    # Through Hypercorn's own path, byte for byte the same.
+    sent.clear()
+    await stream.app_send({"type": "websocket.send", "bytes": None,
+                           "text": '{"type":"update","€":1}'})  # fmt: skip
+    assert sent == [Data(stream_id=stream.stream_id, data=expected)]
+
+
+async def test_a_closing_stream_gets_hypercorns_own_send() -> None:
+    """After the client's close frame (wsproto answered it) nothing more is framed here."""
+    from hypercorn.protocol.events import Data
+
+    sent: list[object] = []
+    stream: Any = await _accepted_stream(sent)
+    fallback: list[str] = []
+
+    async def quart_send(text: str) -> None:
+        fallback.append(text)
+
+    send = hosting.text_sender(stream.scope, quart_send)
+    close = bytes((0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE8 ^ 2))  # masked close 1000
+    await stream.handle(Data(stream_id=1, data=close))
+    sent.clear()
+    await send("late")
+    assert fallback == ["late"] and sent == []
+
+
+def test_without_the_server_offer_the_sender_is_quarts_own() -> None:
+    async def quart_send(text: str) -> None:
+        pass
+
+    assert hosting.text_sender({"type": "websocket", "extensions": {}}, quart_send) is quart_send
+    assert hosting.text_sender({"type": "websocket"}, quart_send) is quart_send
