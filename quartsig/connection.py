@@ -129,6 +129,10 @@ class Outbox:
 
 
 class Connection:
+    __slots__ = ("_on_close", "_on_frame", "_outbox", "_pending", "_replies", "_send", "_sending",
+                 "_task", "closing", "conflated", "congested", "max_replies", "queued",
+                 "send_timeout")
+
     def __init__(
         self,
         send: Callable[[str], Awaitable[None]],

@@ -323,3 +323,95 @@ def test_without_the_server_offer_the_sender_is_quarts_own() -> None:
 
     assert hosting.text_sender({"type": "websocket", "extensions": {}}, quart_send) is quart_send
     assert hosting.text_sender({"type": "websocket"}, quart_send) is quart_send
+
+
+# ==================================================== the shared heartbeat
+
+
+class _Stream:
+    """What the heartbeat reads of a Hypercorn ``WSStream``."""
+
+    def __init__(self, interval: float, limits: hosting.StreamLimits | None,
+                 answers: bool = True) -> None:
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(websocket_ping_interval=interval)
+        if limits is not None:
+            self.config._quartsig_limits = limits
+        self.closed = False
+        self.stream_id = 1
+        self.answers = answers
+        self.pings: list[float] = []
+        self.sent: list[object] = []
+
+    async def _send_wsproto_event(self, event: object) -> None:
+        loop = asyncio.get_running_loop()
+        self.pings.append(loop.time())
+        if self.answers:  # the pong, as handle() would record it
+            loop.call_later(0.01, lambda: self.__dict__.__setitem__("_quartsig_heard",
+                                                                    loop.time()))
+
+    async def send(self, event: object) -> None:
+        self.sent.append(event)
+        self.closed = True
+
+
+def _limits(interval: float, timeout: float) -> hosting.StreamLimits:
+    return hosting.StreamLimits(interval, timeout, 4096)
+
+
+async def test_the_heartbeat_pings_a_live_stream_every_interval_and_keeps_it() -> None:
+    hosting.harden(Settings.from_env({}))
+    loop = asyncio.get_running_loop()
+    beat = hosting.Heartbeat(loop)
+    live = _Stream(0.2, _limits(0.2, 0.1))
+    started = loop.time()
+    beat.add(live)
+    await asyncio.sleep(1.0)
+    assert live.sent == [] and not live.closed
+    assert 4 <= len(live.pings) <= 6
+    assert live.pings[0] - started <= 0.2 + 0.05  # first at a random point of the interval
+    gaps = [b - a for a, b in zip(live.pings, live.pings[1:], strict=False)]
+    assert all(0.15 < gap < 0.3 for gap in gaps), gaps
+
+
+async def test_the_heartbeat_closes_a_stream_that_sends_nothing_after_a_ping() -> None:
+    from hypercorn.protocol.events import StreamClosed
+
+    hosting.harden(Settings.from_env({}))
+    loop = asyncio.get_running_loop()
+    beat = hosting.Heartbeat(loop)
+    silent = _Stream(0.2, _limits(0.2, 0.1), answers=False)
+    beat.add(silent)
+    await asyncio.sleep(0.5)
+    assert len(silent.pings) == 1
+    assert silent.sent == [StreamClosed(stream_id=1)]
+    assert silent.pings[0] + 0.1 <= loop.time()
+    assert len(beat) == 0  # nothing left of it
+
+
+async def test_the_heartbeat_forgets_a_closed_stream_and_does_not_keep_it_alive() -> None:
+    import gc
+    import weakref
+
+    hosting.harden(Settings.from_env({}))
+    beat = hosting.Heartbeat(asyncio.get_running_loop())
+    closed, gone = _Stream(0.1, _limits(0.1, 0.05)), _Stream(0.1, _limits(0.1, 0.05))
+    beat.add(closed)
+    beat.add(gone)
+    closed.closed = True
+    ref = weakref.ref(gone)
+    del gone
+    gc.collect()
+    assert ref() is None  # the heap holds streams weakly
+    await asyncio.sleep(0.3)
+    assert closed.pings == [] and len(beat) == 0
+
+
+async def test_a_stream_without_quartsig_limits_gets_plain_pings() -> None:
+    hosting.harden(Settings.from_env({}))
+    beat = hosting.Heartbeat(asyncio.get_running_loop())
+    plain = _Stream(0.1, None, answers=False)
+    beat.add(plain)
+    await asyncio.sleep(0.45)
+    assert len(plain.pings) >= 3 and plain.sent == []  # never dropped: no deadline known
