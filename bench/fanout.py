@@ -30,9 +30,12 @@ keys per connection, Zipf over the stand-in's ~190 symbols and over timeframes, 
 For the peers, ``ts`` is the broadcast's start. Printed per server: connections and how
 many negotiated deflate, frames and bytes per tick, p50/p99/max latency over all
 connections (median over the ticks of all rounds), server CPU per tick (utime + stime
-from /proc over trigger -> last client served), RSS growth per connection when idle
-(connected and subscribed) and after the ticks; then ratios quartsig / peer, each the
-median over rounds of the ratio within the round.
+from /proc over trigger -> last client served; and from the tick's start: for quartsig
+the collector's first scanner request after the step, in the stand-in's log, so that the
+up to ``--interval`` of waiting for the collector's next tick, with its heartbeats, is
+not counted against a peer whose window opens with its broadcast), RSS growth per
+connection when idle (connected and subscribed) and after the ticks; then ratios
+quartsig / peer, each the median over rounds of the ratio within the round.
 """
 
 from __future__ import annotations
@@ -305,6 +308,38 @@ class Tick:
     frames: int
     bytes: int
     pieces: int
+    #: CPU from the tick's start (quartsig: the collector's first scanner request after the
+    #: step, from the stand-in's log; a peer: the broadcast's start, as ``cpu_ms``).
+    tick_cpu_ms: float = float("nan")
+
+
+class CpuSampler:
+    """The server's CPU seconds every few ms, so CPU can be read from a moment found later.
+
+    ``/proc`` counts in 10 ms clock ticks; a reading is taken at or before the moment asked."""
+
+    def __init__(self, pid: int, every: float = 0.004) -> None:
+        import threading
+
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = [(time.time(), cpu_seconds(pid))]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.samples.append((time.time(), cpu_seconds(self.pid)))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.samples[-1][1]
+
+    def at(self, moment: float) -> float:
+        """CPU seconds at the last reading not after ``moment`` (so the span is overcounted)."""
+        before = [cpu for when, cpu in self.samples if when <= moment]
+        return before[-1] if before else self.samples[0][1]
 
 
 @dataclass
@@ -364,7 +399,9 @@ def one_run(kind: str, n: int, mode: str, stack: Stack, clients: Clients, subs: 
         spy = _spy(kind, n, mode, server.pid)
         for _ in range(ticks):
             clients.all({"op": "reset"})
-            cpu0 = cpu_seconds(server.pid)
+            sampler = CpuSampler(server.pid)
+            cpu0 = sampler.samples[0][1]
+            stepped = time.time()
             if kind.startswith("quartsig"):
                 stack.step()
             else:
@@ -373,7 +410,13 @@ def one_run(kind: str, n: int, mode: str, stack: Stack, clients: Clients, subs: 
                 server.peer.ask({"op": "broadcast", "frame_size": frame_size,
                                  "piece_size": piece_size})  # fmt: skip
             ts = _await_tick(clients, run.connected, last, timeout=interval + 30)
-            cpu = cpu_seconds(server.pid) - cpu0
+            cpu_end = sampler.stop()
+            cpu = cpu_end - cpu0
+            started = stepped
+            if kind.startswith("quartsig"):  # the collector's tick began with its first request
+                after = [r["time"] for r in stack.scans() if r["time"] > stepped]
+                started = min(after, default=stepped)
+            tick_cpu = cpu_end - sampler.at(started)
             if ts is None:
                 print(f"  ! {kind}: a tick never arrived", file=sys.stderr)
                 continue
@@ -382,7 +425,8 @@ def one_run(kind: str, n: int, mode: str, stack: Stack, clients: Clients, subs: 
             values = lat[ts]
             frames, nbytes, pieces = size[ts]
             run.ticks.append(Tick(len(values), percentile(values, 50), percentile(values, 99),
-                                  max(values), cpu * 1000, frames, nbytes, pieces))  # fmt: skip
+                                  max(values), cpu * 1000, frames, nbytes, pieces,
+                                  tick_cpu * 1000))  # fmt: skip
             time.sleep(0.3)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -425,8 +469,9 @@ def table(n: int, mode: str, runs: list[Run], kinds: Sequence[str]) -> str:
     header = (
         f"### {n} connections, {'browser-like clients (offer permessage-deflate)' if mode == 'browser' else 'clients without deflate'}\n\n"  # noqa: E501
         "| server | conns (deflate) | frames/tick | B/frame | p50 ms | p99 ms | max ms | "
-        "CPU ms/tick | CPU us/conn | KiB/conn idle | KiB/conn after ticks |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "CPU ms/tick | CPU ms from tick start | CPU us/conn | KiB/conn idle | "
+        "KiB/conn after ticks |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [header]
     for kind in kinds:
@@ -436,12 +481,14 @@ def table(n: int, mode: str, runs: list[Run], kinds: Sequence[str]) -> str:
             continue
         conns = min(r.connected for r in mine)
         cpu = med([t.cpu_ms for t in ticks])
+        tick_cpu = med([t.tick_cpu_ms for t in ticks])
         lines.append(
             f"| {kind} | {conns} ({min(r.deflate for r in mine)}) | "
             f"{med([t.frames for t in ticks]):.0f} | "
             f"{med([t.bytes / max(1, t.frames) for t in ticks]):.0f} | "
             f"{med([t.p50 for t in ticks]):.0f} | {med([t.p99 for t in ticks]):.0f} | "
-            f"{med([t.max for t in ticks]):.0f} | {cpu:.0f} | {cpu * 1000 / conns:.1f} | "
+            f"{med([t.max for t in ticks]):.0f} | {cpu:.0f} | {tick_cpu:.0f} | "
+            f"{cpu * 1000 / conns:.1f} | "
             f"{med([r.rss_idle for r in mine]):.1f} | {med([r.rss_after for r in mine]):.1f} |"
         )
     ratios = []
@@ -458,17 +505,22 @@ def table(n: int, mode: str, runs: list[Run], kinds: Sequence[str]) -> str:
                     med([t.p99 for t in a]) / med([t.p99 for t in b]),
                     med([t.max for t in a]) / med([t.max for t in b]),
                     med([t.cpu_ms for t in a]) / max(1e-9, med([t.cpu_ms for t in b])),
+                    med([t.tick_cpu_ms for t in a]) / max(1e-9, med([t.tick_cpu_ms for t in b])),
                 ))  # fmt: skip
         if per_round:
             ratios.append(
                 f"| quartsig / {kind} | {med([r[0] for r in per_round]):.2f} | "
                 f"{med([r[1] for r in per_round]):.2f} | {med([r[2] for r in per_round]):.2f} | "
+                f"{med([r[3] for r in per_round]):.2f} | "
                 + " ".join(f"{r[0]:.2f}" for r in per_round)
+                + " | "
+                + " ".join(f"{r[3]:.2f}" for r in per_round)
                 + " |"
             )
     if ratios:
-        lines += ["", "| ratio (median over rounds) | p99 | max | CPU/tick | p99 per round |",
-                  "|---|---:|---:|---:|---|", *ratios]  # fmt: skip
+        lines += ["", "| ratio (median over rounds) | p99 | max | CPU/tick | CPU from tick start | "
+                  "p99 per round | CPU from tick start per round |",
+                  "|---|---:|---:|---:|---:|---|---|", *ratios]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -549,7 +601,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 f"in {run.connect_s:.1f}s, p99 "
                                 f"{' '.join(f'{x.p99:.0f}' for x in t)} ms, max "
                                 f"{' '.join(f'{x.max:.0f}' for x in t)} ms, cpu "
-                                f"{' '.join(f'{x.cpu_ms:.0f}' for x in t)} ms, "
+                                f"{' '.join(f'{x.cpu_ms:.0f}' for x in t)} ms (from tick "
+                                f"start {' '.join(f'{x.tick_cpu_ms:.0f}' for x in t)}), "
                                 f"closes {run.closes}",
                                 file=sys.stderr,
                                 flush=True,
