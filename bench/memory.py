@@ -6,7 +6,8 @@ A shortcut for :mod:`bench.fanout` with one tick per run, both client modes and 
 server: read the ``KiB/conn idle`` (RSS growth from before the connections to when all
 are connected, subscribed and have their snapshots, divided by their number) and
 ``KiB/conn after ticks`` (after a fan-out, when lazily allocated zlib state exists)
-columns. Target: at most 38 KiB per idle browser-like connection to ``quartsig serve``.
+columns. Target (issue 15): at most 40 KiB per idle browser-like connection to
+``quartsig serve``.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ The fixes:
 - **Pings are a liveness check** (``WSStream._send_pings``): every
   ``QUARTSIG_HEARTBEAT_INTERVAL`` (started at a random point, so connections opened
   together do not ping together) a ping goes out, and a peer that sends nothing at all
-  (not even the pong) within ``QUARTSIG_HEARTBEAT_TIMEOUT`` is dropped. One
+  (not even the pong) within ``QUARTSIG_HEARTBEAT_TIMEOUT``, or whose ping cannot be
+  written within it, is dropped. One
   :class:`Heartbeat` per loop keeps every stream's pings in a heap, instead of a task
   per connection sleeping between them; nothing of it waits with a closed stream.
 
@@ -278,15 +279,21 @@ class Heartbeat:
 
     async def _ping(self, stream: Any, ref: weakref.ref[Any]) -> None:
         sent = self._loop.time()  # anything heard from here on answers this ping
-        await stream._send_wsproto_event(_ping_event())
-        if stream.closed:
-            return
-        now = self._loop.time()  # the deadline runs once the ping is written
         limits = stream.config.__dict__.get("_quartsig_limits")
         if limits is None:  # a config quartsig did not derive: Hypercorn's plain pings
-            self._push(now + (stream.config.websocket_ping_interval or 0.0), ref, None)
-        else:
-            self._push(now + limits.pong_timeout, ref, sent)
+            await stream._send_wsproto_event(_ping_event())
+            if not stream.closed:
+                self._push(self._loop.time() + (stream.config.websocket_ping_interval or 0.0),
+                           ref, None)
+            return
+        try:
+            async with asyncio.timeout(limits.pong_timeout):
+                await stream._send_wsproto_event(_ping_event())
+        except TimeoutError:  # it reads nothing either: gone, as surely as a silent one
+            await stream.send(_stream_closed(stream_id=stream.stream_id))
+            return
+        if not stream.closed:  # the deadline runs once the ping is written
+            self._push(self._loop.time() + limits.pong_timeout, ref, sent)
 
     def _write(self, write: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(write)

@@ -415,3 +415,21 @@ async def test_a_stream_without_quartsig_limits_gets_plain_pings() -> None:
     beat.add(plain)
     await asyncio.sleep(0.45)
     assert len(plain.pings) >= 3 and plain.sent == []  # never dropped: no deadline known
+
+
+async def test_the_heartbeat_closes_a_stream_whose_ping_cannot_be_written() -> None:
+    """A peer that reads nothing fills its socket: the ping waits for the drain. It is gone
+    as surely as a silent one (and no read timeout is left to catch it)."""
+    from hypercorn.protocol.events import StreamClosed
+
+    hosting.harden(Settings.from_env({}))
+    beat = hosting.Heartbeat(asyncio.get_running_loop())
+    full = _Stream(0.1, _limits(0.1, 0.1))
+
+    async def never_drains(event: object) -> None:
+        await asyncio.Event().wait()
+
+    full._send_wsproto_event = never_drains  # type: ignore[method-assign]
+    beat.add(full)
+    await asyncio.sleep(0.4)
+    assert full.sent == [StreamClosed(stream_id=1)]
