@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -30,30 +29,10 @@ from quartsig.config import ConfigError, Settings
 from quartsig.hosting import decline_permessage_deflate
 from quartsig.runtime import State
 
-__all__ = ["DEFAULT_BIND", "GC_THRESHOLDS", "apply_stream_settings",
-           "decline_permessage_deflate", "hypercorn_config", "run", "serve_until_signalled",
-           "tune_gc"]
+__all__ = ["DEFAULT_BIND", "apply_stream_settings", "decline_permessage_deflate",
+           "hypercorn_config", "run", "serve_until_signalled"]
 
 DEFAULT_BIND = "127.0.0.1:8000"
-#: CPython's collector thresholds for a serving process (CPython's own are 700, 10, 10).
-GC_THRESHOLDS = (50_000, 20, 10)
-
-
-def tune_gc() -> None:
-    """Collect garbage less eagerly: a serving process holds millions of long-lived objects.
-
-    With CPython's thresholds, objects that live through one fan-out, or through one wait
-    for the next pong (Hypercorn's read ``wait_for``), reach the oldest generation, and every
-    time those made a quarter of it a full collection walked all of the ~3 M objects of
-    10 000 connections: 0.8-2.6 s with the loop stopped, every few seconds, landing in a
-    tick at random (``gc.callbacks`` in ``bench.fanout``). With a young generation of 50 000
-    those objects die young and no full collection came in the benchmark's minute; one
-    still comes after about 10 M allocations. Start-up's objects (modules, the app) are
-    frozen first, so that no collection walks them again.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def hypercorn_config(path: Path, bind: str | None, environ: Mapping[str, str]) -> Config:
@@ -217,7 +196,6 @@ def run(app: Quart, config: Config) -> None:
 
     ``app`` comes from ``create_app()``, which has applied :func:`quartsig.hosting.harden`.
     """
-    tune_gc()
     with (asyncio.Runner(loop_factory=event_loop_factory(config.worker_class)) as runner,
           warnings.catch_warnings()):
         # A worker of run_workers() keeps ``workers`` > 1 so that it binds with SO_REUSEPORT;

@@ -7,9 +7,7 @@ is kept in a set. ``{"op": "broadcast", "frame_size": S}`` on stdin builds ONE f
 characters (carrying ``"ts"``: the broadcast's start in Unix ms) and sends it to every
 connection in turn with ``await ws.send(frame)``: no queue, no task per client, nothing
 but the stack. ``--decline-deflate`` declines permessage-deflate exactly as
-``quartsig serve`` does; without it, Hypercorn accepts it whenever a client offers. The
-garbage collector gets ``quartsig serve``'s thresholds (:func:`quartsig.server.tune_gc`)
-unless ``--default-gc``.
+``quartsig serve`` does; without it, Hypercorn accepts it whenever a client offers.
 """
 
 from __future__ import annotations
@@ -28,12 +26,7 @@ from quart import Quart, websocket
 from bench.clients import raise_nofile
 from bench.peers.control import control, padded
 from quartsig.config import Settings
-from quartsig.server import (
-    apply_stream_settings,
-    decline_permessage_deflate,
-    hypercorn_config,
-    tune_gc,
-)
+from quartsig.server import apply_stream_settings, decline_permessage_deflate, hypercorn_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,14 +83,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--decline-deflate", action="store_true")
-    parser.add_argument("--default-gc", action="store_true", help="CPython's gc thresholds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)  # access log lines, as quartsig serve writes them
     raise_nofile()
     if args.decline_deflate:
         decline_permessage_deflate()
-    if not args.default_gc:
-        tune_gc()  # the collector's thresholds of ``quartsig serve``
     import uvloop
 
     uvloop.run(main(args))
