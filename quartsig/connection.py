@@ -18,9 +18,10 @@ catches up to the current state rather than replaying history). Then:
   caught up; so a newly stalled client delays the others of its tick by 2-4 ms, once.
   (A healthy one misjudged on a busy loop merely sends from its own task until its
   next send goes through; the interrupted frame is sent again from there, since it may
-  have been cut off before it was written.) The time is kept by one watchdog timer per batch, not one
-  per send, and the outbox yields to the loop every ``YIELD_EVERY`` sends, since the
-  direct send (:func:`quartsig.hosting.text_sender`) does not yield by itself.
+  have been cut off before it was written.) The time is kept by one watchdog timer per
+  batch, not one per send, and the outbox yields to the loop every ``YIELD_EVERY``
+  sends, since the direct send (:func:`quartsig.hosting.text_sender`) does not yield
+  by itself.
 - Everything else (replies, a new subscriber's snapshot, a congested connection's
   frames) goes out from the connection's own drain task, which exists only while
   there is something to send. Its sends get ``send_timeout``; a client that takes
@@ -129,9 +130,9 @@ class Outbox:
 
 
 class Connection:
-    __slots__ = ("_on_close", "_on_frame", "_outbox", "_pending", "_replies", "_send", "_sending",
-                 "_task", "closing", "conflated", "congested", "max_replies", "queued",
-                 "send_timeout")
+    __slots__ = ("_on_close", "_on_frame", "_outbox", "_pending", "_replies", "_resend", "_send",
+                 "_sending", "_task", "closing", "conflated", "congested", "max_replies",
+                 "queued", "send_timeout")
 
     def __init__(
         self,
