@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from quartsig.collector import merge_results
 from quartsig.columns import FULL_COLUMNS
+from quartsig.composer import merge_results
 from quartsig.model import Key, Layout, Row, ScanRequest, ScanResult
 from quartsig.planner import (
     Limits,
