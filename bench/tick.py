@@ -139,15 +139,7 @@ async def _run(args: argparse.Namespace) -> None:
 
     # The whole publish step, as the collector runs it, with one connection per key.
     def publish_once() -> float:
-        hub = Hub(max_subscriptions=len(keys))
-        broker = MemoryBroker(hub, hub.apply)
-        collector = Collector(broker, profiles, None, lambda s: "forex")  # type: ignore[arg-type]
-        conn = Connection(_noop)
-        hub.attach(conn, 1)
-        for key in keys:
-            hub.subscribe(conn, key)
-        hub.apply(collector.compose(keys, results(first)))
-        conn.take()
+        hub, collector, _ = _primed(keys, profiles, results(first))
         started = time.process_time()
         hub.apply(collector.compose(keys, results(second)))
         elapsed = (time.process_time() - started) * 1000
@@ -175,18 +167,27 @@ async def _run(args: argparse.Namespace) -> None:
         _steady(args.ticks, keys, profiles, [results, first, second])
 
 
-def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any]) -> None:
-    """``ticks`` ticks of one collector into one hub, the replies alternating; CPU per tick,
-    and the cycle collector's share of it by generation (``gc.callbacks``)."""
-    results, first, second = inputs
+def _primed(keys: list[Key], profiles: Any,
+            replies: Any) -> tuple[Hub, Collector, Connection]:
+    """A hub with one connection subscribed to every key, and a collector that has published
+    ``replies`` into it once (the connection's frame taken): the state before a tick."""
     hub = Hub(max_subscriptions=len(keys))
-    collector = Collector(MemoryBroker(hub, hub.apply), profiles, None, lambda s: "forex")
+    collector = Collector(MemoryBroker(hub, hub.apply), profiles, None,  # type: ignore[arg-type]
+                          lambda s: "forex")
     conn = Connection(_noop)
     hub.attach(conn, 1)
     for key in keys:
         hub.subscribe(conn, key)
-    hub.apply(collector.compose(keys, results(first)))
+    hub.apply(collector.compose(keys, replies))
     conn.take()
+    return hub, collector, conn
+
+
+def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any]) -> None:
+    """``ticks`` ticks of one collector into one hub, the replies alternating; CPU per tick,
+    and the cycle collector's share of it by generation (``gc.callbacks``)."""
+    results, first, second = inputs
+    hub, collector, conn = _primed(keys, profiles, results(first))
     collected = [0.0, 0.0, 0.0]
     began = [0.0]
     inside = [False]  # only collections within a tick count
