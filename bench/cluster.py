@@ -151,7 +151,7 @@ async def _first_data(url: str, keys: list[tuple[str, str, str]]) -> list[float]
 
 def first_data(stack: Stack, redis: str, new: int, seed: int) -> dict[str, list[float]]:
     from quartsig.demo.market import DEFAULT_UNIVERSE, NO_TECHNICALS
-    from quartsig.timeframes import TIMEFRAMES
+    from quartsig.domain.timeframes import TIMEFRAMES
 
     rng = random.Random(seed)
     symbols = sorted(s for g in DEFAULT_UNIVERSE.values() for s in g if s not in NO_TECHNICALS)

@@ -187,7 +187,7 @@ class Stack:
     def start(cls, work: Path, interval: float, change_share: float) -> Iterator[Stack]:
         from cryptography.fernet import Fernet
 
-        from quartsig.tokens import TokenAuthority
+        from quartsig.access.tokens import TokenAuthority
 
         port = free_port()
         log = open(work / "standin.log", "ab")  # noqa: SIM115

@@ -93,7 +93,7 @@ async def sample(url: str, stack: Stack, cached: int, new: int, seed: int) -> di
     from websockets.asyncio.client import connect
 
     from quartsig.demo.market import DEFAULT_UNIVERSE, NO_TECHNICALS
-    from quartsig.timeframes import TIMEFRAMES
+    from quartsig.domain.timeframes import TIMEFRAMES
 
     rng = random.Random(seed)
     symbols = sorted(s for g in DEFAULT_UNIVERSE.values() for s in g if s not in NO_TECHNICALS)

@@ -44,18 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from quartsig.columns import FULL_COLUMNS
-from quartsig.composer import merge_results
-from quartsig.model import Key, Layout, Row, ScanRequest, ScanResult
-from quartsig.planner import (
-    Limits,
-    needed_cells,
-    overfetch,
-    plan,
-    seed_grouping,
-)
-from quartsig.symbols import screener_for
-from quartsig.timeframes import column
+from quartsig.domain.columns import FULL_COLUMNS
+from quartsig.domain.model import Key, Layout, Row, ScanRequest, ScanResult
+from quartsig.domain.symbols import screener_for
+from quartsig.domain.timeframes import column
+from quartsig.feed.composer import merge_results
+from quartsig.upstream.planner import Limits, needed_cells, overfetch, plan, seed_grouping
 
 PROFILES: dict[str, tuple[str, ...]] = {"full": FULL_COLUMNS, "summary": ("Recommend.All",)}
 
@@ -181,12 +175,13 @@ Planner = Callable[[Sequence[Key]], list[ScanRequest]]
 
 
 def variant(name: str, where: Path) -> Planner:
-    """``plan`` at its default limits from ``where/quartsig/planner.py`` (another checkout)."""
-    spec = importlib.util.spec_from_file_location(
-        f"bench_planner_{name}", where / "quartsig" / "planner.py"
-    )
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"no quartsig/planner.py in {where}")
+    """``plan`` at its default limits from another checkout's planner (``quartsig/upstream/``
+    since the layer folders, ``quartsig/`` before)."""
+    found = [path for path in (where / "quartsig" / "upstream" / "planner.py",
+                               where / "quartsig" / "planner.py") if path.exists()]
+    spec = found and importlib.util.spec_from_file_location(f"bench_planner_{name}", found[0])
+    if not spec or spec.loader is None:
+        raise SystemExit(f"no quartsig/upstream/planner.py or quartsig/planner.py in {where}")
     module: ModuleType = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -338,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=10,
                         help="other seeds the clients mix is drawn with (1..N)")  # fmt: skip
     parser.add_argument("--compare", metavar="NAME=DIR", action="append", default=[],
-                        help="also plan with DIR/quartsig/planner.py's plan, as NAME")  # fmt: skip
+                        help="also plan with the checkout in DIR, as NAME")  # fmt: skip
     args = parser.parse_args(argv)
     others: dict[str, Planner] = {}
     for item in args.compare:

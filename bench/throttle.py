@@ -18,13 +18,13 @@ import time
 from collections.abc import Sequence
 
 import quartsig
-from quartsig.broker.memory import MemoryBroker
-from quartsig.collector import Collector
-from quartsig.hub import Hub
-from quartsig.model import Key
-from quartsig.plugins import get_plugin_manager, load_profiles
-from quartsig.scanner import ScannerClient
-from quartsig.symbols import screener_for
+from quartsig.cluster.memory import MemoryBroker
+from quartsig.domain.model import Key
+from quartsig.domain.symbols import screener_for
+from quartsig.fanout.hub import Hub
+from quartsig.feed.collector import Collector
+from quartsig.plugins.loader import get_plugin_manager, load_profiles
+from quartsig.upstream.scanner import ScannerClient
 from tests.support.standin import STANDIN, serve_standin
 
 

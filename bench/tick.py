@@ -30,19 +30,19 @@ from typing import Any
 
 import orjson
 
-from quartsig import protocol
-from quartsig.broker.memory import MemoryBroker
-from quartsig.collector import Collector
-from quartsig.composer import merge_results
-from quartsig.connection import Connection
+from quartsig.cluster.memory import MemoryBroker
 from quartsig.demo import DemoScanner, synthetic_universe
-from quartsig.hub import Hub, shaped_diff
-from quartsig.model import Key, Row, ScanResult
-from quartsig.planner import plan
-from quartsig.plugins import get_plugin_manager, load_profiles
-from quartsig.scanner import parse_body
-from quartsig.symbols import SCREENERS, screener_for
-from quartsig.timeframes import TIMEFRAMES, column
+from quartsig.domain import protocol
+from quartsig.domain.model import Key, Row, ScanResult
+from quartsig.domain.symbols import SCREENERS, screener_for
+from quartsig.domain.timeframes import TIMEFRAMES, column
+from quartsig.fanout.connection import Connection
+from quartsig.fanout.hub import Hub, shaped_diff
+from quartsig.feed.collector import Collector
+from quartsig.feed.composer import merge_results
+from quartsig.plugins.loader import get_plugin_manager, load_profiles
+from quartsig.upstream.planner import plan
+from quartsig.upstream.scanner import parse_body
 
 
 def _median_ms(fn: Callable[[], Any], runs: int) -> float:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from quartsig import columns, rules
-from quartsig.hookspecs import hookimpl
-from quartsig.profiles import Profile
+from quartsig.domain import columns, rules
+from quartsig.plugins.hookspecs import hookimpl
+from quartsig.plugins.profiles import Profile
 
 COLUMNS = ("Recommend.MA", "close", *columns.MOVING_AVERAGES)
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
-from quartsig import columns, rules
-from quartsig.hookspecs import hookimpl
-from quartsig.profiles import Profile
+from quartsig.domain import columns, rules
+from quartsig.plugins.hookspecs import hookimpl
+from quartsig.plugins.profiles import Profile
 
 #: Pivot methods and their levels, lowest first, as TradingView names them.
 METHODS: dict[str, tuple[str, ...]] = {

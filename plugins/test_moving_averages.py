@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 
-from quartsig.columns import MOVING_AVERAGES
-from quartsig.plugins import get_plugin_manager, load_profiles
-from quartsig.profiles import Profile
+from quartsig.domain.columns import MOVING_AVERAGES
+from quartsig.plugins.loader import get_plugin_manager, load_profiles
+from quartsig.plugins.profiles import Profile
 from quartsig.testing import check_contract, live_server, rows_strategy
 
 HERE = Path(__file__).parent

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
-from quartsig.columns import PIVOTS
-from quartsig.plugins import get_plugin_manager, load_profiles
-from quartsig.profiles import Profile
+from quartsig.domain.columns import PIVOTS
+from quartsig.plugins.loader import get_plugin_manager, load_profiles
+from quartsig.plugins.profiles import Profile
 from quartsig.testing import check_contract, rows_strategy
 
 HERE = Path(__file__).parent

@@ -4,8 +4,8 @@ The public surface for plugin authors: ``hookimpl`` and ``Profile`` (see docs/pl
 The app itself is ``quartsig.app:create_app``.
 """
 
-from quartsig.hookspecs import hookimpl
-from quartsig.profiles import Profile
+from quartsig.plugins.hookspecs import hookimpl
+from quartsig.plugins.profiles import Profile
 
 __version__ = "0.1.0"
 __all__ = ["Profile", "__version__", "hookimpl"]

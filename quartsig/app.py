@@ -1,7 +1,7 @@
 """``create_app()``: settings, state, blueprints and the lifespan in one place.
 
 To add a long-lived piece, append a component to :func:`default_components` (see
-:class:`~quartsig.runtime.Component`); to add routes, append a blueprint to :data:`BLUEPRINTS`.
+:class:`~quartsig.state.Component`); to add routes, append a blueprint to :data:`BLUEPRINTS`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,21 @@ from typing import Any
 
 from quart import Blueprint, Quart
 
-from quartsig import accounts, api, board, database, hosting, logs, stream
-from quartsig.admission import Gate
-from quartsig.broker import Broker
-from quartsig.broker.memory import MemoryBroker
-from quartsig.budget import RequestBudget
-from quartsig.collector import Collector
+from quartsig import hosting
+from quartsig.access import accounts, database
+from quartsig.access.admission import Gate
+from quartsig.access.tokens import TokenAuthority
+from quartsig.cluster.broker import Broker
+from quartsig.cluster.memory import MemoryBroker
 from quartsig.config import Settings
-from quartsig.plugins import describe, get_plugin_manager, inventory, load_screeners
-from quartsig.runtime import EXTENSION, Component, State
-from quartsig.scanner import ScannerClient
-from quartsig.symbols import SCREENERS
-from quartsig.tokens import TokenAuthority
+from quartsig.domain.symbols import SCREENERS
+from quartsig.feed.budget import RequestBudget
+from quartsig.feed.collector import Collector
+from quartsig.ops import logs
+from quartsig.plugins.loader import describe, get_plugin_manager, inventory, load_screeners
+from quartsig.state import EXTENSION, Component, State
+from quartsig.upstream.scanner import ScannerClient
+from quartsig.web import api, board, stream
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class DatabaseComponent:
 def open_broker(state: State) -> Broker:
     """Redis when ``QUARTSIG_REDIS_URL`` (or the platform's ``REDIS_URL``) is set, else memory."""
     if state.settings.redis_url:
-        from quartsig.broker.redis import RedisBroker
+        from quartsig.cluster.redis import RedisBroker
 
         return RedisBroker.from_settings(state.settings, state.hub, state.apply, state.metrics)
     return MemoryBroker(state.hub, state.apply)

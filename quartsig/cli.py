@@ -17,17 +17,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from quartsig import __version__, accounts, database, logs, server
-from quartsig.app import FeedComponent, build_state, create_app
-from quartsig.config import ConfigError, Settings
-from quartsig.plugins import PluginError, describe, get_plugin_manager, inventory
-from quartsig.tokens import (
+from quartsig import __version__, server
+from quartsig.access import accounts, database
+from quartsig.access.tokens import (
     InvalidTelegramId,
     TokenAuthority,
     board_link,
     check_tg_id,
     generate_key,
 )
+from quartsig.app import FeedComponent, build_state, create_app
+from quartsig.config import ConfigError, Settings
+from quartsig.ops import logs
+from quartsig.plugins.loader import PluginError, describe, get_plugin_manager, inventory
 
 HYPERCORN_CONFIG = "hypercorn.toml"
 

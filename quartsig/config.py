@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .caps import Network, parse_networks
+from quartsig.domain.addresses import Network, parse_networks
 
 PREFIX = "QUARTSIG_"
 

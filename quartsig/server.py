@@ -27,7 +27,7 @@ from quart import Quart
 from quartsig.app import state_of
 from quartsig.config import ConfigError, Settings
 from quartsig.hosting import decline_permessage_deflate
-from quartsig.runtime import State
+from quartsig.state import State
 
 __all__ = ["DEFAULT_BIND", "apply_stream_settings", "decline_permessage_deflate",
            "hypercorn_config", "run", "serve_until_signalled"]
@@ -140,8 +140,8 @@ class WorkerSpec:
 
 def _worker(spec: WorkerSpec, workers: int) -> None:
     """One worker process: the same app, fixes and SIGTERM handling as ``quartsig serve``."""
-    from quartsig import logs
     from quartsig.app import create_app
+    from quartsig.ops import logs
 
     logs.configure(logging.INFO)
     settings = Settings.from_env()

@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .isolation import check_data
-from .profiles import Profile
+from quartsig.plugins.guard import check_data
+from quartsig.plugins.profiles import Profile
 
 if TYPE_CHECKING:
     from quart import Quart
 
-    from .demo.scanner import DemoScanner
-    from .runtime import State
+    from quartsig.demo.scanner import DemoScanner
+    from quartsig.state import State
 
 #: Values TradingView (or a misbehaving upstream) can put where a number belongs.
 ODD_VALUES: tuple[Any, ...] = (
@@ -178,7 +178,7 @@ class LiveServer:
 
     @property
     def state(self) -> State:
-        from .app import state_of
+        from quartsig.app import state_of
 
         return state_of(self.app)
 
@@ -215,9 +215,9 @@ async def live_server(
     further :class:`~quartsig.config.Settings` fields."""
     from cryptography.fernet import Fernet
 
-    from . import accounts
-    from .app import create_app
-    from .demo.scanner import SCANNER, serve_standin
+    from quartsig.access import accounts
+    from quartsig.app import create_app
+    from quartsig.demo.scanner import SCANNER, serve_standin
 
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     runner, url = await serve_standin("127.0.0.1", 0, seed=seed)

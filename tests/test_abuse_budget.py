@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from quartsig import accounts
+from quartsig.access import accounts
 from quartsig.app import create_app
-from quartsig.model import Key
+from quartsig.domain.model import Key
 from tests.support.redisdb import REDIS_URL
 from tests.test_broker_redis import cluster, until
 from tests.test_stream import KEY, Stack, authed, receive, standin_server

@@ -16,9 +16,9 @@ import pytest
 from tortoise import timezone as tortoise_timezone
 from tortoise.context import TortoiseContext
 
-from quartsig import accounts, database
+from quartsig.access import accounts, database
+from quartsig.access.tokens import MAX_TG_ID
 from quartsig.config import Settings
-from quartsig.tokens import MAX_TG_ID
 
 POSTGRES_URL = os.environ.get("QUARTSIG_TEST_POSTGRES_URL")
 

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from quartsig.admission import Gate
+from quartsig.access.admission import Gate
+from quartsig.access.tokens import TokenAuthority
 from quartsig.config import Settings
-from quartsig.expiring import Expiring
-from quartsig.runtime import State
-from quartsig.tokens import TokenAuthority
+from quartsig.domain.expiring import Expiring
+from quartsig.state import State
 
 
 class Accounts:

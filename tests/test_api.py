@@ -14,11 +14,12 @@ from quart import Quart
 from quart.testing.app import LifespanError
 from tortoise.context import TortoiseContext
 
-from quartsig import accounts, api, database
-from quartsig.api import authorised, parse_token_request
+from quartsig.access import accounts, database
 from quartsig.app import MAX_HTTP_BODY, create_app, state_of
 from quartsig.config import Settings
-from quartsig.runtime import State
+from quartsig.state import State
+from quartsig.web import api
+from quartsig.web.api import authorised, parse_token_request
 
 SECRET = "bot-secret_0123456789+/=-long-enough"
 KEY = Fernet.generate_key().decode()
@@ -271,14 +272,14 @@ async def test_repeated_401s_get_429_with_retry_after_and_are_logged_sparsely(
     client = app.test_client()
     wrong = {"Authorization": "Bearer wrong"}
     statuses = []
-    with caplog.at_level(logging.WARNING, logger="quartsig.api"):
+    with caplog.at_level(logging.WARNING, logger="quartsig.web.api"):
         for _ in range(20):
             response = await client.post("/api/tokens", json={"tg_id": 42}, headers=wrong)
             statuses.append(response.status_code)
     assert statuses == [401] * 5 + [429] * 15
     assert response.headers["Retry-After"] == "30"
     assert (await response.get_json())["error"] == "too_many_failures"
-    refusals = [r for r in caplog.records if r.name == "quartsig.api"]
+    refusals = [r for r in caplog.records if r.name == "quartsig.web.api"]
     assert len(refusals) == 1 and "bad bot secret" in refusals[0].getMessage()
     # Over its budget an address is refused before the secret is even compared.
     assert (await client.post("/api/tokens", json={"tg_id": 42}, headers=AUTH)).status_code == 429

@@ -16,9 +16,9 @@ import pytest
 from cryptography.fernet import Fernet
 from quart import Quart
 
-from quartsig import board
 from quartsig.app import create_app
 from quartsig.config import Settings
+from quartsig.web import board
 
 BOARD_DIR = Path(board.__file__).parent / "board"
 FILES = ("index.html", "board.js", "quartsig.js", "board.css", "favicon.svg")

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from quartsig.broker.redis import (
+from quartsig.cluster.redis import (
     DEMAND_TTL,
     STREAM_LENGTH,
     RedisBroker,
@@ -24,13 +24,13 @@ from quartsig.broker.redis import (
     parse_key,
     publish_args,
 )
-from quartsig.collector import Collector
-from quartsig.hub import Hub, Piece
-from quartsig.metrics import Metrics
-from quartsig.model import Batch, Key
-from quartsig.plugins import get_plugin_manager, load_profiles
-from quartsig.scanner import ScannerClient
-from quartsig.symbols import screener_for
+from quartsig.domain.model import Batch, Key
+from quartsig.domain.symbols import screener_for
+from quartsig.fanout.hub import Hub, Piece
+from quartsig.feed.collector import Collector
+from quartsig.ops.metrics import Metrics
+from quartsig.plugins.loader import get_plugin_manager, load_profiles
+from quartsig.upstream.scanner import ScannerClient
 from tests.support.redisdb import REDIS_URL
 from tests.support.standin import STANDIN, Standin, serve_standin
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from quartsig.budget import Backoff, KeyQuota, RequestBudget
+from quartsig.feed.budget import Backoff, KeyQuota, RequestBudget
 
 
 class Clock:

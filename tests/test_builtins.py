@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartsig.builtins import full, summary
-from quartsig.columns import FULL_COLUMNS
-from quartsig.plugins import DEFAULT_PLUGINS, get_plugin_manager, load_profiles
+from quartsig.domain.columns import FULL_COLUMNS
+from quartsig.plugins.builtins import full, summary
+from quartsig.plugins.loader import DEFAULT_PLUGINS, get_plugin_manager, load_profiles
 from quartsig.testing import check_contract, rows_strategy
 
 OSCILLATOR_KEYS = {

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from quart.testing.connections import WebsocketDisconnectError, WebsocketResponseError
 
-from quartsig import accounts
+from quartsig.access import accounts
+from quartsig.access.caps import Caps, Refused
 from quartsig.app import create_app
-from quartsig.caps import Caps, Refused, client_of, parse_networks
 from quartsig.config import ConfigError, Settings
+from quartsig.domain.addresses import client_of, parse_networks
 from tests.test_stream import KEY, authed, closed_with, standin_server
 
 PUBLIC = "1.2.3.4"  # is_global; the documentation ranges (203.0.113.0/24, ...) are not

@@ -191,8 +191,8 @@ def test_plugins_lists_plugins_profiles_columns_and_sources(run: Run, tmp_path: 
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "closing.py").write_text(
-        "from quartsig.hookspecs import hookimpl\n"
-        "from quartsig.profiles import Profile\n\n"
+        "from quartsig.plugins.hookspecs import hookimpl\n"
+        "from quartsig.plugins.profiles import Profile\n\n"
         "@hookimpl\n"
         "def register_profiles():\n"
         "    return [Profile('closing', 'c', ('close', 'RSI[1]'), dict)]\n"
@@ -200,14 +200,14 @@ def test_plugins_lists_plugins_profiles_columns_and_sources(run: Run, tmp_path: 
     result = run("plugins")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "quartsig.builtins.summary (built-in)" in lines
+    assert "quartsig.plugins.builtins.summary (built-in)" in lines
     assert "  summary: Recommend.All" in lines
     assert "plugins/closing.py (file plugins/closing.py)" in lines
     assert "  closing: close, RSI[1]" in lines
 
     (plugins / "broken.py").write_text(
-        "from quartsig.hookspecs import hookimpl\n"
-        "from quartsig.profiles import Profile\n\n"
+        "from quartsig.plugins.hookspecs import hookimpl\n"
+        "from quartsig.plugins.profiles import Profile\n\n"
         "@hookimpl\n"
         "def register_profiles():\n"
         "    return [Profile('broken', 'b', ('close',), lambda row: {'x': 1 / row['close']})]\n"

@@ -19,16 +19,16 @@ from typing import Any
 
 import orjson
 
-from quartsig.broker.memory import MemoryBroker
-from quartsig.collector import Collector
-from quartsig.connection import Connection
-from quartsig.hub import Hub
-from quartsig.model import Batch, Key, Row, ScanError, ScanRequest, ScanResult
-from quartsig.plugins import get_plugin_manager, load_profiles
-from quartsig.profiles import Profile
-from quartsig.scanner import ScannerClient
-from quartsig.symbols import screener_for
-from quartsig.timeframes import split_column
+from quartsig.cluster.memory import MemoryBroker
+from quartsig.domain.model import Batch, Key, Row, ScanError, ScanRequest, ScanResult
+from quartsig.domain.symbols import screener_for
+from quartsig.domain.timeframes import split_column
+from quartsig.fanout.connection import Connection
+from quartsig.fanout.hub import Hub
+from quartsig.feed.collector import Collector
+from quartsig.plugins.loader import get_plugin_manager, load_profiles
+from quartsig.plugins.profiles import Profile
+from quartsig.upstream.scanner import ScannerClient
 from tests.support.standin import STANDIN, Standin, serve_standin
 
 PROFILES = load_profiles(get_plugin_manager(entry_points=False))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from quartsig.composer import merge_results
-from quartsig.model import Key
-from quartsig.planner import Limits
+from quartsig.domain.model import Key
+from quartsig.feed.composer import merge_results
+from quartsig.upstream.planner import Limits
 from tests.test_collector import (
     BTC,
     EURUSD,

@@ -133,7 +133,7 @@ def test_the_platform_database_url_is_the_fallback(tmp_path: Path) -> None:
     ],
 )
 def test_redact_url_masks_every_password(url: str, shown: str) -> None:
-    from quartsig.database import redact_url
+    from quartsig.access.database import redact_url
 
     assert redact_url(url) == shown
 

@@ -2,9 +2,9 @@ import asyncio
 
 import orjson
 
-from quartsig.connection import TOO_SLOW, YIELD_EVERY, Connection, Outbox
-from quartsig.hub import UPDATE, Piece
-from quartsig.model import Key
+from quartsig.domain.model import Key
+from quartsig.fanout.connection import TOO_SLOW, YIELD_EVERY, Connection, Outbox
+from quartsig.fanout.hub import UPDATE, Piece
 
 KEY = Key("summary", "FX_IDC:USDJPY", "1m")
 OTHER = Key("summary", "FX_IDC:EURUSD", "1m")
@@ -177,7 +177,7 @@ async def _converges(seed: int) -> tuple[bool, int, int]:
     connection holds wrongly, connections left with a backlog)."""
     import random
 
-    from quartsig.hub import Hub
+    from quartsig.fanout.hub import Hub
 
     rng = random.Random(seed)
     hub = Hub(max_subscriptions=50)

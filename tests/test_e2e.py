@@ -28,9 +28,9 @@ from cryptography.fernet import Fernet
 from websockets.asyncio.client import ClientConnection, connect
 from wsproto.events import TextMessage
 
-from quartsig.model import Key
-from quartsig.plugins import get_plugin_manager, load_profiles
-from quartsig.tokens import TokenAuthority
+from quartsig.access.tokens import TokenAuthority
+from quartsig.domain.model import Key
+from quartsig.plugins.loader import get_plugin_manager, load_profiles
 from tests.support.clients import (
     RawClient,
     State,

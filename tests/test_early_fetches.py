@@ -12,10 +12,10 @@ import contextlib
 import time
 from typing import Any
 
-from quartsig.broker.memory import MemoryBroker
-from quartsig.budget import RequestBudget
-from quartsig.collector import Collector
-from quartsig.model import Key
+from quartsig.cluster.memory import MemoryBroker
+from quartsig.domain.model import Key
+from quartsig.feed.budget import RequestBudget
+from quartsig.feed.collector import Collector
 from tests.support.standin import Standin
 from tests.test_collector import attach, hub_of, messages
 from tests.test_collector import running as run_collector

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from quartsig.earlyfetch import EarlyFetches
-from quartsig.model import Key
+from quartsig.domain.model import Key
+from quartsig.feed.earlyfetch import EarlyFetches
 
 
 class Clock:

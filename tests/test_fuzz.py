@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from quart.testing.connections import WebsocketDisconnectError, WebsocketResponseError
 
-from quartsig import accounts
+from quartsig.access import accounts
 from quartsig.app import create_app
 from tests.support.measure import rss_kib
 from tests.support.scanning import running_standin

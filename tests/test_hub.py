@@ -3,10 +3,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quartsig.connection import Connection
-from quartsig.hub import SHAPED_MAX_KEYS, Hub, TooManySubscriptions, diff, shaped_diff
-from quartsig.model import Key
-from quartsig.protocol import ErrorCode
+from quartsig.domain.model import Key
+from quartsig.domain.protocol import ErrorCode
+from quartsig.fanout.connection import Connection
+from quartsig.fanout.hub import SHAPED_MAX_KEYS, Hub, TooManySubscriptions, diff, shaped_diff
 
 KEY = Key("summary", "FX_IDC:USDJPY", "1m")
 OTHER = Key("summary", "FX_IDC:EURUSD", "1m")

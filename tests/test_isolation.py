@@ -1,4 +1,4 @@
-"""A plugin's failure is charged to its profile and to no one else (quartsig.isolation).
+"""A plugin's failure is charged to its profile and to no one else (quartsig.plugins.guard).
 
 The pure parts (``check_data``, ``run_compute``, ``Quarantine``) are driven directly; the
 collector's part through ``compose`` and ``tick`` with a scripted scanner client that refuses
@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from quartsig.hub import Hub
-from quartsig.isolation import Failure, Quarantine, check_data, run_compute
-from quartsig.metrics import Metrics
-from quartsig.model import Key, ScanError, ScanRequest, ScanResult
-from quartsig.profiles import Profile
-from quartsig.timeframes import split_column
+from quartsig.domain.model import Key, ScanError, ScanRequest, ScanResult
+from quartsig.domain.timeframes import split_column
+from quartsig.fanout.hub import Hub
+from quartsig.ops.metrics import Metrics
+from quartsig.plugins.guard import Failure, Quarantine, check_data, run_compute
+from quartsig.plugins.profiles import Profile
 from tests.test_collector import (
     EURUSD,
     PROFILES,

@@ -9,31 +9,39 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "quartsig"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
-#: Layer of each module, lowest first; a module may import only from its own layer or below.
-LAYERS: dict[str, int] = {
-    # values, then pure rules and the plugins (docs/architecture.md has the table)
-    "model": 0, "timeframes": 0, "columns": 0, "expiring": 0, "ratelimit": 0, "config": 0,
-    "caps": 0, "sessions": 0, "budget": 0, "earlyfetch": 0,
-    "symbols": 1, "rules": 1, "profiles": 1, "protocol": 1, "planner": 1, "tokens": 1,
-    "logs": 1, "hookspecs": 1, "isolation": 1, "builtins": 2, "plugins": 2,
-    # the in-process core and the stores, then the clients
-    "hub": 3, "connection": 3, "metrics": 3, "admission": 3, "proxies": 3, "scanner": 4,
-    "accounts": 3, "database": 3, "demo": 4, "testing": 10,
-    # the seam and what drives it
-    "broker": 5, "composer": 6, "collector": 6,
-    # the state, its routes, and the wiring
-    "runtime": 7, "api": 8, "stream": 8, "board": 8, "hosting": 8, "app": 9, "server": 10,
-    "cli": 11, "__init__": 2, "__main__": 12,
+
+def read_layers(text: str) -> dict[str, int]:
+    """The layer of each folder and root module, from the table under "## Layers" in
+    docs/architecture.md (rows ``| 2 | `plugins`, `upstream` | ... |``): the doc draws the
+    picture and this test enforces it, so the two cannot disagree."""
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    layers: dict[str, int] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].isdigit():
+            for name in cells[1].split(","):
+                layers[name.strip().strip("`").removesuffix("/")] = int(cells[0])
+    return layers
+
+
+#: Layer of each folder (and of the few modules at the root), lowest first. A module imports
+#: only from its own folder or from a lower layer, never from a sibling of the same layer.
+LAYERS: dict[str, int] = read_layers(ARCHITECTURE.read_text())
+
+#: Which folders (or root modules) may load each framework; nothing else may.
+FRAMEWORK_HOMES: dict[str, set[str]] = {
+    "aiohttp": {"upstream", "demo", "state", "telegram"},
+    "aiohttp_socks": {"upstream"},
+    "aiogram": {"telegram"},
+    "quart": {"web", "state", "app", "server", "testing", "telegram"},
+    "hypercorn": {"hosting", "server"},
+    "wsproto": {"hosting"},
+    "tortoise": {"access", "state", "alerts"},
+    "redis": {"cluster"},
 }
-PURE = {"model", "timeframes", "columns", "expiring", "ratelimit", "symbols", "rules",
-        "profiles", "protocol", "planner", "hub", "caps", "sessions", "budget",
-        "earlyfetch"}
-FRAMEWORKS = {"aiohttp", "aiohttp_socks", "quart", "hypercorn", "tortoise", "redis", "wsproto"}
-ROUTES = {"api", "stream", "board"}
 
 
 def _module_of(path: Path) -> str:
@@ -41,9 +49,15 @@ def _module_of(path: Path) -> str:
 
 
 def _top(module: str) -> str:
-    """``quartsig.broker.redis`` -> ``broker``; ``quartsig`` -> ``__init__``."""
+    """``quartsig.cluster.redis`` -> ``cluster``; ``quartsig.app`` -> ``app``;
+    ``quartsig`` -> ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent / name.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
 
 
 def _type_checking_lines(tree: ast.Module) -> set[int]:
@@ -74,10 +88,9 @@ def imports_of(path: Path) -> set[str]:
                 anchor = anchor[: len(anchor) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
             found.add(base)
-            if base in {"quartsig", "quartsig.broker"}:  # from quartsig import hub, ...
+            if base.startswith("quartsig"):  # from quartsig.fanout import hub
                 found.update(f"{base}.{alias.name}" for alias in node.names
-                             if (PACKAGE.parent / f"{base}.{alias.name}".replace(".", "/")
-                                 ).with_suffix(".py").exists())
+                             if _is_module(f"{base}.{alias.name}"))
     return found
 
 
@@ -92,7 +105,13 @@ def project_graph() -> dict[str, set[str]]:
 
 def test_every_module_has_a_layer():
     missing = {_top(module) for module in project_graph()} - LAYERS.keys()
-    assert not missing, f"give these modules a layer in LAYERS: {sorted(missing)}"
+    assert not missing, f"give these a layer in docs/architecture.md: {sorted(missing)}"
+
+
+def test_the_layer_table_names_only_what_exists():
+    assert LAYERS, "no layer table under '## Layers' in docs/architecture.md"
+    gone = {name for name in LAYERS if not _is_module(f"quartsig.{name}")}
+    assert not gone, f"docs/architecture.md gives a layer to {sorted(gone)}, which do not exist"
 
 
 def violations(graph: dict[str, set[str]]) -> list[str]:
@@ -101,14 +120,9 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
         here = _top(module)
         for target in targets:
             there = _top(target)
-            if here == there:
-                continue
-            if LAYERS[there] > LAYERS[here]:
-                found.append(f"{module} imports {target} (layer {LAYERS[there]} > {LAYERS[here]})")
-            if here in ROUTES and there == "app":
-                found.append(f"route module {module} imports the wiring {target}")
-            if here == "hub" and there in {"scanner", "broker", "collector"}:
-                found.append(f"the hub imports {target}")
+            if here != there and LAYERS[there] >= LAYERS[here]:
+                found.append(f"{module} imports {target} "
+                             f"({there} is layer {LAYERS[there]}, {here} is {LAYERS[here]})")
     return sorted(found)
 
 
@@ -118,22 +132,35 @@ def test_imports_point_down_the_layers():
 
 def test_the_rule_fails_on_a_forbidden_import():
     graph = project_graph()
-    graph["quartsig.hub"] = {*graph["quartsig.hub"], "quartsig.scanner"}
-    graph["quartsig.model"] = {"quartsig.app"}
+    graph["quartsig.fanout.hub"] = {*graph["quartsig.fanout.hub"], "quartsig.upstream.scanner"}
+    graph["quartsig.domain.model"] = {"quartsig.app"}
+    graph["quartsig.web.stream"] = {"quartsig.app"}
     found = violations(graph)
-    assert any("quartsig.hub imports quartsig.scanner" in line for line in found)
-    assert any("quartsig.model imports quartsig.app" in line for line in found)
+    assert any("quartsig.fanout.hub imports quartsig.upstream.scanner" in line for line in found)
+    assert any("quartsig.domain.model imports quartsig.app" in line for line in found)
+    assert any("quartsig.web.stream imports quartsig.app" in line for line in found)
 
 
-@pytest.mark.parametrize("name", sorted(PURE))
-def test_pure_modules_load_no_framework(name: str):
-    path = PACKAGE / f"{name}.py"
-    frameworks = {n.split(".")[0] for n in imports_of(path)} & FRAMEWORKS
-    assert not frameworks, f"{name} imports {sorted(frameworks)}"
+def framework_violations() -> list[str]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = _top(_module_of(path))
+        for name in imports_of(path):
+            root = name.split(".")[0]
+            if root in FRAMEWORK_HOMES and here not in FRAMEWORK_HOMES[root]:
+                found.append(f"{_module_of(path)} imports {name}")
+    return found
 
 
-def test_model_imports_nothing_of_quartsig():
-    assert {n for n in imports_of(PACKAGE / "model.py") if n.startswith("quartsig")} == set()
+def test_frameworks_stay_in_their_folders():
+    assert framework_violations() == []
+
+
+def test_the_domain_imports_nothing_of_quartsig_but_itself():
+    for path in sorted((PACKAGE / "domain").glob("*.py")):
+        outside = {n for n in imports_of(path)
+                   if n.startswith("quartsig") and not n.startswith("quartsig.domain")}
+        assert not outside, f"{_module_of(path)} imports {sorted(outside)}"
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

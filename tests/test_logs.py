@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from quartsig.logs import REDACTED, RedactingFilter, Sparse, escape_controls, install, redact
+from quartsig.ops.logs import REDACTED, RedactingFilter, Sparse, escape_controls, install, redact
 
 TOKEN = Fernet(Fernet.generate_key()).encrypt(b"42").decode()
 
@@ -133,10 +133,10 @@ def test_escape_controls(raw: str, escaped: str) -> None:
 def test_a_forged_line_in_an_argument_stays_on_its_own_line(stream: io.StringIO) -> None:
     install()
     logging.getLogger("quartsig.somewhere").warning(
-        "refused %s", "x\nERROR quartsig.api: forged"
+        "refused %s", "x\nERROR quartsig.web.api: forged"
     )
     lines = stream.getvalue().splitlines()
-    assert lines == ["quartsig.somewhere refused x\\nERROR quartsig.api: forged"]
+    assert lines == ["quartsig.somewhere refused x\\nERROR quartsig.web.api: forged"]
 
 
 @pytest.fixture
@@ -160,7 +160,7 @@ async def test_hypercorn_access_log_of_a_decoded_path_cannot_forge_a_line(
         install()
         scope: Any = {
             "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http",
-            "path": "/\r\n1.2.3.4 \"GET / HTTP/1.1\" 200 0\nERROR quartsig.api: forged",
+            "path": "/\r\n1.2.3.4 \"GET / HTTP/1.1\" 200 0\nERROR quartsig.web.api: forged",
             "raw_path": b"/%0d%0a...", "query_string": b"", "headers": [],
             "client": ("1.2.3.4", 5), "server": None,
         }
@@ -170,4 +170,4 @@ async def test_hypercorn_access_log_of_a_decoded_path_cannot_forge_a_line(
         access.propagate = True
     lines = own.getvalue().splitlines()
     assert len(lines) == 1, lines
-    assert "\\r\\n1.2.3.4" in lines[0] and "\\nERROR quartsig.api" in lines[0]
+    assert "\\r\\n1.2.3.4" in lines[0] and "\\nERROR quartsig.web.api" in lines[0]

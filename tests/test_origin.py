@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quartsig.stream import origin_allowed
+from quartsig.web.stream import origin_allowed
 
 HOST = "board.example.com"
 

@@ -12,17 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartsig.columns import FULL_COLUMNS
-from quartsig.model import Key, ScanRequest
-from quartsig.planner import (
-    Limits,
-    needed_cells,
-    overfetch,
-    plan,
-    seed_grouping,
-)
-from quartsig.symbols import screener_for
-from quartsig.timeframes import TIMEFRAMES, column
+from quartsig.domain.columns import FULL_COLUMNS
+from quartsig.domain.model import Key, ScanRequest
+from quartsig.domain.symbols import screener_for
+from quartsig.domain.timeframes import TIMEFRAMES, column
+from quartsig.upstream.planner import Limits, needed_cells, overfetch, plan, seed_grouping
 
 PROFILES: dict[str, tuple[str, ...]] = {"full": FULL_COLUMNS, "summary": ("Recommend.All",)}
 

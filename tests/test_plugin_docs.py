@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from quartsig.plugins import get_plugin_manager, inventory
+from quartsig.plugins.loader import get_plugin_manager, inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = (ROOT / "docs" / "plugins.md").read_text()

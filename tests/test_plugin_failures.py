@@ -21,9 +21,9 @@ SYMBOL, TF = "FX_IDC:EURUSD", "1h"
 TICKS = 3
 
 UNKNOWN_COLUMN = '''
-from quartsig.hookspecs import hookimpl
-from quartsig.profiles import Profile
-from quartsig.rules import numbers
+from quartsig.plugins.hookspecs import hookimpl
+from quartsig.plugins.profiles import Profile
+from quartsig.domain.rules import numbers
 
 COLUMNS = ("RSI", "RSI[1]", "Stoch.K", "Not.A.Column")
 
@@ -39,8 +39,8 @@ def register_profiles():
 '''
 
 RAISING_COMPUTE = '''
-from quartsig.hookspecs import hookimpl
-from quartsig.profiles import Profile
+from quartsig.plugins.hookspecs import hookimpl
+from quartsig.plugins.profiles import Profile
 
 
 def compute(row):

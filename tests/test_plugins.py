@@ -19,9 +19,9 @@ from typing import Any
 import pluggy
 import pytest
 
-from quartsig import hookspecs
-from quartsig.hookspecs import hookimpl
-from quartsig.plugins import (
+from quartsig.plugins import hookspecs
+from quartsig.plugins.hookspecs import hookimpl
+from quartsig.plugins.loader import (
     DEFAULT_PLUGINS,
     PluginError,
     describe,
@@ -31,14 +31,14 @@ from quartsig.plugins import (
     load_screeners,
     plugin_files,
 )
-from quartsig.profiles import Profile
+from quartsig.plugins.profiles import Profile
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "plugins.md"
 
 PROFILE_PLUGIN = """
-from quartsig.hookspecs import hookimpl
-from quartsig.profiles import Profile
+from quartsig.plugins.hookspecs import hookimpl
+from quartsig.plugins.profiles import Profile
 
 
 def compute(row):
@@ -262,7 +262,7 @@ def test_hook_register_profiles_duplicate_name_names_both_plugins(plugins_dir: P
     with pytest.raises(PluginError) as info:
         load_profiles(pm)
     assert str(info.value) == (
-        "profile 'summary' is registered twice: by plugin 'quartsig.builtins.summary' "
+        "profile 'summary' is registered twice: by plugin 'quartsig.plugins.builtins.summary' "
         f"and by plugin {str(path)!r}"
     )
 
@@ -310,7 +310,7 @@ def test_hook_register_profiles_invalid_profile_fails_in_the_plugin(plugins_dir:
         plugins_dir,
         "bad.py",
         """
-        from quartsig.profiles import Profile
+        from quartsig.plugins.profiles import Profile
 
         BAD = Profile(name="Bad Name", description="", columns=("close",), compute=dict)
         """,
@@ -441,7 +441,7 @@ def test_a_column_outside_the_catalogue_warns_naming_the_profile(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     odd = Profile(name="odd", description="test", columns=("close", "Not.A.Column"), compute=dict)
-    with caplog.at_level(logging.WARNING, logger="quartsig.plugins"):
+    with caplog.at_level(logging.WARNING, logger="quartsig.plugins.loader"):
         profiles = load_profiles(get_plugin_manager(entry_points=False, extra=[ProfilePlugin(odd)]))
     assert "odd" in profiles  # warned, not refused: the catalogue is not TradingView's list
     [record] = [r for r in caplog.records if "Not.A.Column" in r.getMessage()]
@@ -491,8 +491,8 @@ def test_inventory_says_where_each_plugin_and_profile_came_from(
         found = {info.name: info for info in inventory(pm)}
     finally:
         sys.modules.pop(module, None)
-    assert found["quartsig.builtins.full"].source == "built-in"
-    assert [p.name for p in found["quartsig.builtins.summary"].profiles] == ["summary"]
+    assert found["quartsig.plugins.builtins.full"].source == "built-in"
+    assert [p.name for p in found["quartsig.plugins.builtins.summary"].profiles] == ["summary"]
     assert found["packed"].source == f"package quartsig_fake_{module[-8:]} 1.0"
     assert found[str(plugins_dir / "filed.py")].source == f"file {plugins_dir / 'filed.py'}"
     assert found["ProfilePlugin"].source == "object ProfilePlugin"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from quartsig.profiles import Profile, ProfileError
+from quartsig.plugins.profiles import Profile, ProfileError
 
 
 def _echo(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartsig import protocol
-from quartsig.protocol import Auth, Close, ErrorCode, Ping, ProtocolError, Subscribe, Unsubscribe
-from quartsig.symbols import SCREENERS
+from quartsig.domain import protocol
+from quartsig.domain.protocol import (
+    Auth,
+    Close,
+    ErrorCode,
+    Ping,
+    ProtocolError,
+    Subscribe,
+    Unsubscribe,
+)
+from quartsig.domain.symbols import SCREENERS
 
 VOCABULARY = protocol.Vocabulary(
     profiles=frozenset({"full", "summary"}), screeners=SCREENERS, default_exchange="FX_IDC"

@@ -13,8 +13,8 @@ import logging
 import pytest
 from aiohttp_socks import ProxyConnector, ProxyType
 
-from quartsig.model import ScanRequest
-from quartsig.proxies import (
+from quartsig.domain.model import ScanRequest
+from quartsig.upstream.proxies import (
     ProxyPool,
     ProxyURLError,
     cooldown_for,
@@ -22,7 +22,7 @@ from quartsig.proxies import (
     parse_proxy,
     redact,
 )
-from quartsig.scanner import ScannerClient
+from quartsig.upstream.scanner import ScannerClient
 from tests.support.net import free_port
 from tests.support.scanning import (
     Microsocks,

@@ -1,4 +1,4 @@
-from quartsig.ratelimit import TokenBucket
+from quartsig.domain.ratelimit import TokenBucket
 
 
 class Clock:

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartsig.builtins import full
-from quartsig.columns import FULL_COLUMNS
-from quartsig.rules import (
+from quartsig.domain.columns import FULL_COLUMNS
+from quartsig.domain.rules import (
     MOVING_AVERAGES,
     OSCILLATORS,
     Counts,
@@ -26,6 +25,7 @@ from quartsig.rules import (
     number,
     numbers,
 )
+from quartsig.plugins.builtins import full
 
 NAN = float("nan")
 INF = float("inf")

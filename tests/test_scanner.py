@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quartsig import __version__
-from quartsig.model import Layout, Row, ScanError, ScanRequest, ScanResult
-from quartsig.scanner import (
+from quartsig.domain.model import Layout, Row, ScanError, ScanRequest, ScanResult
+from quartsig.upstream.scanner import (
     ScannerClient,
     backoff_delay,
     build_body,

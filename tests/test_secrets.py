@@ -19,7 +19,7 @@ import pytest
 from cryptography.fernet import Fernet
 from quart.testing.connections import WebsocketDisconnectError
 
-from quartsig import accounts
+from quartsig.access import accounts
 from quartsig.app import create_app
 from tests.support.clients import Client
 from tests.support.net import ahttp, free_port

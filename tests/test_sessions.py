@@ -14,10 +14,10 @@ import orjson
 import pytest
 from quart.testing.connections import WebsocketDisconnectError
 
-from quartsig import accounts
+from quartsig.access import accounts
+from quartsig.access.expiries import Sessions
+from quartsig.access.tokens import ExpiredToken, TokenAuthority
 from quartsig.app import create_app
-from quartsig.sessions import Sessions
-from quartsig.tokens import ExpiredToken, TokenAuthority
 from tests.test_accounts import database_url  # noqa: F401 (the SQLite/PostgreSQL fixture)
 from tests.test_stream import KEY, authed, closed_with, standin_server
 

@@ -16,10 +16,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from quartsig.columns import FULL_COLUMNS
 from quartsig.demo.market import DEFAULT_UNIVERSE, NO_TECHNICALS, synthetic_universe
 from quartsig.demo.scanner import parse_columns
-from quartsig.timeframes import SUFFIXES, TIMEFRAMES, column
+from quartsig.domain.columns import FULL_COLUMNS
+from quartsig.domain.timeframes import SUFFIXES, TIMEFRAMES, column
 from tests.support.scanning import (
     RunningStandin,
     running_standin,

@@ -14,7 +14,7 @@ from aiohttp import web
 from cryptography.fernet import Fernet
 from quart.testing.connections import WebsocketDisconnectError, WebsocketResponseError
 
-from quartsig import accounts
+from quartsig.access import accounts
 from quartsig.app import create_app
 from tests.support.standin import Standin, create_standin_app, standin_state
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quartsig.symbols import (
+from quartsig.domain.symbols import (
     MAX_EXCHANGE,
     MAX_TICKER,
     SCREENERS,

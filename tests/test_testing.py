@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
-from quartsig.profiles import Profile
+from quartsig.plugins.profiles import Profile
 from quartsig.testing import check_contract, edge_rows, null_row, rows_strategy
 
 COLUMNS = ("close", "RSI")

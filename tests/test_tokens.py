@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from quartsig.config import ConfigError, Settings
-from quartsig.tokens import (
+from quartsig.access.tokens import (
     MAX_TG_ID,
     MAX_TOKEN_LENGTH,
     BadSignature,
@@ -25,6 +24,7 @@ from quartsig.tokens import (
     check_tg_id,
     load_or_create_keys,
 )
+from quartsig.config import ConfigError, Settings
 
 NOW = 1_750_000_000
 TTL = 3600
@@ -203,7 +203,7 @@ def test_a_key_is_generated_once_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _settings(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="quartsig.tokens"):
+    with caplog.at_level(logging.WARNING, logger="quartsig.access.tokens"):
         first = load_or_create_keys(settings)
     key_file = tmp_path / "data" / "secret.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -231,7 +231,7 @@ def test_the_data_directory_is_created_private(tmp_path: Path) -> None:
 
 
 async def test_the_sqlite_directory_is_created_private(tmp_path: Path) -> None:
-    from quartsig import database
+    from quartsig.access import database
 
     settings = Settings.from_env({}, data_dir=tmp_path / "data",
                                  database_url=f"sqlite://{tmp_path / 'db' / 'q.sqlite3'}")

@@ -8,9 +8,9 @@ between steps agree exactly.
 
 :func:`derive` is a second encoding of the rating rules of
 ``shared/recommendation-rules.md``, on purpose: it plays TradingView's part
-(producing ``Recommend.*`` from components), while :mod:`quartsig.rules` plays
+(producing ``Recommend.*`` from components), while :mod:`quartsig.domain.rules` plays
 ours (reading them back as labels and actions). Sharing one encoding would make
-a wrong rule agree with itself; see :mod:`quartsig.rules` for the full list.
+a wrong rule agree with itself; see :mod:`quartsig.domain.rules` for the full list.
 
 The HTTP scanner serving this market is :mod:`quartsig.demo.scanner`.
 """
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from quartsig.columns import KNOWN_COLUMNS
-from quartsig.timeframes import SUFFIXES
+from quartsig.domain.columns import KNOWN_COLUMNS
+from quartsig.domain.timeframes import SUFFIXES
 
 #: Bar length in minutes, per timeframe (volatility grows with it).
 _MINUTES = {

@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from quartsig.columns import KNOWN_COLUMNS
 from quartsig.demo.market import Market
-from quartsig.timeframes import SUFFIXES
+from quartsig.domain.columns import KNOWN_COLUMNS
+from quartsig.domain.timeframes import SUFFIXES
 
 #: Suffix -> timeframe, for the suffixes TradingView accepts ("|1D" is not one).
 _TIMEFRAME_BY_SUFFIX = {suffix: tf for tf, suffix in SUFFIXES.items()}

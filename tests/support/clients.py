@@ -37,7 +37,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from quartsig.model import Key
+from quartsig.domain.model import Key
 from tests.support.stack import TG_ID, Stack
 
 State = dict[Key, dict[str, Any]]

@@ -1,0 +1,182 @@
+"""The values every layer shares: what somebody watches, what one request asks, what comes back.
+
+A leaf: it imports nothing of quartsig, so the pure core (planner, hub, protocol) and the shell
+(scanner client, broker, collector) can all speak of a ``Key`` or a ``Row`` without one layer
+pulling in another's dependencies (the hub used to load aiohttp through the planner).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+
+class Key(NamedTuple):
+    """One thing somebody watches: normalised ``EXCHANGE:TICKER``, canonical timeframe."""
+
+    profile: str
+    symbol: str
+    tf: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRequest:
+    """One POST to ``/{screener}/scan``: these tickers, these (suffixed) columns."""
+
+    screener: str  # "forex", "crypto", "america", ...
+    tickers: tuple[str, ...]  # "FX_IDC:USDJPY", ...
+    columns: tuple[str, ...]  # full column names with suffix: "RSI|5", "Recommend.All"
+
+    @property
+    def cells(self) -> int:
+        return len(self.tickers) * len(self.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanError:
+    """Why a request failed, and whether trying again could help."""
+
+    # "bad_column" | "bad_request" | "not_found" | "throttled" | "blocked" | "server"
+    # | "timeout" | "connection" | "bad_body"
+    kind: str
+    message: str  # human-readable, never contains proxy credentials
+    retryable: bool
+    status: int | None = None
+    column: str | None = None  # for bad_column: the offending column as TradingView named it
+    retry_after: float | None = None
+
+
+class Layout:
+    """One request's columns: where each sits in a row's ``d`` list, and pickers over them.
+
+    Every row of a reply shares its request's layout, so parsing a row costs one small
+    object instead of a dict of all its values (910 for ``full`` over ten timeframes: that
+    dict was most of the parse), and a key's values come out through one ``itemgetter``.
+    """
+
+    __slots__ = ("_pickers", "columns", "index")
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.columns = tuple(columns)
+        self.index = {name: position for position, name in enumerate(self.columns)}
+        self._pickers: dict[tuple[str, ...], Callable[[list[Any]], tuple[Any, ...]] | None] = {}
+
+    def picker(self, names: tuple[str, ...]) -> Callable[[list[Any]], tuple[Any, ...]] | None:
+        """A function from a row's values to those of ``names``; ``None`` if one is absent."""
+        try:
+            return self._pickers[names]
+        except KeyError:
+            pass
+        index = self.index
+        if not names or any(name not in index for name in names):
+            found = None
+        elif len(names) == 1:
+            position = index[names[0]]
+            found = lambda values: (values[position],)  # noqa: E731 (itemgetter of one is no tuple)
+        else:
+            found = itemgetter(*(index[name] for name in names))
+        self._pickers[names] = found
+        return found
+
+
+class Row(Mapping[str, Any]):
+    """One ticker's values in a reply, read by full column name (``"RSI|60"``)."""
+
+    __slots__ = ("cells", "layout")
+
+    def __init__(self, layout: Layout, cells: list[Any]) -> None:
+        self.layout = layout
+        #: The raw ``d`` list, in the layout's order (not ``values``: a Mapping's method).
+        self.cells = cells
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> Row:
+        """A row holding ``values``, for results made by hand (tests, tools)."""
+        return cls(Layout(tuple(values)), list(values.values()))
+
+    def __getitem__(self, name: str) -> Any:
+        return self.cells[self.layout.index[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layout.index)
+
+    def __len__(self) -> int:
+        return len(self.layout.index)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.layout.index
+
+    def get(self, name: str, default: Any = None) -> Any:
+        position = self.layout.index.get(name)
+        return default if position is None else self.cells[position]
+
+    def pick(self, names: tuple[str, ...]) -> tuple[Any, ...]:
+        """The values of ``names`` in order, ``None`` for any the row does not have."""
+        picker = self.layout.picker(names)
+        if picker is None:
+            return tuple(map(self.get, names))
+        return picker(self.cells)
+
+    @staticmethod
+    def joined(pieces: Sequence[Row], layouts: dict[tuple[int, ...], Layout]) -> Row:
+        """One row of a ticker's ``pieces`` (it spans several requests); where two have a
+        column, the later piece's value wins, as ``dict.update`` would have it.
+
+        A plan by columns splits most tickers the same few ways, so ``layouts`` (one dict per
+        fetch, keyed by the pieces' layouts) gives every ticker split alike one joined layout,
+        and with it one picker per key's columns instead of one per ticker."""
+        shape = tuple(id(piece.layout) for piece in pieces)  # alive for the fetch: ids stay put
+        layout = layouts.get(shape)
+        if layout is None:
+            layout = layouts[shape] = Layout(
+                [column for piece in pieces for column in piece.layout.columns])
+        return Row(layout, [cell for piece in pieces for cell in piece.cells])
+
+    def __repr__(self) -> str:
+        return f"Row({dict(self)!r})"
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What one request produced. Failed requests carry no rows: last good values stay put."""
+
+    request: ScanRequest
+    rows: dict[str, Row]  # ticker -> its values, by full column name
+    missing: frozenset[str]  # requested tickers absent from a successful response
+    error: ScanError | None  # None on success; on failure rows is {} and missing is empty
+    attempts: int
+    elapsed: float  # seconds, monotonic
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class Batch:
+    """One tick's outcome as the collector publishes it and every node applies it to its hub.
+
+    It carries computed data, not raw rows, so that a node needs no profile code to apply it and
+    each node diffs and encodes once for its own subscribers. ``term`` is the leader's fencing
+    term (0 standalone), for health and logs; in a cluster the order of values is kept by the
+    global ``seq`` Redis gives each publication (:mod:`quartsig.cluster.redis`), which a fenced,
+    older leader can never write.
+    """
+
+    values: list[tuple[Key, dict[str, Any], int]] = field(default_factory=list)  # key, data, ts
+    rejected: list[tuple[Key, str, str]] = field(default_factory=list)  # key, code, message
+    status: tuple[str, str] | None = None  # upstream health and why; None: unchanged
+    term: int = 0
+    #: key, code, message: subscribers are told, and keep the subscription (a failing profile)
+    failed: list[tuple[Key, str, str]] = field(default_factory=list)
+    #: Keys whose first data waits (early-fetch budget spent, or throttled): key, message, and
+    #: when the next try is (Unix ms). Their subscribers get a ``deferred`` notice.
+    deferred: list[tuple[Key, str, int]] = field(default_factory=list)
+    #: With ``status``: when the collector, backing off from throttling, tries next (Unix ms).
+    retry_at: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.values or self.rejected or self.failed or self.deferred
+                    or self.status is not None)

@@ -1,0 +1,213 @@
+"""The one state object of an app, and the life it shares with the server.
+
+``create_app`` builds one :class:`State`, stores it as ``app.extensions["quartsig"]`` and ties
+:meth:`State.lifespan` to the server's; routes reach it through :func:`current_state`. Nothing
+here is a module global, so tests can run several apps side by side.
+
+Long-lived pieces are *components* with ``start(state)`` / ``stop(state)``: they start in list
+order before the first request and stop in reverse order after the last, and a failure half-way
+stops the ones already started, so start-up never leaves a connection or task behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from quart import current_app
+
+from quartsig.access.admission import Gate
+from quartsig.access.caps import Caps
+from quartsig.access.expiries import Sessions
+from quartsig.access.tokens import TokenAuthority
+from quartsig.cluster.broker import Broker
+from quartsig.domain.expiring import Expiring
+from quartsig.domain.model import Batch
+from quartsig.domain.protocol import Close, Vocabulary
+from quartsig.domain.symbols import screener_for
+from quartsig.fanout.connection import Outbox
+from quartsig.fanout.hub import Hub, Sink
+from quartsig.feed.budget import KeyQuota
+from quartsig.ops.logs import Sparse
+from quartsig.ops.metrics import Metrics
+from quartsig.plugins.profiles import Profile
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from tortoise.context import TortoiseContext
+
+    from quartsig.config import Settings
+    from quartsig.feed.collector import Collector
+    from quartsig.upstream.scanner import ScannerClient
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "quartsig"
+#: Seconds TradingView's "no such symbol" is remembered: a client retrying one gets its error
+#: at once instead of costing a request per tick.
+UNKNOWN_SYMBOL_TTL = 600.0
+#: Seconds between two looks for expired tokens: a session outlives its token by at most this.
+SESSION_CHECK = 1.0
+
+
+class Component(Protocol):
+    """Something with a life tied to the server's (a database, the collector)."""
+
+    name: str
+
+    async def start(self, state: State) -> None: ...
+
+    async def stop(self, state: State) -> None: ...
+
+
+@dataclass(eq=False)
+class State:
+    """Everything the routes and the background tasks of one app share."""
+
+    settings: Settings
+    tokens: TokenAuthority
+    profiles: dict[str, Profile]
+    screeners: dict[str, str]
+    gate: Gate
+    components: Sequence[Component] = ()
+    demo: bool = False
+    hub: Hub = field(init=False)
+    caps: Caps = field(init=False)
+    #: Each connection's token expiry (the token authority's clock).
+    sessions: Sessions[Sink] = field(default_factory=Sessions)
+    outbox: Outbox = field(default_factory=Outbox)
+    metrics: Metrics = field(default_factory=Metrics)
+    vocabulary: Vocabulary = field(init=False)
+    unknown_symbols: Expiring[str, str] = field(
+        default_factory=lambda: Expiring(UNKNOWN_SYMBOL_TTL)
+    )
+    #: How often failing account look-ups (newcomers) and checks may log a traceback.
+    lookup_failures: Sparse = field(default_factory=Sparse)
+    check_failures: Sparse = field(default_factory=Sparse)
+    database: TortoiseContext | None = None
+    broker: Broker | None = None
+    collector: Collector | None = None
+    scanner: ScannerClient | None = None
+    standin: web.AppRunner | None = None
+    shutting_down: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    #: Distinct new keys per account per minute (early, then next tick, then refused).
+    new_keys: KeyQuota = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,
+                       retain=max(60.0, 3 * self.settings.interval))
+        self.new_keys = KeyQuota(self.settings.new_keys_per_minute,
+                                 self.settings.early_keys_per_minute)
+        self.metrics.watch(
+            lambda: len(self.hub.subscriptions),
+            lambda: sum(len(keys) for keys in self.hub.subscriptions.values()),
+            lambda: len(self.hub.demand()),
+        )
+        settings = self.settings
+        self.caps = Caps(
+            total=settings.max_connections,
+            per_address=settings.max_connections_per_address,
+            per_account=settings.max_connections_per_account,
+            on_refused=lambda cap: self.metrics.refused.labels(cap=cap).inc(),
+        )
+        self.metrics.pending.set_function(lambda: self.caps.pending)
+        self.vocabulary = Vocabulary(
+            profiles=frozenset(self.profiles),
+            screeners=self.screeners,
+            default_exchange=self.settings.default_exchange,
+            default_profile="full" if "full" in self.profiles else min(self.profiles),
+        )
+
+    def screener_of(self, symbol: str) -> str:
+        return screener_for(symbol, self.screeners)
+
+    def apply(self, batch: Batch) -> int:
+        """The one way values enter this node's hub: a tick's batch, from whichever broker.
+
+        Its frames go out together (:class:`~quartsig.fanout.connection.Outbox`), and symbols
+        TradingView does not have are remembered so that asking again costs nothing upstream.
+        """
+        started = time.perf_counter()
+        for key, _, message in batch.rejected:
+            self.unknown_symbols.add(key.symbol, message)
+        with self.outbox.batch():
+            changed = self.hub.apply(batch)
+        self.metrics.fanout.observe(time.perf_counter() - started)
+        return changed
+
+    async def lifespan(self) -> AsyncGenerator[None, None]:
+        started: list[Component] = []
+        try:
+            for component in self.components:
+                await component.start(self)
+                started.append(component)
+            yield
+        finally:
+            for component in reversed(started):
+                try:
+                    await component.stop(self)
+                except Exception:
+                    log.exception("stopping %s failed", component.name)
+
+    def close_all(self, code: int = Close.GOING_AWAY, reason: str = "server shutting down") -> int:
+        """Close every connection; from now on a new one is closed as soon as it authenticates
+        (clients reconnect at once on 1001, and Hypercorn would wait for them to finish)."""
+        self.shutting_down = True
+        sinks = list(self.hub.subscriptions)
+        for sink in sinks:
+            sink.close(code, reason)
+        return len(sinks)
+
+    async def check_accounts(self) -> int:
+        """Close the connections of accounts no longer active (once per tick)."""
+        disabled = await self.gate.revoked(set(self.hub.users.values()))
+        return self._revoke(disabled) if disabled else 0
+
+    async def disable_account(self, tg_id: int) -> int:
+        """Disable ``tg_id`` (raises ``accounts.UnknownAccount``) and, in this process, close
+        its connections and forget its admission at once; other processes follow within a
+        tick. How many connections closed."""
+        await self.gate.disable(tg_id)
+        return self._revoke({tg_id})
+
+    def _revoke(self, disabled: set[int]) -> int:
+        sinks = self.hub.sinks_of(disabled)
+        for sink in sinks:
+            sink.close(Close.FORBIDDEN, "account disabled")
+        self.metrics.revoked.inc(len(sinks))
+        return len(sinks)
+
+    def expire_sessions(self) -> int:
+        """Close, with 4401, every connection whose token has expired; how many."""
+        sinks = self.sessions.due(self.tokens.now())
+        for sink in sinks:
+            sink.close(Close.BAD_TOKEN, "token expired")
+        if sinks:
+            self.metrics.expired.inc(len(sinks))
+        return len(sinks)
+
+    async def watch_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(SESSION_CHECK)
+            self.expire_sessions()
+
+    async def watch_accounts(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.interval)
+            self.new_keys.prune()
+            try:
+                await self.check_accounts()
+            except Exception:
+                if (held := self.check_failures.due()) is not None:
+                    log.warning("account check failed; connections kept (%d more since the "
+                                "last report)", held, exc_info=True)
+
+
+def current_state() -> State:
+    state: State = current_app.extensions[EXTENSION]
+    return state

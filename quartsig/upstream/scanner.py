@@ -1,0 +1,471 @@
+"""The scanner client: fetch scan requests from TradingView, survive whatever comes back.
+
+Everything that can go wrong upstream (throttling, blocks, resets, timeouts,
+quiet empty bodies) becomes a :class:`ScanError` inside a :class:`ScanResult`;
+:meth:`ScannerClient.scan` never raises, because one bad request must not take
+a tick, let alone the collector loop, down with it.
+
+Transient failures are retried with full-jitter backoff, each retry leaving
+from the next proxy slot (throttling is per source address), within the
+caller's deadline so a tick never hangs on retries. Requests that can never
+succeed (an unknown column, a bad body, an unknown screener) fail at once.
+
+The pure parts (body building, status classification, response parsing,
+backoff, the health summary) are plain functions so they can be tested and
+reasoned about without a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+import orjson
+from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+
+from quartsig import __version__
+from quartsig.domain.model import Layout, Row, ScanError, ScanRequest, ScanResult
+from quartsig.upstream.proxies import DEFAULT_COOLDOWNS, ProxyPool, ProxySlot
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"quartsig/{__version__}"
+
+#: Kinds whose failure says something about the slot (its address), not the request.
+SLOT_FAULTS = frozenset({"throttled", "blocked", "timeout", "connection"})
+#: Kinds after which a Tor slot should move to a new circuit (a new exit address).
+RENEW_FAULTS = frozenset({"throttled", "blocked"})
+
+_UNKNOWN_FIELD = re.compile(r'Unknown field "([^"]*)"')
+
+
+# --- pure functions -----------------------------------------------------------------------
+
+
+def build_body(request: ScanRequest) -> bytes:
+    """The JSON body. No ``range``: it silently caps the rows returned."""
+    return orjson.dumps(
+        {
+            "symbols": {"tickers": list(request.tickers), "query": {"types": []}},
+            "columns": list(request.columns),
+        }
+    )
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None if absent/garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def _error_text(body: bytes) -> str | None:
+    """The ``error`` string of a JSON error body, if there is one."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error if isinstance(error, str) else None
+
+
+def _snippet(body: bytes, limit: int = 120) -> str:
+    text = body[:limit].decode("utf-8", "replace").strip()
+    return text + ("..." if len(body) > limit else "")
+
+
+def classify_status(status: int, body: bytes, retry_after: float | None = None) -> ScanError:
+    """The error for a non-200 answer, following scanner-protocol.md's table."""
+    text = _error_text(body)
+    if status == 400:
+        match = _UNKNOWN_FIELD.search(text or "")
+        if match:
+            return ScanError(
+                "bad_column", text or "", retryable=False, status=400, column=match.group(1)
+            )
+        return ScanError("bad_request", text or f"400: {_snippet(body)}", False, 400)
+    if status == 404:
+        return ScanError("not_found", "404: unknown screener path", False, 404)
+    if status == 429:
+        return ScanError("throttled", "429: throttled", True, 429, retry_after=retry_after)
+    if status in (403, 503):
+        return ScanError(
+            "blocked", f"{status}: blocked or unavailable", True, status, retry_after=retry_after
+        )
+    if status == 408:
+        return ScanError("timeout", "408: request timeout", True, 408)
+    if status >= 500:
+        return ScanError("server", f"{status}: server error", True, status, retry_after=retry_after)
+    return ScanError("bad_request", f"{status}: {text or _snippet(body)}", False, status)
+
+
+@functools.lru_cache(maxsize=256)
+def layout_for(columns: tuple[str, ...]) -> Layout:
+    """The one layout of every reply to a request for ``columns``.
+
+    A tick asks for the same columns as the one before, so the layout (an index of up to a
+    thousand columns) and the pickers it caches for each key's columns are built once and
+    reused tick after tick, not rebuilt for every reply (bench.tick: 19 indexes and 190
+    pickers a tick, about 3 % of it). Layouts change only by filling that cache. The 256 most
+    recent are kept (one of ``full`` over ten timeframes, its biggest, is about 50 KB)."""
+    return Layout(columns)
+
+
+def parse_body(
+    request: ScanRequest, body: bytes
+) -> tuple[dict[str, Row], frozenset[str]] | ScanError:
+    """Rows by ticker from a 200 body, matched by ``"s"``, never by position.
+
+    An empty or non-JSON 200 is TradingView throttling quietly (retryable); JSON
+    of the wrong shape will not improve on a retry (not retryable).
+    """
+    if not body.strip():
+        return ScanError("throttled", "200 with an empty body (quiet throttling)", True, 200)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ScanError("bad_body", f"200 with a non-JSON body: {_snippet(body)!r}", True, 200)
+    if not isinstance(payload, dict):
+        return ScanError("bad_body", "200 body is not a JSON object", False, 200)
+    data = payload.get("data")
+    if data is None and isinstance(payload.get("error"), str):
+        return ScanError("bad_request", payload["error"], False, 200)
+    if not isinstance(data, list):
+        return ScanError("bad_body", "200 body has no data list", False, 200)
+    wanted = set(request.tickers)
+    width = len(request.columns)
+    layout = layout_for(request.columns)
+    rows: dict[str, Row] = {}
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("s"), str):
+            return ScanError("bad_body", "a row without an \"s\" string", False, 200)
+        ticker = item["s"]
+        if ticker not in wanted:
+            continue
+        values = item.get("d")
+        if not isinstance(values, list) or len(values) != width:
+            got = len(values) if isinstance(values, list) else type(values).__name__
+            return ScanError(
+                "bad_body", f"row {ticker}: d has {got} values for {width} columns", False, 200
+            )
+        rows[ticker] = Row(layout, values)
+    return rows, frozenset(wanted - rows.keys())
+
+
+def backoff_delay(
+    retry: int,
+    retry_delays: Sequence[float],
+    error: ScanError,
+    rng: random.Random,
+    max_retry_after: float,
+) -> float:
+    """Seconds before retry number ``retry`` (0-based): full jitter, at least ``Retry-After``.
+
+    Full jitter (uniform in [0, cap]) keeps concurrent requests from retrying in
+    lock-step; ``Retry-After`` is honoured but capped, so a server asking for an
+    hour cannot stall the collector for an hour.
+    """
+    cap = retry_delays[min(retry, len(retry_delays) - 1)] if retry_delays else 0.0
+    delay = rng.uniform(0.0, cap)
+    if error.retry_after is not None:
+        delay = max(delay, min(error.retry_after, max_retry_after))
+    return delay
+
+
+def summarise(results: Iterable[ScanResult]) -> tuple[str, str]:
+    """Upstream health from one tick's results: ("ok"|"degraded"|"down", reason).
+
+    ``down``: every request failed, nobody got fresh data. ``degraded``: some
+    failed. ``ok``: all succeeded, even if some needed retries: retries that
+    worked cost latency, not data, and flagging them would make health flap on
+    every stray 429 (the reason still mentions them, and attempts are counted
+    in metrics). Unknown tickers are the caller's problem, not upstream's.
+    """
+    results = list(results)
+    if not results:
+        return "ok", "no requests"
+    failed = [result for result in results if not result.ok]
+    if failed:
+        kinds = Counter(result.error.kind for result in failed if result.error)
+        detail = ", ".join(f"{kind} x{count}" for kind, count in sorted(kinds.items()))
+        if len(failed) == len(results):
+            return "down", f"all {len(results)} requests failed ({detail})"
+        return "degraded", f"{len(failed)} of {len(results)} requests failed ({detail})"
+    retried = sum(1 for result in results if result.attempts > 1)
+    if retried:
+        return "ok", f"{len(results)} requests ok ({retried} after retries)"
+    return "ok", f"{len(results)} requests ok"
+
+
+# --- the async shell ----------------------------------------------------------------------
+
+
+class ScannerClient:
+    """Fetches scan requests with bounded concurrency, retries, and proxy rotation.
+
+    ``concurrency`` bounds HTTP requests in flight and ``min_start_interval``
+    spaces their starts; both apply to every attempt, retries included, since
+    TradingView sees attempts, not logical requests.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        proxies: Sequence[str] = (),
+        concurrency: int = 4,
+        timeout: float = 10.0,
+        retry_delays: Sequence[float] = (0.5, 1.5, 4.0),
+        min_start_interval: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+        tor_isolation: bool = False,
+        max_retry_after: float = 30.0,
+        proxy_cooldowns: Sequence[float] = DEFAULT_COOLDOWNS,
+        rng: random.Random | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.base_url = base_url.rstrip("/")
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.retry_delays = tuple(retry_delays)
+        self.min_start_interval = min_start_interval
+        self.max_retry_after = max_retry_after
+        self.headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
+        self.headers.update(headers or {})
+        self._rng = rng or random.Random()
+        self._pool = ProxyPool(
+            proxies, self._new_session, tor_isolation=tor_isolation, cooldowns=proxy_cooldowns
+        )
+        self._semaphore: asyncio.Semaphore | None = None
+        self._gate: asyncio.Lock | None = None
+        self._next_start = 0.0
+
+    @property
+    def slots(self) -> list[ProxySlot]:
+        return self._pool.slots
+
+    @property
+    def sessions(self) -> list[aiohttp.ClientSession]:
+        """Open sessions: one per slot (plus Tor circuits being retired)."""
+        return self._pool.sessions
+
+    @property
+    def started(self) -> bool:
+        return self._semaphore is not None
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        self._semaphore = asyncio.Semaphore(self.concurrency)
+        self._gate = asyncio.Lock()
+        self._pool.start()
+
+    async def close(self) -> None:
+        await self._pool.close()
+        self._semaphore = None
+        self._gate = None
+
+    async def __aenter__(self) -> ScannerClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def scan_all(
+        self, requests: Iterable[ScanRequest], *, deadline: float | None = None,
+        retry: bool = True,
+    ) -> list[ScanResult]:
+        """Every request, concurrently within the client's bounds; results in request order."""
+        return list(await asyncio.gather(
+            *(self.scan(r, deadline=deadline, retry=retry) for r in requests)
+        ))
+
+    async def scan(
+        self, request: ScanRequest, *, deadline: float | None = None, retry: bool = True
+    ) -> ScanResult:
+        """One request with retries; never raises (but lets cancellation through).
+
+        ``deadline`` is a ``time.monotonic()`` instant: no attempt runs past it
+        and no backoff sleeps across it; the last error is returned instead.
+        ``retry=False``: one attempt only (a probe while the collector backs off).
+        """
+        retries = len(self.retry_delays) if retry else 0
+        started = time.monotonic()
+        if not self.started:
+            await self.start()
+        body = build_body(request)
+        url = f"{self.base_url}/{request.screener}/scan"
+        attempts = 0
+        slot: ProxySlot | None = None
+        error: ScanError | None = None
+        for attempt in range(retries + 1):
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                error = _deadline_error(error)
+                break
+            slot = self._pool.choose(avoid=slot)
+            hold = slot.held_until - time.monotonic()
+            if hold > 0:
+                # The upstream asked this address to wait (Retry-After): never ask sooner,
+                # not even from the next tick.
+                if remaining is not None and hold >= remaining:
+                    error = error or ScanError(
+                        "throttled", f"honouring Retry-After on {slot.label}", True, 429
+                    )
+                    break
+                await asyncio.sleep(hold)
+                remaining = _remaining(deadline)
+            outcome = await self._attempt(slot, url, body, request, remaining)
+            if outcome is _NO_TURN:
+                # The deadline passed while queueing for a turn: no request was made,
+                # so nothing is held against the slot.
+                error = _deadline_error(error)
+                break
+            attempts += 1
+            if not isinstance(outcome, ScanError):
+                self._pool.succeeded(slot)
+                rows, missing = outcome
+                return ScanResult(
+                    request, rows, missing, None, attempts, time.monotonic() - started
+                )
+            error = outcome
+            if error.kind in SLOT_FAULTS:
+                await self._pool.failed(
+                    slot,
+                    renew=error.kind in RENEW_FAULTS,
+                    retry_after=None if error.retry_after is None
+                    else min(error.retry_after, self.max_retry_after),
+                )
+            if not error.retryable or attempt == retries:
+                break
+            delay = backoff_delay(
+                attempt, self.retry_delays, error, self._rng, self.max_retry_after
+            )
+            remaining = _remaining(deadline)
+            if remaining is not None and delay >= remaining:
+                log.warning(
+                    "scan %s: %s; no time left for a retry before the deadline",
+                    request.screener, error.message,
+                )
+                break
+            log.warning(
+                "scan %s via %s: %s; retry %d in %.2fs",
+                request.screener, slot.label, error.message, attempt + 1, delay,
+            )
+            await asyncio.sleep(delay)
+        assert error is not None
+        return ScanResult(request, {}, frozenset(), error, attempts, time.monotonic() - started)
+
+    async def _attempt(
+        self,
+        slot: ProxySlot,
+        url: str,
+        body: bytes,
+        request: ScanRequest,
+        remaining: float | None,
+    ) -> tuple[dict[str, Row], frozenset[str]] | ScanError:
+        """One HTTP exchange, every failure turned into a :class:`ScanError`."""
+        assert self._semaphore is not None
+        budget = self.timeout if remaining is None else min(self.timeout, remaining)
+        try:
+            async with asyncio.timeout(_remaining_or_none(remaining)):
+                await self._semaphore.acquire()
+        except TimeoutError:
+            return _NO_TURN
+        try:
+            try:
+                async with asyncio.timeout(_remaining_or_none(remaining)):
+                    await self._wait_turn()
+            except TimeoutError:
+                return _NO_TURN
+            spent = time.monotonic()
+            budget = budget if remaining is None else min(budget, max(remaining, 0.001))
+            client_timeout = aiohttp.ClientTimeout(total=budget, sock_connect=budget)
+            async with (
+                self._pool.lease(slot) as session,
+                session.post(url, data=body, headers=self.headers, timeout=client_timeout) as resp,
+            ):
+                raw = await resp.read()
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except (TimeoutError, ProxyTimeoutError, aiohttp.ServerTimeoutError):
+            return ScanError(
+                "timeout", f"no answer within {budget:.1f}s via {slot.label}", retryable=True
+            )
+        except (aiohttp.ClientError, ProxyConnectionError, ProxyError, OSError) as exc:
+            return ScanError("connection", _describe(exc, slot), retryable=True)
+        except Exception as exc:  # the contract is "never raises": report, do not retry
+            log.error("scan %s via %s: unexpected %s", request.screener, slot.label,
+                      type(exc).__name__)
+            return ScanError("connection", _describe(exc, slot), retryable=False)
+        finally:
+            self._semaphore.release()
+        log.debug(
+            "scan %s via %s: %d in %.3fs (%d cells)",
+            request.screener, slot.label, status, time.monotonic() - spent, request.cells,
+        )
+        if status != 200:
+            return classify_status(status, raw, retry_after)
+        return parse_body(request, raw)
+
+    async def _wait_turn(self) -> None:
+        """Space attempt starts by ``min_start_interval``, across all concurrent scans."""
+        if self.min_start_interval <= 0:
+            return
+        assert self._gate is not None
+        async with self._gate:
+            wait = self._next_start - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next_start = time.monotonic() + self.min_start_interval
+
+    def _new_session(self, connector: aiohttp.BaseConnector | None) -> aiohttp.ClientSession:
+        # raise_for_status off: statuses are classified, not raised; cookies are not wanted.
+        return aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False
+        )
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _remaining_or_none(remaining: float | None) -> float | None:
+    return None if remaining is None else max(remaining, 0.0)
+
+
+_NO_TURN = ScanError("timeout", "the tick's deadline passed before the request ran", True)
+
+
+def _deadline_error(last: ScanError | None) -> ScanError:
+    """The deadline passed: report what went wrong before, if anything did."""
+    return _NO_TURN if last is None else last
+
+
+def _describe(exc: BaseException, slot: ProxySlot) -> str:
+    """A one-line, credential-free description of a transport failure."""
+    text = str(exc) or type(exc).__name__
+    return slot.scrub(f"{type(exc).__name__} via {slot.label}: {text}")
