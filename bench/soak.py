@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="reading+stalled window pairs")
     flood = sub.add_parser("flood")
     flood.add_argument("--seconds", type=float, default=60.0, dest="flood_seconds")
+    flood.add_argument("--connections", type=int, dest="flood_connections",
+                       help="stop each process after this many (default: flood for --seconds)")
     flood.add_argument("--processes", type=int, default=2, dest="flood_processes",
                        help="flood client processes")
     flood.add_argument("--rate", type=float, dest="flood_rate",
