@@ -178,8 +178,8 @@ def create_app(
         settings = Settings.from_env(**overrides)
     elif overrides:
         settings = settings.replace(**overrides)
-    hosting.harden(settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app = Quart(__name__)
+    hosting.harden(app, settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
     state = build_state(settings, demo=demo, components=components)
     app.extensions[EXTENSION] = state
