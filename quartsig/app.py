@@ -107,6 +107,7 @@ class FeedComponent:
             metrics=state.metrics,
             quarantine=settings.plugin_quarantine,
         )
+        state.collector.unknown_symbols = state.unknown_symbols  # one cache for both
         state.outbox.start()
         self.tasks = [asyncio.create_task(state.collector.run(), name="quartsig-collector")]
         if self.accounts:  # the clients' side: disabled accounts and expired tokens

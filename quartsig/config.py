@@ -20,6 +20,10 @@ from quartsig.domain.addresses import Network, parse_networks
 PREFIX = "QUARTSIG_"
 
 FALLBACKS = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+#: Seconds TradingView's "no such symbol" is remembered (one cache, the state's, shared with the
+#: collector): a client retrying one gets its error at once, and an early fetch of it costs no
+#: request.
+UNKNOWN_SYMBOL_TTL = 600.0
 """Settings read from a platform's own variable (its database and Redis add-ons, as Heroku
 and its kin name them) when their ``QUARTSIG_*`` one is unset."""
 

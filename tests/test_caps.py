@@ -11,7 +11,7 @@ import pytest
 from quart.testing.connections import WebsocketDisconnectError, WebsocketResponseError
 
 from quartsig.access import accounts
-from quartsig.access.caps import Caps, Refused
+from quartsig.access.admission import Caps, Refused
 from quartsig.app import create_app
 from quartsig.config import ConfigError, Settings
 from quartsig.domain.addresses import client_of, parse_networks

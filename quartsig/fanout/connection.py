@@ -35,6 +35,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 
+from quartsig.config import Settings
 from quartsig.domain import protocol
 from quartsig.domain.model import Key
 from quartsig.domain.protocol import Close
@@ -138,7 +139,7 @@ class Connection:
         self,
         send: Callable[[str], Awaitable[None]],
         *,
-        send_timeout: float = 10.0,
+        send_timeout: float = Settings.send_timeout,  # the default lives in config, once
         max_replies: int = 1024,
         outbox: Outbox | None = None,
         on_frame: Callable[[int, int], None] | None = None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from quartsig import __version__
 from quartsig.access import accounts, database
 from quartsig.access.tokens import InvalidTelegramId, IssuedToken, board_link, check_tg_id
+from quartsig.domain.ratelimit import TokenBucket
 from quartsig.ops import logs
 from quartsig.state import current_state
 
@@ -108,24 +108,22 @@ class AuthFailures:
     def __init__(self, burst: int = 10, per: float = 6.0, capacity: int = 4096,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.burst, self.per, self.capacity, self.clock = burst, per, capacity, clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self.sparse = logs.Sparse(clock=clock)
 
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def _tokens(self, address: str) -> float:
-        now = self.clock()
-        tokens, stamp = self._buckets.get(address, (self.burst, now))
-        return min(self.burst, tokens + (now - stamp) / self.per)
-
     def retry_after(self, address: str) -> int | None:
         """Whole seconds until ``address`` may try again, or ``None`` if it may now."""
-        tokens = self._tokens(address)
-        return None if tokens >= 1 else max(1, math.ceil((1 - tokens) * self.per))
+        bucket = self._buckets.get(address)
+        return None if bucket is None else bucket.wait()
 
     def failed(self, address: str) -> None:
-        self._buckets[address] = (max(0.0, self._tokens(address) - 1), self.clock())
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = TokenBucket(1 / self.per, self.burst, self.clock)
+        bucket.drain()
         self._buckets.move_to_end(address)
         while len(self._buckets) > self.capacity:
             self._buckets.popitem(last=False)
