@@ -33,7 +33,8 @@ blueprint = Blueprint("stream", __name__)
 
 #: How long a deliberate close may take before the peer is abandoned.
 CLOSE_TIMEOUT = 2.0
-#: Ops refused in a row before a flooding client is closed with 1008.
+#: Frames and ops refused in a row (over the rate, or not JSON ops at all) before the client is
+#: closed with 1008.
 MAX_STRIKES = 100
 
 
@@ -269,20 +270,18 @@ async def _read(state: State, connection: Connection) -> None:
 
 def _handle(state: State, connection: Connection, frame: str | bytes,
             bucket: TokenBucket, strikes: int) -> int:
-    """Obey one client frame; returns the count of rate-limited ops in a row so far."""
-    if isinstance(frame, bytes):
-        connection.send(protocol.error(ErrorCode.BAD_JSON, "frames must be JSON text"))
-        return strikes
+    """Obey one client frame; returns the count of refusals in a row so far.
+
+    Every frame is metered: an op takes a token, and so does a frame refused whole (binary,
+    not JSON, an empty array, a batch over the limit), which is also a strike. Unmetered, one
+    socket sending garbage made the server answer thousands of errors a second, for ever."""
     try:
-        messages = protocol.decode(frame)
+        messages = _messages(frame)
     except ProtocolError as error:
-        connection.send(protocol.error(error.code, error.message))
-        return strikes
+        return _refuse(connection, bucket, strikes, error)
     for raw in messages:
         if not bucket.take():
-            strikes += 1
-            if strikes > MAX_STRIKES:
-                raise Closing(Close.POLICY, "rate limit")
+            strikes = _strike(strikes)
             connection.send(protocol.error(ErrorCode.RATE_LIMITED, "slow down", _id_of(raw)))
             continue
         strikes = 0
@@ -291,6 +290,30 @@ def _handle(state: State, connection: Connection, frame: str | bytes,
         except ProtocolError as error:
             connection.send(protocol.error(error.code, error.message, error.id))
     return strikes
+
+
+def _messages(frame: str | bytes) -> list[object]:
+    if isinstance(frame, bytes):
+        raise ProtocolError(ErrorCode.BAD_JSON, "frames must be JSON text")
+    return protocol.decode(frame)
+
+
+def _refuse(connection: Connection, bucket: TokenBucket, strikes: int,
+            error: ProtocolError) -> int:
+    """A frame refused whole: a strike, and its error only while there are tokens for it."""
+    strikes = _strike(strikes)
+    if bucket.take():
+        connection.send(protocol.error(error.code, error.message))
+    else:
+        connection.send(protocol.error(ErrorCode.RATE_LIMITED, "slow down"))
+    return strikes
+
+
+def _strike(strikes: int) -> int:
+    """One more refusal in a row; past ``MAX_STRIKES`` the client is closed with 1008."""
+    if strikes >= MAX_STRIKES:
+        raise Closing(Close.POLICY, "rate limit")
+    return strikes + 1
 
 
 def _id_of(raw: object) -> object:
