@@ -250,8 +250,14 @@ class Settings:
         "beyond it the handshake gets HTTP 503 (0: no cap)."
     )
     max_connections_per_address: int = _setting(
-        64, _non_negative_int, "Sockets open at once from one public client address, "
-        "authenticated or not; beyond it the handshake gets HTTP 429 (0: no cap)."
+        64, _non_negative_int, "Sockets open at once from one public client address (an IPv6 "
+        "/64 counts as one), authenticated or not; beyond it the handshake gets HTTP 429 "
+        "(0: no cap)."
+    )
+    max_pending_connections: int = _setting(
+        2500, _non_negative_int, "Sockets not yet authenticated open at once: their own share "
+        "of QUARTSIG_MAX_CONNECTIONS, so they cannot take the room of authenticated ones; "
+        "beyond it the handshake gets HTTP 503 (0: no share)."
     )
     max_connections_per_account: int = _setting(
         20, _non_negative_int, "Authenticated sockets one account may hold; the next is "

@@ -109,6 +109,7 @@ class State:
             total=settings.max_connections,
             per_address=settings.max_connections_per_address,
             per_account=settings.max_connections_per_account,
+            pending_share=settings.max_pending_connections,
             on_refused=lambda cap: self.metrics.refused.labels(cap=cap).inc(),
         )
         self.metrics.pending.set_function(lambda: self.caps.pending)

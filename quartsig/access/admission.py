@@ -42,12 +42,13 @@ from quartsig.domain.protocol import ErrorCode, ProtocolError
 # -- sockets ---------------------------------------------------------------------------------
 
 TOTAL = "total"
+PENDING = "pending"
 ADDRESS = "address"
 ACCOUNT = "account"
 
 
 class Refused(Exception):
-    """Over a cap: ``cap`` names which (``total``, ``address``, ``account``)."""
+    """Over a cap: ``cap`` names which (``total``, ``pending``, ``address``, ``account``)."""
 
     def __init__(self, cap: str, message: str, status: int) -> None:
         super().__init__(message)
@@ -77,11 +78,14 @@ class Ticket:
 
 @dataclass(eq=False)
 class Caps:
-    """The counts, and the three caps (0 turns one off)."""
+    """The counts, and the caps (0 turns one off). ``pending_share``: how many of the ``total``
+    sockets not yet authenticated may hold, so that sockets that never authenticate (from
+    however many addresses) cannot take the room of those that did."""
 
     total: int
     per_address: int
     per_account: int
+    pending_share: int = 0
     on_refused: Callable[[str], None] = lambda cap: None
     open: int = 0
     pending: int = 0
@@ -92,7 +96,9 @@ class Caps:
         """Count a new socket; raises :class:`Refused` (with an HTTP status) over a cap."""
         if self.total and self.open >= self.total:
             self._refuse(TOTAL, "server full", 503)
-        address = client.address if client.capped and self.per_address else None
+        if self.pending_share and self.pending >= self.pending_share:
+            self._refuse(PENDING, "too many connections waiting to authenticate", 503)
+        address = client.group if client.capped and self.per_address else None
         if address is not None and self.addresses.get(address, 0) >= self.per_address:
             self._refuse(ADDRESS, "too many connections from this address", 429)
         self.open += 1

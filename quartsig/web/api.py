@@ -27,9 +27,10 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from quartsig import __version__
 from quartsig.access import accounts, database
 from quartsig.access.tokens import InvalidTelegramId, IssuedToken, board_link, check_tg_id
+from quartsig.domain import addresses
 from quartsig.domain.ratelimit import TokenBucket
 from quartsig.ops import logs
-from quartsig.state import current_state
+from quartsig.state import State, current_state
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("api", __name__)
@@ -136,6 +137,15 @@ def _auth_failures() -> AuthFailures:
     return failures
 
 
+def _client_group(state: State) -> str:
+    """Who failed, as the connection caps count them: the client through trusted proxies,
+    an IPv6 client by its /64. The peer alone was a router every client shared, so one
+    attacker behind it kept the bot at 429; and each /128 of a /64 had its own budget."""
+    client = addresses.client_of(request.remote_addr, request.headers.getlist("X-Forwarded-For"),
+                                 state.settings.trusted_proxies)
+    return client.group or "-"
+
+
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify({"error": code, "message": message}), status
 
@@ -156,7 +166,7 @@ async def issue_token() -> tuple[Response, int] | Response:
     secret = state.settings.bot_secret
     if not secret:
         return _error(404, "not_found", "not found")  # off: look like any unknown route
-    failures, address = _auth_failures(), request.remote_addr or "-"
+    failures, address = _auth_failures(), _client_group(state)
     if (wait := failures.retry_after(address)) is not None:
         response, status = _error(429, "too_many_failures", "too many wrong secrets; retry later")
         response.headers["Retry-After"] = str(wait)
