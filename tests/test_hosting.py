@@ -145,6 +145,8 @@ def test_the_buffer_refuses_a_fragment_past_the_cap_before_storing_it() -> None:
         ("cryptography", "44.0.1"),
         ("tortoise-orm", "1.0"),
         ("hypercorn", "0.18"),
+        ("werkzeug", "3.1.4"),
+        ("h2", "4.3.0"),
     ],
 )
 def test_dependency_floors_are_past_the_known_advisories(package: str, floor: str) -> None:
