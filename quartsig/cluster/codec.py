@@ -39,8 +39,8 @@ def key_name(key: Key) -> str:
 
 def number(value: object, low: int = 0, high: int = MAX_NUMBER) -> int:
     """An integer in ``[low, high]`` from JSON or from a Redis field (bytes of digits)."""
-    if isinstance(value, bytes | str):
-        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    if isinstance(value, bytes):
+        text = value.decode("ascii", "replace")
         if not text.isascii() or not text.isdigit() or len(text) > 16:
             raise Untrusted(f"not a number: {text[:20]!r}")
         value = int(text)

@@ -12,8 +12,10 @@ What lives in Redis (every name under ``QUARTSIG_REDIS_PREFIX``):
 - ``latest``: one hash, ``profile|symbol|tf`` -> ``"seq [data, ts]"``: what a newcomer on any node
   gets at once, in one ``HMGET`` for all of its keys. The leader drops keys nobody demands.
 - ``changes``: a stream of published batches, chunked, each entry numbered by ``seq``; every node
-  reads it from its last id and applies it (:mod:`~quartsig.cluster.node`). It is trimmed by
-  approximate bytes, not only entries (:func:`stream_length`): a reader further behind resyncs.
+  reads it from its last id and applies it (:mod:`~quartsig.cluster.node`). It is trimmed
+  (exactly: ``~`` could keep a hundred entries more) to an entry count derived from the
+  recent entries' size (:func:`stream_length`), so it holds about
+  ``QUARTSIG_REDIS_STREAM_BYTES``; a reader further behind resyncs.
 - ``seq``: the global publication counter; no value read may claim a higher one.
 - ``status``: the last upstream status published, restored on resync.
 - ``demand``: a sorted set of keys scored by expiry (Redis's clock); each node refreshes its own
@@ -107,7 +109,7 @@ while i <= #ARGV do
     local at = i + 2 * j
     redis.call('HSET', KEYS[2], ARGV[at], string.format('%d', seq) .. ' ' .. ARGV[at + 1])
   end
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], '*',
              'seq', string.format('%d', seq), 'epoch', epoch, 'batch', entry)
   last = seq
   i = i + 2 + 2 * count
