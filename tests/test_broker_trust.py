@@ -7,6 +7,7 @@ keeps publishing; ``latest`` and the change stream stay bounded; ACL users and T
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -229,3 +230,18 @@ async def test_an_acl_user_from_the_url_runs_a_node(prefix: str, acl_url: str):
         await outside.aclose()
     finally:
         await broker.stop()
+
+
+async def test_a_rediss_url_speaks_tls_and_checks_the_certificate():
+    from redis.asyncio.connection import SSLConnection
+
+    from quartsig.cluster.redis import connect
+
+    client = connect("rediss://quartsig:secret@redis.example:6380/2?ssl_ca_certs=/etc/ca.pem")
+    pool = client.connection_pool
+    assert pool.connection_class is SSLConnection
+    connection: Any = pool.make_connection()
+    assert connection.ssl_context.cert_reqs == ssl.CERT_REQUIRED  # redis-py's default, kept
+    assert connection.ssl_context.ca_certs == "/etc/ca.pem"
+    assert (connection.username, connection.password) == ("quartsig", "secret")
+    await client.aclose()
