@@ -245,3 +245,40 @@ async def test_a_rediss_url_speaks_tls_and_checks_the_certificate():
     assert connection.ssl_context.ca_certs == "/etc/ca.pem"
     assert (connection.username, connection.password) == ("quartsig", "secret")
     await client.aclose()
+
+
+def test_connecting_without_auth_off_this_machine_logs_a_warning(caplog: pytest.LogCaptureFixture):
+    from quartsig.cluster.redis import connect
+
+    connect("redis://10.0.0.5:6379/0")
+    assert "without a password" in caplog.text
+    caplog.clear()
+    connect("redis://127.0.0.1:6379/0")
+    assert caplog.text == ""
+
+
+class Fragile(Node):
+    """A node whose handler fails on one batch, as a bug would."""
+
+    def apply(self, batch: Batch) -> object:
+        if any(data.get("boom") for _, data, _ in batch.values):
+            raise RuntimeError("a bug in the handler")
+        return super().apply(batch)
+
+
+async def test_an_entry_the_node_fails_on_is_skipped_and_the_reader_goes_on(prefix: str):
+    node = Fragile()
+    key = Key("summary", EURUSD, "1h")
+    node.watching.add(key)
+    node.holding.add(key)
+    broker = RedisBroker(aioredis.Redis.from_url(REDIS_URL), node, VOCABULARY, prefix=prefix,
+                         lease_ttl=5.0)
+    await broker.start()
+    try:
+        async with asyncio.timeout(WAIT):
+            await broker.leadership()
+        assert await broker.publish(Batch(values=[(key, {"boom": 1}, 1)]))
+        assert await broker.publish(Batch(values=[(key, {"Recommend.All": 0.7}, 2)]))
+        await until(lambda: node.values().get(key) == {"Recommend.All": 0.7})
+    finally:
+        await broker.stop()

@@ -10,6 +10,7 @@ what changed. Values enter the node through its :class:`~quartsig.cluster.broker
 
 from __future__ import annotations
 
+import logging
 import time
 from functools import partial
 from typing import Any
@@ -19,7 +20,10 @@ from quartsig.cluster.codec import Codec, Untrusted, key_name, number
 from quartsig.cluster.demand import Demand
 from quartsig.cluster.redis import UNREACHABLE, Store, guarded
 from quartsig.domain.model import Batch, Key
+from quartsig.ops.logs import Sparse
 from quartsig.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 #: Stream entries read per round trip.
 READ_COUNT = 100
@@ -46,6 +50,7 @@ class Replica:
         self._last_seq = 0
         self._last_id = b"0-0"
         self._degraded = False
+        self._failures = Sparse()
 
     def lost(self) -> None:
         """Redis stopped answering: clients hear ``degraded``; trust no position until resync."""
@@ -65,7 +70,16 @@ class Replica:
             await self.resync()
         found = await self.store.read(self.store.names["changes"], self._last_id, READ_COUNT)
         for entry_id, fields in found:
-            if self.entry(entry_id, fields):
+            try:
+                behind = self.entry(entry_id, fields)
+            except Exception as error:  # a bug on one entry: skip it, or the reader would stall
+                if (held := self._failures.due()) is not None:
+                    log.exception("applying stream entry %r failed; skipped (%d more since "
+                                  "the last report)", entry_id, held)
+                self.codec.reject("stream entry", error)
+                self._last_id = entry_id
+                continue
+            if behind:
                 await self.resync()
                 break
 
