@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 MAX_NUMBER = 2**53
 #: Longest message or reason carried in a batch (the collector's are a line).
 MAX_TEXT = 1_000
+#: Checked names remembered (about a cluster's worth of keys, twice).
+MAX_KNOWN = 50_000
 
 
 class Untrusted(ValueError):
@@ -69,6 +71,8 @@ class Codec:
         self.vocabulary = vocabulary
         self._on_reject = on_reject
         self._logged: set[str] = set()
+        #: Names already checked: the leader reads the whole demand every tick.
+        self._known: dict[object, Key] = {}
 
     def reject(self, what: str, error: Exception) -> None:
         """Count a skipped entry of kind ``what``; the first of each kind is logged."""
@@ -83,6 +87,17 @@ class Codec:
 
     def key(self, name: object) -> Key:
         """A key name from Redis, checked as a client's subscription would be, and canonical."""
+        known = self._known.get(name) if isinstance(name, bytes) else None
+        if known is not None:
+            return known
+        key = self._check(name)
+        if isinstance(name, bytes):
+            if len(self._known) >= MAX_KNOWN:
+                self._known.clear()
+            self._known[name] = key
+        return key
+
+    def _check(self, name: object) -> Key:
         try:
             text = name.decode() if isinstance(name, bytes) else name
             if not isinstance(text, str) or len(text) > 128:
