@@ -95,7 +95,11 @@ class FeedComponent:
         )
         await state.scanner.start()
         state.broker = open_broker(state)
-        await state.broker.start()
+        try:
+            await state.broker.start()
+        except BaseException:  # e.g. not a member of this cluster: leave nothing open
+            await self.stop(state)
+            raise
         state.collector = Collector(
             state.broker,
             state.profiles,

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,6 +18,7 @@ from quartsig.cluster.redisbroker import RedisBroker
 from quartsig.config import ConfigError
 from quartsig.plugins.loader import get_plugin_manager, load_profiles
 from quartsig.plugins.profiles import Profile
+from tests.support.processes import REPO, quartsig_env
 from tests.support.redisdb import REDIS_URL
 from tests.test_broker_conformance import Node
 from tests.test_broker_redis import VOCABULARY
@@ -84,3 +89,21 @@ async def test_a_node_that_does_not_belong_fails_to_start_with_one_line(prefix: 
         assert OLD.encode() not in b"".join(stored.values())
     finally:
         await first.stop()
+
+
+async def test_quartsig_collect_with_another_key_exits_2_with_one_line(prefix: str,
+                                                                         tmp_path: Path):
+    first = RedisBroker(aioredis.Redis.from_url(REDIS_URL), Node(), VOCABULARY, prefix=prefix,
+                        identity=fingerprints([OLD], PROFILES))
+    await first.start()
+    try:
+        env = quartsig_env(tmp_path, "http://127.0.0.1:9", QUARTSIG_SECRET_KEYS=NEW,
+                           QUARTSIG_REDIS_URL=REDIS_URL, QUARTSIG_REDIS_PREFIX=prefix)
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "quartsig", "collect"], env=env, cwd=REPO,
+            capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        await first.stop()
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "token key differs" in lines[0], done.stderr
