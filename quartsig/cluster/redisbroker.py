@@ -39,6 +39,7 @@ from quartsig.cluster.redis import (
     publish_args,
     stream_length,
 )
+from quartsig.config import Settings
 from quartsig.domain.model import Batch, Key
 from quartsig.domain.protocol import Vocabulary
 from quartsig.ops.metrics import Metrics
@@ -86,9 +87,11 @@ class RedisBroker:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def from_settings(cls, settings: Any, handler: Handler, vocabulary: Vocabulary,
+    def from_settings(cls, settings: Settings, handler: Handler, vocabulary: Vocabulary,
                       metrics: Metrics | None = None,
                       identity: Mapping[str, str] | None = None) -> RedisBroker:
+        if not settings.redis_url:
+            raise ValueError("the Redis broker needs QUARTSIG_REDIS_URL")
         return cls(connect(settings.redis_url), handler, vocabulary,
                    prefix=settings.redis_prefix, lease_ttl=settings.lease_ttl,
                    metrics=metrics, identity=identity, stream_bytes=settings.redis_stream_bytes)
@@ -216,13 +219,15 @@ class RedisBroker:
         return True
 
     def _measure(self, args: list[bytes | str | int]) -> None:
-        """Average bytes per stream entry (its batch; ``latest`` is bounded by the demand)."""
-        entries = [arg for arg, before in zip(args[4:], args[3:], strict=False)
-                   if isinstance(arg, bytes) and isinstance(before, int)]
-        for entry in entries:
-            size = len(entry) + 64  # the id, seq and epoch fields
+        """Average bytes per stream entry (its batch; ``latest`` is bounded by the demand).
+        ``args`` is :func:`publish_args`'s: three, then per chunk a count, the entry, values."""
+        at = 3
+        while at + 1 < len(args):
+            count, entry = int(args[at]), args[at + 1]
+            size = len(str(entry) if isinstance(entry, int) else entry) + 64  # id, seq, epoch
             self.entry_bytes = size if not self.entry_bytes else (
                 0.8 * self.entry_bytes + 0.2 * size)
+            at += 2 + 2 * count
 
     def _count_fenced(self) -> None:
         if self.metrics is not None:
