@@ -100,6 +100,15 @@ class RedisBroker:
     def term(self) -> int:
         return max(self.election.term, self.replica.term)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection, for other cluster-wide pieces on the same Redis and prefix."""
+        return self.store.client
+
+    @property
+    def prefix(self) -> str:
+        return self.store.prefix
+
     # -- life -----------------------------------------------------------------------------
 
     async def start(self) -> None:
