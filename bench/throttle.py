@@ -21,6 +21,7 @@ import quartsig
 from quartsig.cluster.memory import MemoryBroker
 from quartsig.domain.model import Key
 from quartsig.domain.symbols import screener_for
+from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub
 from quartsig.feed.collector import Collector
 from quartsig.plugins.loader import get_plugin_manager, load_profiles
@@ -51,7 +52,7 @@ async def run(interval: float, seconds: float, retry_after: float | None) -> lis
     hub.subscribe(sink, Key("summary", "FX_IDC:EURUSD", "1h"))  # type: ignore[arg-type]
     client = ScannerClient(url)
     await client.start()
-    collector = Collector(MemoryBroker(hub, hub.apply), load_profiles(get_plugin_manager(
+    collector = Collector(MemoryBroker(HubHandler(hub)), load_profiles(get_plugin_manager(
         entry_points=False)), client, screener_for, interval=interval)
     task = asyncio.create_task(collector.run())
     await asyncio.sleep(seconds)

@@ -37,6 +37,7 @@ from quartsig.domain.model import Key, Row, ScanResult
 from quartsig.domain.symbols import SCREENERS, screener_for
 from quartsig.domain.timeframes import TIMEFRAMES, column
 from quartsig.fanout.connection import Connection
+from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub, shaped_diff
 from quartsig.feed.collector import Collector
 from quartsig.feed.composer import merge_results
@@ -172,7 +173,7 @@ def _primed(keys: list[Key], profiles: Any,
     """A hub with one connection subscribed to every key, and a collector that has published
     ``replies`` into it once (the connection's frame taken): the state before a tick."""
     hub = Hub(max_subscriptions=len(keys))
-    collector = Collector(MemoryBroker(hub, hub.apply), profiles, None,  # type: ignore[arg-type]
+    collector = Collector(MemoryBroker(HubHandler(hub)), profiles, None,  # type: ignore[arg-type]
                           lambda s: "forex")
     conn = Connection(_noop)
     hub.attach(conn, 1)

@@ -17,9 +17,10 @@ from quart import Blueprint, Quart
 from quartsig import hosting
 from quartsig.access import accounts, database
 from quartsig.access.admission import Gate
-from quartsig.access.tokens import TokenAuthority
+from quartsig.access.tokens import TokenAuthority, load_or_create_keys
+from quartsig.cluster import backends
 from quartsig.cluster.broker import Broker
-from quartsig.cluster.memory import MemoryBroker
+from quartsig.cluster.fingerprint import fingerprints
 from quartsig.config import Settings
 from quartsig.domain.symbols import SCREENERS
 from quartsig.feed.budget import RequestBudget
@@ -57,12 +58,11 @@ class DatabaseComponent:
 
 
 def open_broker(state: State) -> Broker:
-    """Redis when ``QUARTSIG_REDIS_URL`` (or the platform's ``REDIS_URL``) is set, else memory."""
-    if state.settings.redis_url:
-        from quartsig.cluster.redis import RedisBroker
-
-        return RedisBroker.from_settings(state.settings, state.hub, state.apply, state.metrics)
-    return MemoryBroker(state.hub, state.apply)
+    """The broker the URL's scheme names (memory without one), with ``state`` as its handler."""
+    identity = (fingerprints(load_or_create_keys(state.settings), state.profiles)
+                if state.settings.redis_url else None)
+    return backends.open_broker(state.settings, state, state.vocabulary, metrics=state.metrics,
+                                identity=identity)
 
 
 @dataclass
@@ -95,7 +95,11 @@ class FeedComponent:
         )
         await state.scanner.start()
         state.broker = open_broker(state)
-        await state.broker.start()
+        try:
+            await state.broker.start()
+        except BaseException:  # e.g. not a member of this cluster: leave nothing open
+            await self.stop(state)
+            raise
         state.collector = Collector(
             state.broker,
             state.profiles,

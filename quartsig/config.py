@@ -346,6 +346,10 @@ class Settings:
     lease_ttl: float = _setting(
         3.0, _positive_float, "Seconds the collector's lease lasts unless renewed (cluster mode)."
     )
+    redis_stream_bytes: int = _setting(
+        64 * 2**20, _positive_int, "Approximate bytes the cluster's change stream keeps in "
+        "Redis (at most 2 000 entries); a node further behind resyncs from the latest values."
+    )
 
     @classmethod
     def from_env(

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +27,7 @@ from quartsig.access.tokens import TokenAuthority
 from quartsig.cluster.broker import Broker
 from quartsig.config import UNKNOWN_SYMBOL_TTL
 from quartsig.domain.expiring import Expiring
-from quartsig.domain.model import Batch
+from quartsig.domain.model import Batch, Key
 from quartsig.domain.protocol import Close, Vocabulary
 from quartsig.domain.symbols import screener_for
 from quartsig.fanout.connection import Outbox
@@ -136,6 +137,19 @@ class State:
             changed = self.hub.apply(batch)
         self.metrics.fanout.observe(time.perf_counter() - started)
         return changed
+
+    # -- the broker's handler (quartsig.cluster.broker.Handler) ------------------------------
+
+    def watched(self) -> set[Key]:
+        return self.hub.demand()
+
+    def held(self) -> AbstractSet[Key]:
+        return self.hub.entries.keys()
+
+    async def asked(self) -> set[Key]:
+        await self.hub.fresh_added.wait()
+        self.hub.fresh_added.clear()
+        return set(self.hub.fresh)
 
     async def lifespan(self) -> AsyncGenerator[None, None]:
         started: list[Component] = []

@@ -15,17 +15,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from quartsig.cluster.redis import (
-    DEMAND_TTL,
-    STREAM_LENGTH,
-    RedisBroker,
-    decode_entry,
-    key_name,
-    parse_key,
-    publish_args,
-)
+from quartsig.cluster.codec import Codec, key_name
+from quartsig.cluster.demand import DEMAND_TTL
+from quartsig.cluster.redis import STREAM_LENGTH, publish_args
+from quartsig.cluster.redisbroker import RedisBroker
 from quartsig.domain.model import Batch, Key
-from quartsig.domain.symbols import screener_for
+from quartsig.domain.protocol import Vocabulary
+from quartsig.domain.symbols import SCREENERS, screener_for
+from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub, Piece
 from quartsig.feed.collector import Collector
 from quartsig.ops.metrics import Metrics
@@ -35,6 +32,8 @@ from tests.support.redisdb import REDIS_URL
 from tests.support.standin import STANDIN, Standin, serve_standin
 
 PROFILES = load_profiles(get_plugin_manager(entry_points=False))
+VOCABULARY = Vocabulary(profiles=frozenset(PROFILES), screeners=SCREENERS)
+CODEC = Codec(VOCABULARY)
 USDJPY, EURUSD, BTC = "FX_IDC:USDJPY", "FX_IDC:EURUSD", "BINANCE:BTCUSDT"
 WAIT = 20.0  # generous: these run on a busy 2-core machine
 
@@ -80,14 +79,16 @@ class Node:
     async def crash(self) -> None:
         """Stop as a killed process would: no release, nothing more said to Redis."""
         self.collector.stop()
-        self.broker._stopping = True
-        for task in [*self.tasks, *self.broker._tasks]:
+        broker = self.broker
+        broker.stopping = broker.election.stopping = True
+        broker.cluster.stopping = broker.replica.stopping = True
+        for task in [*self.tasks, *broker._tasks]:
             task.cancel()
-        await asyncio.wait([*self.tasks, *self.broker._tasks], timeout=10)
-        self.broker._tasks = []
-        self.broker.token = None
+        await asyncio.wait([*self.tasks, *broker._tasks], timeout=10)
+        broker._tasks = []
+        broker.election.token = None
         await self.client.close()
-        await self.broker.client.aclose()
+        await broker.store.client.aclose()
 
     async def stop(self) -> None:
         self.collector.stop()
@@ -107,8 +108,8 @@ async def cluster(prefix: str, size: int, *, interval: float = 1.0,
         for number in range(size):
             hub = Hub()
             metrics = Metrics()
-            broker = RedisBroker(aioredis.Redis.from_url(REDIS_URL, socket_timeout=3.0), hub,
-                                 hub.apply, prefix=prefix, lease_ttl=lease_ttl,
+            broker = RedisBroker(aioredis.Redis.from_url(REDIS_URL, socket_timeout=3.0),
+                                 HubHandler(hub), VOCABULARY, prefix=prefix, lease_ttl=lease_ttl,
                                  metrics=metrics, node=f"node{number}")
             client = ScannerClient(url, retry_delays=(0.05,), timeout=5.0,
                                    headers={"User-Agent": f"node{number}"})
@@ -145,7 +146,7 @@ def expected(standin: Standin, key: Key) -> dict[str, Any]:
 
 def test_keys_round_trip_through_their_redis_names():
     key = Key("full", "BINANCE:BTCUSDT", "1h")
-    assert parse_key(key_name(key).encode()) == key
+    assert CODEC.key(key_name(key).encode()) == key
 
 
 async def test_one_leader_serves_every_node_the_union_of_their_demand(prefix: str):
@@ -193,6 +194,8 @@ async def test_a_follower_newcomer_gets_a_cached_key_without_an_upstream_request
     async with cluster(prefix, 2, interval=30.0) as (nodes, standin):
         await until(lambda: len(leaders(nodes)) == 1)
         leader = leaders(nodes)[0]
+        # The first (empty) full tick is done: it cannot fetch the key beside the early fetch.
+        await until(lambda: leader.collector.ticks >= 1)
         follower = next(node for node in nodes if node is not leader)
         key = Key("summary", USDJPY, "1h")
         leader.watch(key)
@@ -261,7 +264,7 @@ async def test_a_node_that_missed_entries_resyncs_from_the_latest_values(prefix:
         follower.watch(key)
         await until(lambda: key in follower.sink.state)
         # Pretend this node fell behind: its position is older than the stream's oldest entry.
-        follower.broker._last_seq -= 5
+        follower.broker.replica._last_seq -= 5
         standin.set_values(EURUSD, "1h", {"Recommend.All": 0.55})
         await until(lambda: follower.sink.state[key].get("Recommend.All") == 0.55)
         assert follower.hub.entries[key].data == follower.sink.state[key]
@@ -273,18 +276,20 @@ def test_a_value_older_than_the_one_held_is_never_applied_whichever_way_it_comes
     key = Key("summary", USDJPY, "1h")
     hub.attach(sink, 1)
     hub.subscribe(sink, key)
-    broker = RedisBroker(aioredis.Redis.from_url(REDIS_URL), hub, hub.apply)  # never connects
-    broker._apply(Batch(values=[(key, {"Recommend.All": 0.9}, 2)]), seq=7)  # from the stream
-    broker._apply(Batch(values=[(key, {"Recommend.All": 0.1}, 1)]), seq=5)  # an older look-up
+    broker = RedisBroker(aioredis.Redis.from_url(REDIS_URL), HubHandler(hub),  # never connects
+                         VOCABULARY)
+    replica = broker.replica
+    replica.apply(Batch(values=[(key, {"Recommend.All": 0.9}, 2)]), seq=7)  # from the stream
+    replica.apply(Batch(values=[(key, {"Recommend.All": 0.1}, 1)]), seq=5)  # an older look-up
     assert sink.state[key] == {"Recommend.All": 0.9}
-    broker._apply(Batch(values=[(key, {"Recommend.All": 0.5}, 3)]), seq=8)
+    replica.apply(Batch(values=[(key, {"Recommend.All": 0.5}, 3)]), seq=8)
     assert sink.state[key] == {"Recommend.All": 0.5}
 
 
 def test_publish_args_chunk_values_and_put_rejections_and_status_on_the_last_entry():
     keys = [Key("summary", f"FX_IDC:T{n}", "1h") for n in range(450)]
     batch = Batch(values=[(key, {"n": n}, n) for n, key in enumerate(keys)],
-                  rejected=[(Key("full", "X:NOPE", "1d"), "unknown_symbol", "no such symbol")],
+                  rejected=[(Key("full", "FX_IDC:NOPE", "1d"), "unknown_symbol", "no such symbol")],
                   failed=[(keys[1], "profile_failed", "compute raised")],
                   deferred=[(keys[2], "the early-fetch budget is spent", 1234)],
                   retry_at=5678,
@@ -294,7 +299,7 @@ def test_publish_args_chunk_values_and_put_rejections_and_status_on_the_last_ent
     entries, at = [], 3
     while at < len(args):
         count = int(args[at])
-        entries.append(decode_entry(args[at + 1]))  # type: ignore[arg-type]
+        entries.append(CODEC.batch(args[at + 1]))
         at += 2 + 2 * count
     assert [len(entry.values) for entry in entries] == [200, 200, 50]
     assert entries[0].values[0] == (keys[0], {"n": 0}, 0)

@@ -367,6 +367,32 @@ async def test_a_leader_paused_past_its_lease_publishes_no_stale_value(cluster: 
         await board.close()
 
 
+async def test_bad_entries_in_redis_never_stop_two_real_nodes(cluster: Cluster):
+    """#20: one ``ZADD quartsig:demand 9999999999999 bad`` froze every node for good."""
+    import redis.asyncio as aioredis
+
+    from tests.support.garbage import forge
+
+    for name in ("a", "b"):
+        await asyncio.to_thread(cluster.add_node, name)
+    await one_leader(cluster)
+    async with clients() as session:
+        boards = [await Client(session, node, cluster.token).connect() for node in cluster.nodes]
+        for board in boards:
+            await board.subscribe("FX_IDC:EURUSD", "1h")
+        await until(lambda: all(board.value("FX_IDC:EURUSD", "1h") is not None
+                                for board in boards), what="first values")
+        client = aioredis.Redis.from_url(cluster.redis.url)
+        await forge(client)
+        await client.aclose()
+        for value in (0.21, 0.42):
+            await set_value(cluster, "FX_IDC:EURUSD", "1h", value)
+            await until(lambda v=value: all(board.value("FX_IDC:EURUSD", "1h") == v
+                                            for board in boards), what=f"both boards {value}")
+        for board in boards:
+            await board.close()
+
+
 async def test_a_dead_followers_keys_leave_upstream_requests(cluster: Cluster):
     for name in ("a", "b"):
         await asyncio.to_thread(cluster.add_node, name)

@@ -24,6 +24,7 @@ from quartsig.domain.model import Batch, Key, Row, ScanError, ScanRequest, ScanR
 from quartsig.domain.symbols import screener_for
 from quartsig.domain.timeframes import split_column
 from quartsig.fanout.connection import Connection
+from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub
 from quartsig.feed.collector import Collector
 from quartsig.plugins.loader import get_plugin_manager, load_profiles
@@ -131,7 +132,7 @@ def collector(
         return hub.apply(batch)
 
     return Collector(
-        MemoryBroker(hub, deliver),
+        MemoryBroker(HubHandler(hub, deliver)),
         dict(PROFILES if profiles is None else profiles),
         client or ScannerClient("http://127.0.0.1:9"),  # compose() never fetches
         screener_for,
@@ -141,15 +142,15 @@ def collector(
 
 def hub_of(col: Collector) -> Hub:
     broker = col.broker
-    assert isinstance(broker, MemoryBroker)
-    return broker.hub
+    assert isinstance(broker, MemoryBroker) and isinstance(broker.handler, HubHandler)
+    return broker.handler.hub
 
 
 def publish(col: Collector, keys: Iterable[Key], results: list[ScanResult]) -> int:
     """Compose a batch from ``results`` and apply it to the collector's hub, as a tick does."""
     broker = col.broker
     assert isinstance(broker, MemoryBroker)
-    return int(broker.deliver(col.compose(list(keys), results)))  # type: ignore[call-overload]
+    return int(broker.handler.apply(col.compose(list(keys), results)))  # type: ignore[call-overload]
 
 
 def attach(hub: Hub, *keys: Key, user: int = 1) -> Connection:

@@ -14,6 +14,7 @@ from typing import Any
 
 from quartsig.cluster.memory import MemoryBroker
 from quartsig.domain.model import Key
+from quartsig.fanout.handler import HubHandler
 from quartsig.feed.budget import RequestBudget
 from quartsig.feed.collector import Collector
 from tests.support.standin import Standin
@@ -188,20 +189,19 @@ class TakingBroker(MemoryBroker):
     """``wanted()`` waits without taking, ``wanted_now()`` takes: the Redis broker's contract."""
 
     def __init__(self, hub: Any, deliver: Any) -> None:
-        super().__init__(hub, deliver)
+        super().__init__(HubHandler(hub, deliver))
         self.waits = 0
 
     async def wanted(self) -> set[Key]:
         self.waits += 1
         await asyncio.sleep(0)  # a caller that spins still lets the test run, and fail
-        await self.hub.fresh_added.wait()
-        return set(self.hub.fresh)
+        return await super().wanted()
 
 
 async def test_new_keys_are_taken_from_the_broker_not_just_peeked_at():
     async with running(interval=300.0) as (col, _standin):
         hub = hub_of(col)
-        col.broker = broker = TakingBroker(hub, col.broker.deliver)  # type: ignore[attr-defined]
+        col.broker = broker = TakingBroker(hub, col.broker.handler.apply)  # type: ignore[attr-defined]
         await until(col.ticked.is_set)
         key = Key("summary", USDJPY, "1h")
         attach(hub, key)

@@ -178,6 +178,7 @@ def collector_for(url: str, **client_options: Any) -> tuple[Any, Any, Sink]:
     from quartsig.cluster.memory import MemoryBroker
     from quartsig.domain.model import Key
     from quartsig.domain.symbols import screener_for
+    from quartsig.fanout.handler import HubHandler
     from quartsig.fanout.hub import Hub
     from quartsig.feed.collector import Collector
     from quartsig.plugins.loader import get_plugin_manager, load_profiles
@@ -185,7 +186,7 @@ def collector_for(url: str, **client_options: Any) -> tuple[Any, Any, Sink]:
 
     hub = Hub()
     client = ScannerClient(url, **client_options)
-    collector = Collector(MemoryBroker(hub, hub.apply), load_profiles(get_plugin_manager(None)),
+    collector = Collector(MemoryBroker(HubHandler(hub)), load_profiles(get_plugin_manager(None)),
                           client,
                           partial(screener_for), interval=1.0)
     sink = Sink()
@@ -225,7 +226,7 @@ async def test_a_thousand_faulted_ticks_leak_no_task_and_no_socket(caplog, sizes
         collector, client, _ = collector_for(
             standin.url, timeout=0.05, retry_delays=(0.0,))
         async with client:
-            keys = collector.broker.hub.demand()
+            keys = collector.broker.handler.hub.demand()
             for _ in range(5):  # warm up: the keep-alive connection exists
                 await collector.tick(keys)
             gc.collect()
@@ -237,14 +238,14 @@ async def test_a_thousand_faulted_ticks_leak_no_task_and_no_socket(caplog, sizes
                 standin.state.clear_faults()
                 standin.state.add_faults([{**LEAK_FAULTS[i % len(LEAK_FAULTS)], "count": 4}])
                 await collector.tick(keys)
-                statuses.add(collector.broker.hub.status[0])
+                statuses.add(collector.broker.handler.hub.status[0])
             elapsed = time.monotonic() - started
             standin.state.clear_faults()
             for _ in range(10):  # a 50 ms timeout: a busy machine may miss it once or twice
                 await collector.tick(keys)
-                if collector.broker.hub.status[0] == "ok":
+                if collector.broker.handler.hub.status[0] == "ok":
                     break
-            assert collector.broker.hub.status[0] == "ok"
+            assert collector.broker.handler.hub.status[0] == "ok"
             await asyncio.sleep(0.2)
             gc.collect()
             tasks1, fds1 = len(asyncio.all_tasks()), open_fds()
@@ -311,14 +312,14 @@ async def test_proxy_refuses_stalls_and_dies_mid_tick_slots_fail_over(caplog) ->
                 standin.url, proxies=[refused, stalled, steady.url, dying.url], timeout=0.3,
                 retry_delays=(0.02, 0.05, 0.1), proxy_cooldowns=(0.5, 1.0, 2.0))
             async with client:
-                keys = collector.broker.hub.demand()
+                keys = collector.broker.handler.hub.demand()
                 log: list[tuple[str, str]] = []
 
                 async def ticks(count: int) -> None:
                     for _ in range(count):
                         started = time.monotonic()
                         await collector.tick(keys)
-                        log.append((collector.broker.hub.status[0], collector.broker.hub.status[1]))
+                        log.append(tuple(collector.broker.handler.hub.status))
                         await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - started)))
 
                 def peers(since: int = 0) -> set[str]:

@@ -1,27 +1,29 @@
-"""One process: the collector's batches go straight into this process's hub."""
+"""One process: the collector's batches go straight to this node's handler."""
 
 from __future__ import annotations
 
-from quartsig.cluster.broker import Deliver
+from quartsig.cluster.broker import Handler, Loops
 from quartsig.domain.model import Batch, Key
-from quartsig.fanout.hub import Hub
 
 
 class MemoryBroker:
-    """Always the leader of a cluster of one; demand is the hub's."""
+    """Always the leader of a cluster of one; demand is this node's."""
 
-    role = "standalone"
     term = 0
 
-    def __init__(self, hub: Hub, deliver: Deliver) -> None:
-        self.hub = hub
-        self.deliver = deliver
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self._wanted: set[Key] = set()
+        self._counted = 0
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
         return None
+
+    def loops(self) -> Loops:
+        return {}
 
     async def leadership(self) -> None:
         return None
@@ -30,23 +32,25 @@ class MemoryBroker:
         return True
 
     async def demand(self) -> set[Key]:
-        return self.hub.demand()
+        demand = self.handler.watched()
+        self._counted = len(demand)
+        return demand
 
     async def wanted(self) -> set[Key]:
-        await self.hub.fresh_added.wait()
-        self.hub.fresh_added.clear()
-        return set(self.hub.fresh)
+        if not self._wanted:
+            self._wanted |= await self.handler.asked()
+        return set(self._wanted)
 
     def wanted_now(self) -> set[Key]:
-        self.hub.fresh_added.clear()
-        return set(self.hub.fresh)
+        keys, self._wanted = self._wanted, set()
+        return keys
 
     async def publish(self, batch: Batch) -> bool:
-        self.deliver(batch)
+        self.handler.apply(batch)
         return True
 
     def cluster_keys(self) -> int:
-        return 0
+        return self._counted
 
     def health(self) -> dict[str, object]:
-        return {"role": self.role, "term": self.term}
+        return {"role": "standalone", "term": self.term}

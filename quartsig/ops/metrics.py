@@ -79,6 +79,10 @@ class Metrics:
             "From the leader's publication to this node applying it (cluster mode)",
             buckets=_FAST, registry=r,
         )
+        self.redis_rejected = Counter(
+            "quartsig_redis_rejected", "Entries read from Redis that were malformed and skipped",
+            ["what"], registry=r,
+        )
         self.profile_failures = Counter(
             "quartsig_profile_failures",
             "Failures charged to a plugin profile, by kind (exception, bad_value, slow, "
