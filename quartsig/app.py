@@ -134,8 +134,31 @@ class FeedComponent:
             state.standin = None
 
 
+@dataclass
+class AlertsComponent:
+    """Alert rules, evaluated after each publication of this node's collector (docs/alerts.md).
+
+    It starts after the feed, so the collector exists to be handed the hook."""
+
+    name: str = "alerts"
+
+    async def start(self, state: State) -> None:
+        from quartsig.alerts.recorder import Recorder
+
+        state.alerts = Recorder(reload=state.settings.alerts_reload)
+        await state.alerts.start()
+        if state.collector is not None:
+            state.collector.on_published = state.alerts.on_published
+
+    async def stop(self, state: State) -> None:
+        if state.collector is not None:
+            state.collector.on_published = None
+        if state.alerts is not None:
+            await state.alerts.stop()
+
+
 def default_components() -> list[Component]:
-    return [DatabaseComponent(), FeedComponent()]
+    return [DatabaseComponent(), FeedComponent(), AlertsComponent()]
 
 
 def build_state(

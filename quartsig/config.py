@@ -302,6 +302,15 @@ class Settings:
     lease_ttl: float = _setting(
         3.0, _positive_float, "Seconds the collector's lease lasts unless renewed (cluster mode)."
     )
+    # -- alerts (docs/alerts.md) --
+    alerts_max_rules: int = _setting(
+        100, _positive_int, "Alert rules one account may have."
+    )
+    alerts_reload: float = _setting(
+        5.0, _positive_float,
+        "Seconds between two looks for alert rules changed on other nodes (the collecting "
+        "node reloads them when they changed).",
+    )
 
     @classmethod
     def from_env(

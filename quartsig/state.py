@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from tortoise.context import TortoiseContext
 
+    from quartsig.alerts.recorder import Recorder
     from quartsig.config import Settings
     from quartsig.feed.collector import Collector
     from quartsig.upstream.scanner import ScannerClient
@@ -91,6 +92,8 @@ class State:
     database: TortoiseContext | None = None
     broker: Broker | None = None
     collector: Collector | None = None
+    #: Alert rules evaluated after each publication this node makes (``AlertsComponent``).
+    alerts: Recorder | None = None
     scanner: ScannerClient | None = None
     standin: web.AppRunner | None = None
     shutting_down: bool = False

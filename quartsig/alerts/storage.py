@@ -194,9 +194,17 @@ async def rules_of(owner: int) -> list[Rule]:
 
 
 async def live_rules() -> list[Rule]:
-    """Every rule the evaluator should watch: not spent (muted ones are kept: they keep
-    their tracks so unmuting does not fire on a change made while muted)."""
+    """Every rule the evaluator should watch: all but spent ones (muted ones fire nothing)."""
     return [to_rule(row) for row in await AlertRule.filter(spent=False).order_by("id")]
+
+
+async def rules_stamp() -> tuple[int, Any]:
+    """(number of rules, latest change): it changes whenever a rule is created, edited, muted
+    or deleted anywhere, so a node reloads its rules only when they changed."""
+    count = await AlertRule.all().count()
+    latest = await AlertRule.all().order_by("-updated_at").first().values_list(
+        "updated_at", flat=True)
+    return count, latest
 
 
 # -- channels ---------------------------------------------------------------------------------

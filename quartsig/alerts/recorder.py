@@ -1,0 +1,144 @@
+"""The recorder: the thin async shell around the evaluator, on the node that collects.
+
+The collector calls :meth:`Recorder.on_published` with each batch it published and the term it
+published under. Evaluation is sync and cheap (only the batch's keys, which are the keys whose
+data changed), so it runs right there, in order, and no change is seen twice or skipped; the
+database write is slow, so the triggers go to a queue that one writer task drains, each batch
+in its own fenced transaction (:func:`quartsig.alerts.storage.write_triggers`).
+
+A write that fails for a reason that may pass (the database away) is tried again with growing
+pauses, in order, without blocking the collector; a write refused by the fence is dropped: a
+newer leader exists, and what this node saw is that leader's to record. Rules come from the
+database: all at start, then again whenever the rule table changes (any node may have changed
+it), checked every ``reload`` seconds, or at once after a change made on this node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from quartsig.alerts import storage
+from quartsig.alerts.evaluation import Evaluator, Trigger
+from quartsig.domain.model import Batch
+
+log = logging.getLogger(__name__)
+
+#: Pauses between tries of a failed write (seconds), the last one repeating.
+RETRY_PAUSES = (0.1, 0.5, 2.0, 5.0)
+#: Batches of triggers the queue holds before the oldest are dropped (logged): a database away
+#: for long must not grow memory without bound.
+MAX_QUEUED = 10_000
+
+
+class Recorder:
+    def __init__(
+        self,
+        *,
+        reload: float = 5.0,
+        write: Callable[[Sequence[Trigger], int], Awaitable[Any]] = storage.write_triggers,
+        on_written: Callable[[], None] | None = None,
+    ) -> None:
+        self.evaluator = Evaluator()
+        self.reload = reload
+        self.write = write
+        #: Called after triggers were written (the delivery worker wakes up).
+        self.on_written = on_written
+        self.queue: asyncio.Queue[tuple[list[Trigger], int]] = asyncio.Queue()
+        #: Set whenever the queue is empty and nothing is being written: tests wait on it.
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.written = 0
+        self.fenced = 0
+        #: Set after each (re)load of the rules: tests wait on it.
+        self.loaded = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._stamp: tuple[int, Any] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await storage.ensure_fence()
+        await self.load()
+        self._tasks = [asyncio.create_task(self._writing(), name="quartsig-alerts-writer"),
+                       asyncio.create_task(self._reloading(), name="quartsig-alerts-rules")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def rules_changed(self) -> None:
+        """A rule was created, edited or deleted on this node: reload now."""
+        self._changed.set()
+
+    async def load(self) -> None:
+        """Watch the database's live rules (unchanged rules keep their tracks)."""
+        self._stamp = await storage.rules_stamp()
+        self.evaluator.replace_all(await storage.live_rules())
+        self.loaded.set()
+
+    def on_published(self, batch: Batch, term: int) -> None:
+        """The collector's hook: evaluate the batch and queue its triggers. Never raises (a
+        bug here must not stop the data)."""
+        try:
+            triggers = self.evaluator.evaluate(batch.values)
+        except Exception:
+            log.exception("alert evaluation failed; this batch fires nothing")
+            return
+        if not triggers:
+            return
+        if self.queue.qsize() >= MAX_QUEUED:
+            dropped, _ = self.queue.get_nowait()
+            log.error("alerts: database unreachable for long, %d triggers dropped", len(dropped))
+        self.idle.clear()
+        self.queue.put_nowait((triggers, term))
+
+    async def _writing(self) -> None:
+        while True:
+            if self.queue.empty():
+                self.idle.set()
+            triggers, term = await self.queue.get()
+            await self._write(triggers, term)
+
+    async def _write(self, triggers: list[Trigger], term: int) -> None:
+        for attempt in range(1_000_000):
+            try:
+                await self.write(triggers, term)
+            except storage.Fenced:
+                self.fenced += len(triggers)
+                log.warning("alerts: %d triggers refused by the fence (term %d): a newer "
+                            "leader records them", len(triggers), term)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                pause = RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
+                log.warning("alerts: writing %d triggers failed (%s); again in %gs",
+                            len(triggers), error.__class__.__name__, pause)
+                await asyncio.sleep(pause)
+                continue
+            self.written += len(triggers)
+            if self.on_written is not None:
+                self.on_written()
+            return
+
+    async def _reloading(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.reload):
+                    await self._changed.wait()
+            self._changed.clear()
+            try:
+                if await storage.rules_stamp() != self._stamp:
+                    await self.load()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("alerts: cannot reload rules; keeping the ones loaded",
+                            exc_info=True)
