@@ -18,6 +18,8 @@ from quartsig import hosting
 from quartsig.access import accounts, database
 from quartsig.access.admission import Gate
 from quartsig.access.tokens import TokenAuthority
+from quartsig.alerts import webhooks
+from quartsig.alerts.channels import load_channels
 from quartsig.cluster.broker import Broker
 from quartsig.cluster.memory import MemoryBroker
 from quartsig.config import Settings
@@ -141,20 +143,34 @@ class AlertsComponent:
     It starts after the feed, so the collector exists to be handed the hook."""
 
     name: str = "alerts"
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self, state: State) -> None:
+        from quartsig.alerts.delivery import Deliverer
         from quartsig.alerts.recorder import Recorder
 
-        state.alerts = Recorder(reload=state.settings.alerts_reload)
+        state.deliverer = Deliverer(state.channels)
+        state.alerts = Recorder(reload=state.settings.alerts_reload,
+                                on_written=state.deliverer.wake)
         await state.alerts.start()
         if state.collector is not None:
             state.collector.on_published = state.alerts.on_published
+        self.tasks = [asyncio.create_task(state.deliverer.run(), name="quartsig-deliveries")]
 
     async def stop(self, state: State) -> None:
         if state.collector is not None:
             state.collector.on_published = None
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=STOP_TIMEOUT)
+        self.tasks = []
         if state.alerts is not None:
             await state.alerts.stop()
+        for channel in state.channels.values():
+            close = getattr(channel, "close", None)
+            if close is not None:
+                await close()
 
 
 def default_components() -> list[Component]:
@@ -179,6 +195,7 @@ def build_state(
         tokens=TokenAuthority.from_settings(settings),
         profiles={profile.name: profile for info in plugins for profile in info.profiles},
         screeners=load_screeners(manager, SCREENERS),
+        channels=load_channels(manager, (webhooks,)),
         gate=Gate(accounts.is_active, accounts.inactive_among, accounts.disable),
         components=list(default_components() if components is None else components),
         demo=demo,

@@ -304,3 +304,55 @@ async def history(owner: int, *, limit: int = 100) -> list[dict[str, Any]]:
             "trigger_id", "channel_id", "status", "attempts", "error", "sent_at"):
         by_id[delivery.pop("trigger_id")]["deliveries"].append(delivery)
     return list(by_id.values())
+
+
+# -- the delivery worker's side ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """One claimed delivery with what sending it needs."""
+
+    id: int
+    attempts: int
+    trigger: dict[str, Any]
+    channel: dict[str, Any]
+
+
+async def due_deliveries(now: int, *, limit: int = 100) -> list[int]:
+    """Ids of pending deliveries due at ``now`` (Unix ms), oldest first."""
+    rows = await AlertDelivery.filter(status="pending", due__lte=now).order_by(
+        "due", "id").limit(limit).values("id")
+    return [int(row["id"]) for row in rows]
+
+
+async def next_due() -> int | None:
+    """When the next pending delivery is due (Unix ms), if any."""
+    row = await AlertDelivery.filter(status="pending").order_by("due").first().values("due")
+    return None if row is None else int(row["due"])
+
+
+async def claim(delivery_id: int, now: int, lease: int) -> Owed | None:
+    """Take a due delivery for ``lease`` ms: its ``due`` moves past the lease in one
+    conditional UPDATE, so of several workers (nodes) one wins, and if the winner dies the
+    delivery is due again when the lease ends. ``None`` if another worker has it."""
+    taken = await AlertDelivery.filter(id=delivery_id, status="pending", due__lte=now).update(
+        due=now + lease)
+    if not taken:
+        return None
+    delivery = await AlertDelivery.get(id=delivery_id)
+    trigger = await AlertTrigger.filter(id=delivery.trigger_id).first().values()  # type: ignore[attr-defined]
+    channel = await AlertChannel.filter(id=delivery.channel_id).first().values()  # type: ignore[attr-defined]
+    if trigger is None or channel is None:
+        return None
+    return Owed(delivery_id, delivery.attempts, trigger, channel)
+
+
+async def mark(delivery_id: int, *, status: str, attempts: int, due: int | None = None,
+               error: str = "", sent_at: int | None = None) -> None:
+    changes: dict[str, Any] = {"status": status, "attempts": attempts, "error": error[:255]}
+    if due is not None:
+        changes["due"] = due
+    if sent_at is not None:
+        changes["sent_at"] = sent_at
+    await AlertDelivery.filter(id=delivery_id).update(**changes)
