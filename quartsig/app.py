@@ -30,7 +30,7 @@ from quartsig.ops import logs
 from quartsig.plugins.loader import describe, get_plugin_manager, inventory, load_screeners
 from quartsig.state import EXTENSION, Component, State
 from quartsig.upstream.scanner import ScannerClient
-from quartsig.web import api, board, stream
+from quartsig.web import alerts, api, board, stream
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ STOP_TIMEOUT = 10.0
 MAX_HTTP_BODY = 16 * 1024
 """Bytes an HTTP body may have: the only body we accept is a tiny JSON object."""
 
-BLUEPRINTS: tuple[Blueprint, ...] = (api.blueprint, stream.blueprint, board.blueprint)
+BLUEPRINTS: tuple[Blueprint, ...] = (api.blueprint, stream.blueprint, board.blueprint,
+                                      alerts.blueprint)
 
 
 @dataclass

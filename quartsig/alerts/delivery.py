@@ -104,6 +104,8 @@ class Deliverer:
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self.sent = 0
+        #: Set after every row marked (sent, failed or due again): tests wait on it.
+        self.marked = asyncio.Event()
 
     def wake(self) -> None:
         """New deliveries were written: look now rather than at the next idle turn."""
@@ -173,4 +175,5 @@ class Deliverer:
                                                 step.error)
             if step.status == "sent":
                 self.sent += 1
+            self.marked.set()
             return True

@@ -215,6 +215,16 @@ async def add_channel(owner: int, kind: str, target: str, *, secret: str | None 
     return int(row.id)
 
 
+async def channels_of(owner: int) -> list[dict[str, Any]]:
+    """The account's channels, secrets left out (shown once, when made)."""
+    return list(await AlertChannel.filter(owner=owner).order_by("id").values(
+        "id", "kind", "target", "state", "reason"))
+
+
+async def delete_channel(owner: int, channel_id: int) -> bool:
+    return bool(await AlertChannel.filter(id=channel_id, owner=owner).delete())
+
+
 async def set_channel_state(channel_id: int, state: str, reason: str = "") -> None:
     await AlertChannel.filter(id=channel_id).update(state=state, reason=reason[:255])
 
