@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Pauses between tries of a failed write (seconds), the last one repeating.
 RETRY_PAUSES = (0.1, 0.5, 2.0, 5.0)
+#: Triggers written in one transaction at most (a burst queued while the database was slow).
+MAX_WRITE = 1_000
 #: Batches of triggers the queue holds before the oldest are dropped (logged): a database away
 #: for long must not grow memory without bound.
 MAX_QUEUED = 10_000
@@ -47,7 +50,9 @@ class Recorder:
         self.write = write
         #: Called after triggers were written (the delivery worker wakes up).
         self.on_written = on_written
-        self.queue: asyncio.Queue[tuple[list[Trigger], int]] = asyncio.Queue()
+        #: Batches of triggers waiting to be written, with their terms, oldest first.
+        self.queue: deque[tuple[list[Trigger], int]] = deque()
+        self._queued = asyncio.Event()
         #: Set whenever the queue is empty and nothing is being written: tests wait on it.
         self.idle = asyncio.Event()
         self.idle.set()
@@ -93,17 +98,25 @@ class Recorder:
             return
         if not triggers:
             return
-        if self.queue.qsize() >= MAX_QUEUED:
-            dropped, _ = self.queue.get_nowait()
+        if len(self.queue) >= MAX_QUEUED:
+            dropped, _ = self.queue.popleft()
             log.error("alerts: database unreachable for long, %d triggers dropped", len(dropped))
         self.idle.clear()
-        self.queue.put_nowait((triggers, term))
+        self.queue.append((triggers, term))
+        self._queued.set()
 
     async def _writing(self) -> None:
         while True:
-            if self.queue.empty():
+            if not self.queue:
                 self.idle.set()
-            triggers, term = await self.queue.get()
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            triggers, term = self.queue.popleft()
+            # What queued meanwhile under the same term goes in the same transaction: one
+            # commit for a burst instead of one per publication.
+            while self.queue and self.queue[0][1] == term and len(triggers) < MAX_WRITE:
+                triggers = triggers + self.queue.popleft()[0]
             await self._write(triggers, term)
 
     async def _write(self, triggers: list[Trigger], term: int) -> None:
