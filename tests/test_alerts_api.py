@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.fernet import Fernet
 from quart import Quart
@@ -130,3 +131,43 @@ async def test_a_rule_made_here_fires_is_delivered_and_shows_in_the_history(
         assert history["triggers"][0]["deliveries"][0]["status"] == "sent"
         [trigger] = history["triggers"]
         assert (trigger["before"], trigger["after"], trigger["term"]) == ("NEUTRAL", "BUY", 0)
+
+
+# -- the same over the WebSocket ------------------------------------------------------------
+
+
+async def _ws_exchange(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
+    """Send one op; its answer (the frame carrying its id)."""
+    await ws.send(orjson.dumps(message).decode())
+    async with asyncio.timeout(WAIT):
+        while True:
+            frame = orjson.loads(await ws.receive())
+            for item in frame if isinstance(frame, list) else [frame]:
+                if item.get("id") == message["id"]:
+                    return dict(item)
+
+
+async def test_rule_operations_over_the_websocket(app: Quart) -> None:
+    token = state_of(app).tokens.issue(USER).token
+    async with app.test_client().websocket("/ws") as ws:
+        authed = await _ws_exchange(ws, {"op": "auth", "token": token, "id": "a"})
+        assert authed["type"] == "authed"
+        made = await _ws_exchange(ws, {"op": "alert.create", "id": 1, "rule": SPEC})
+        assert made["type"] == "alert" and made["rule"]["keys"] == [list(EURUSD)]
+        rule_id = made["rule"]["id"]
+        muted = await _ws_exchange(ws, {"op": "alert.update", "id": 2, "rule_id": rule_id,
+                                        "muted": True})
+        assert muted["rule"]["muted"] is True
+        listed = await _ws_exchange(ws, {"op": "alert.list", "id": 3})
+        assert [r["id"] for r in listed["rules"]] == [rule_id]
+        assert (await _ws_exchange(ws, {"op": "alert.history", "id": 4}))["triggers"] == []
+        bad = await _ws_exchange(ws, {"op": "alert.create", "id": 5,
+                                      "rule": {**SPEC, "cooldown": -1}})
+        assert (bad["type"], bad["code"]) == ("error", "invalid_rule")
+        assert bad["message"].startswith("cooldown:")
+        gone = await _ws_exchange(ws, {"op": "alert.delete", "id": 6, "rule_id": rule_id})
+        assert gone == {"type": "alert_deleted", "rule_id": rule_id, "id": 6}
+        again = await _ws_exchange(ws, {"op": "alert.delete", "id": 7, "rule_id": rule_id})
+        assert again["code"] == "unknown_rule"
+        # the subscription protocol still answers around them
+        assert (await _ws_exchange(ws, {"op": "ping", "id": 8}))["type"] == "pong"

@@ -9,7 +9,9 @@ sees it within ``QUARTSIG_ALERTS_RELOAD`` seconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,8 +22,11 @@ from quartsig.access.tokens import TokenError
 from quartsig.alerts import storage
 from quartsig.alerts.rules import Rule, RuleError
 from quartsig.alerts.webhooks import new_secret
+from quartsig.domain import protocol
+from quartsig.fanout.connection import Connection
 from quartsig.state import State, current_state
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("alerts", __name__)
 
 MAX_HISTORY = 500
@@ -150,11 +155,7 @@ async def history() -> Response:
     limit = request.args.get("limit", "100")
     if not limit.isdigit() or not 0 < int(limit) <= MAX_HISTORY:
         raise AlertsApiError(400, "invalid_limit", f"limit: 1 to {MAX_HISTORY}")
-    rows = await storage.history(owner, limit=int(limit))
-    for row in rows:
-        row["created_at"] = row["created_at"].isoformat()
-        row.pop("dedupe", None)
-    return jsonify({"triggers": rows})
+    return jsonify({"triggers": _history_json(await storage.history(owner, limit=int(limit)))})
 
 
 @blueprint.post("/api/alerts/channels")
@@ -184,3 +185,81 @@ async def delete_channel(channel_id: int) -> tuple[str, int]:
     if not await storage.delete_channel(await _user(state), channel_id):
         raise AlertsApiError(404, "unknown_channel", f"alert channel {channel_id} does not exist")
     return "", 204
+
+
+# -- the same operations over the WebSocket (docs/protocol.md, "Alert rules") --------------
+
+#: Ops handled here rather than by the subscription protocol: each answers with its ``id``.
+WS_OPS = frozenset({"alert.list", "alert.create", "alert.update", "alert.delete",
+                    "alert.history"})
+
+#: Tasks of alert ops in flight (a strong reference each, until done).
+_ws_tasks: set[asyncio.Task[None]] = set()
+
+
+def is_alert_op(raw: object) -> bool:
+    return isinstance(raw, dict) and raw.get("op") in WS_OPS
+
+
+def obey_ws(state: State, connection: Connection, raw: dict[str, Any]) -> None:
+    """Start one alert op of a client frame. It needs the database, so it answers on its
+    own (a reply or an ``error`` frame carrying the op's ``id``), after what the same frame's
+    subscription ops answered."""
+    owner = state.hub.users.get(connection)
+    task = asyncio.create_task(_ws_op(state, connection, owner, raw))
+    _ws_tasks.add(task)
+    task.add_done_callback(_ws_tasks.discard)
+
+
+async def _ws_op(state: State, connection: Connection, owner: int | None,
+                 raw: dict[str, Any]) -> None:
+    id = raw.get("id")
+    if not isinstance(id, str | int) or isinstance(id, bool):
+        id = None
+    try:
+        if owner is None:
+            raise AlertsApiError(401, "unauthorized", "authenticate first")
+        connection.send(protocol.reply(**await _ws_answer(state, owner, raw), id=id))
+    except AlertsApiError as error:
+        connection.send(protocol.reply("error", id, code=error.code, message=error.message))
+    except Exception:
+        log.exception("alerts: a WebSocket op failed")
+        connection.send(protocol.reply("error", id, code="alerts_unavailable",
+                                       message="alerts are unavailable; try again later"))
+
+
+def _rule_id(raw: dict[str, Any]) -> int:
+    rule_id = raw.get("rule_id")
+    if not isinstance(rule_id, int) or isinstance(rule_id, bool):
+        raise AlertsApiError(400, "invalid_rule", "rule_id: must be an integer")
+    return rule_id
+
+
+async def _ws_answer(state: State, owner: int, raw: dict[str, Any]) -> dict[str, Any]:
+    op = raw["op"]
+    if op == "alert.list":
+        return {"type": "alerts", "rules": [rule_json(r) for r in await storage.rules_of(owner)],
+                "channels": await storage.channels_of(owner)}
+    if op == "alert.create":
+        return {"type": "alert", "rule": rule_json(await create_rule(state, owner,
+                                                                       raw.get("rule")))}
+    if op == "alert.update":
+        rule = await change_rule(state, owner, _rule_id(raw), spec=raw.get("rule"),
+                                 muted=raw.get("muted"))
+        return {"type": "alert", "rule": rule_json(rule)}
+    if op == "alert.delete":
+        rule_id = _rule_id(raw)
+        await remove_rule(state, owner, rule_id)
+        return {"type": "alert_deleted", "rule_id": rule_id}
+    limit = raw.get("limit", 50)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_HISTORY:
+        raise AlertsApiError(400, "invalid_limit", f"limit: 1 to {MAX_HISTORY}")
+    return {"type": "alert_history", "triggers": _history_json(
+        await storage.history(owner, limit=limit))}
+
+
+def _history_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for row in rows:
+        row["created_at"] = row["created_at"].isoformat()
+        row.pop("dedupe", None)
+    return rows
