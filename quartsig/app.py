@@ -156,11 +156,13 @@ class AlertsComponent:
         await state.alerts.start()
         if state.collector is not None:
             state.collector.on_published = state.alerts.on_published
+            state.collector.standing = state.alerts.standing
         self.tasks = [asyncio.create_task(state.deliverer.run(), name="quartsig-deliveries")]
 
     async def stop(self, state: State) -> None:
         if state.collector is not None:
             state.collector.on_published = None
+            state.collector.standing = None
         for task in self.tasks:
             task.cancel()
         if self.tasks:

@@ -193,7 +193,9 @@ def test_replace_all_keeps_unchanged_rules_and_rearms_new_versions() -> None:
     evaluator.replace_all([rule])  # unchanged: still holds NEUTRAL
     assert _moves(_feed(evaluator, "rec.all", ["BUY"])) == [("NEUTRAL", "BUY")]
     evaluator.replace_all([Rule(1, 42, (KEY,), LabelChange(), version=2)])
-    assert _feed(evaluator, "rec.all", ["SELL"]) == []  # a new version starts watching afresh
+    # a new version starts afresh from the latest values: its tracks are new ones
+    [moved] = _feed(evaluator, "rec.all", ["SELL"])
+    assert (moved.before, moved.after, moved.rule.version) == ("BUY", "SELL", 2)
     evaluator.replace_all([])
     assert len(evaluator) == 0 and evaluator.keys == set()
 
@@ -273,3 +275,11 @@ def test_label_firings_are_exactly_the_matching_changes(labels: list[str],
     expected = [(a, b) for a, b in pairwise(labels)
                 if a != b and (not to or b in to)]
     assert _moves(_feed(evaluator, "rec.all", labels)) == expected
+
+
+def test_a_rule_added_after_a_publication_starts_from_its_values() -> None:
+    evaluator = Evaluator()
+    evaluator.evaluate([(KEY, {"rec.all": "NEUTRAL"}, T0)])  # before any rule on KEY
+    evaluator.add(_rule(LabelChange(to=frozenset({"BUY"}))))
+    fired = evaluator.evaluate([(KEY, {"rec.all": "BUY"}, T0 + 60_000)])
+    assert _moves(fired) == [("NEUTRAL", "BUY")]

@@ -164,3 +164,32 @@ async def test_a_fenced_publication_is_not_evaluated() -> None:
     col.on_published = lambda batch, term: seen.append((batch, term))
     await col.tick({KEY})
     assert [(len(batch.values), term) for batch, term in seen] == [(1, 0)]
+
+
+class _Recording(_Scanner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+        self.answered = asyncio.Event()
+
+    async def scan_all(self, requests: list[ScanRequest], **options: Any) -> list[ScanResult]:
+        self.asked |= {t for r in requests for t in r.tickers}
+        self.answered.set()
+        return await super().scan_all(requests, **options)
+
+
+async def test_the_rules_keys_are_collected_with_no_board_open(recorder: Recorder) -> None:
+    hub = Hub()  # nobody subscribes to anything
+    scanner = _Recording()
+    col = Collector(MemoryBroker(hub, hub.apply), {"summary": SUMMARY}, scanner,  # type: ignore[arg-type]
+                    screener_for, interval=3600)
+    col.standing = recorder.standing
+    task = asyncio.create_task(col.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            await scanner.answered.wait()
+    finally:
+        col.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert scanner.asked == {KEY.symbol}

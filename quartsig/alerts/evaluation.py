@@ -138,6 +138,9 @@ class Evaluator:
         self._rules: dict[int, Rule] = {}
         #: "Only once" rules that fired: they stay silent until replaced.
         self.spent: set[int] = set()
+        #: The last data and time of every key a publication carried: a rule added later
+        #: starts from it, so a change right after the rule is made is a change it saw.
+        self.latest: dict[Key, tuple[Mapping[str, Any], int]] = {}
 
     def __len__(self) -> int:
         return len(self._rules)
@@ -157,7 +160,11 @@ class Evaluator:
         self.remove(rule.id)
         self._rules[rule.id] = rule
         for key in rule.keys:
-            self._by_key.setdefault(key, []).append(Track(rule, key))
+            track = Track(rule, key)
+            self._by_key.setdefault(key, []).append(track)
+            seen = self.latest.get(key)
+            if seen is not None:  # a first sight: it fires nothing
+                self._see(track, seen[0], seen[1])
 
     def remove(self, rule_id: int) -> None:
         rule = self._rules.pop(rule_id, None)
@@ -185,11 +192,13 @@ class Evaluator:
         """The triggers one publication's ``values`` (key, data, ts) cause."""
         fired: list[Trigger] = []
         by_key = self._by_key
+        latest = self.latest
         for key, data, ts in values:
+            latest[key] = (data, ts)
             tracks = by_key.get(key)
             if tracks is None:
                 continue
-            for track in tracks:
+            for track in tracks:  # _see, inlined: this loop is the hot path
                 value = data.get(track.reads)
                 last = track.last
                 if value == last and last is not None:
@@ -203,6 +212,17 @@ class Evaluator:
                 if trigger is not None:
                     fired.append(trigger)
         return fired
+
+    def _see(self, track: Track, data: Mapping[str, Any], ts: int) -> Trigger | None:
+        value = data.get(track.reads)
+        last = track.last
+        if value == last and last is not None:
+            return None
+        track.last = value
+        if track.at_close:
+            return self._at_close(track, value, ts)
+        moved = track.step(track.condition, track, value)
+        return None if moved is None else self._gate(track, moved, value, ts, None)
 
     def _at_close(self, track: Track, value: Any, ts: int) -> Trigger | None:
         """Once per bar close: the condition sees only the last value of each bar, when the

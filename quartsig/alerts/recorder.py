@@ -24,7 +24,7 @@ from typing import Any
 
 from quartsig.alerts import storage
 from quartsig.alerts.evaluation import Evaluator, Trigger
-from quartsig.domain.model import Batch
+from quartsig.domain.model import Batch, Key
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,11 @@ class Recorder:
         self._stamp = await storage.rules_stamp()
         self.evaluator.replace_all(await storage.live_rules())
         self.loaded.set()
+
+    def standing(self) -> set[Key]:
+        """The keys the rules watch: the collector fetches them whether or not a board is
+        open, which is the point of an alert."""
+        return self.evaluator.keys
 
     def on_published(self, batch: Batch, term: int) -> None:
         """The collector's hook: evaluate the batch and queue its triggers. Never raises (a

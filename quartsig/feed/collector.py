@@ -99,6 +99,8 @@ class Collector:
         self.stopping = False
         #: Called with each batch this node published and its term (alerts are evaluated there).
         self.on_published: Callable[[Batch, int], None] | None = None
+        #: Keys collected even when nobody watches them (the keys of the alert rules).
+        self.standing: Callable[[], set[Key]] | None = None
         #: What rows become, and which profile each failure is charged to.
         self.composer = Composer(
             broker, profiles, screener_of, metrics=metrics, clock=clock, wall=wall,
@@ -147,6 +149,8 @@ class Collector:
                 continue
             probe = self.backoff.active()
             demand = await self.broker.demand()
+            if self.standing is not None:
+                demand = demand | self.standing()
             self.early.tick_starting(demand - self.early.in_flight)
             try:
                 await self._guarded(demand, full=True, probe=probe)
