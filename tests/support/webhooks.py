@@ -15,9 +15,11 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,3 +98,25 @@ async def receiver(secret: str) -> AsyncIterator[Receiver]:
         yield hook
     finally:
         await runner.cleanup()
+
+
+@contextmanager
+def threaded_receiver(secret: str) -> Iterator[Receiver]:
+    """:func:`receiver` on its own event loop in a thread, for synchronous tests (a browser)."""
+    loop = asyncio.new_event_loop()
+    ready: Future[Receiver] = Future()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        async with receiver(secret) as hook:
+            ready.set_result(hook)
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        yield ready.result(timeout=30)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
+        loop.close()
