@@ -151,8 +151,9 @@ class AlertsComponent:
         from quartsig.alerts.recorder import Recorder
 
         state.deliverer = Deliverer(state.channels)
-        state.alerts = Recorder(reload=state.settings.alerts_reload,
-                                on_written=state.deliverer.wake)
+        settings = state.settings
+        state.alerts = Recorder(reload=settings.alerts_reload, on_written=state.deliverer.wake,
+                                storm=(settings.alerts_storm_count, settings.alerts_storm_window))
         await state.alerts.start()
         if state.collector is not None:
             state.collector.on_published = state.alerts.on_published

@@ -311,6 +311,13 @@ class Settings:
         "Seconds between two looks for alert rules changed on other nodes (the collecting "
         "node reloads them when they changed).",
     )
+    alerts_storm_count: int = _setting(
+        15, _positive_int, "Firings of one alert rule within QUARTSIG_ALERTS_STORM_WINDOW "
+        "after which it is paused (its user is told)."
+    )
+    alerts_storm_window: float = _setting(
+        180.0, _positive_float, "Seconds over which QUARTSIG_ALERTS_STORM_COUNT is counted."
+    )
 
     @classmethod
     def from_env(

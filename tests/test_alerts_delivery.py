@@ -15,7 +15,7 @@ from tortoise.context import TortoiseContext
 from quartsig.access import accounts, database
 from quartsig.alerts import storage
 from quartsig.alerts.channels import Channel, Message, Outcome, Target
-from quartsig.alerts.delivery import SCHEDULE, Deliverer, next_step
+from quartsig.alerts.delivery import SCHEDULE, Deliverer, message_of, next_step
 from quartsig.alerts.evaluation import Evaluator
 from quartsig.alerts.storage import AlertChannel, AlertDelivery
 from quartsig.alerts.webhooks import WebhookChannel, new_secret
@@ -214,3 +214,13 @@ def test_the_schedule_spans_a_day_then_gives_up() -> None:
     jittered = next_step(retry, 1, 0, jitter=0.0).due
     assert jittered == int(SCHEDULE[0] * 0.9 * 1000)
     assert next_step(Outcome("blocked", "403"), 1, 0).channel_state == "blocked"
+
+
+def test_a_pause_notice_says_so() -> None:
+    row = {"id": 1, "rule_id": 2, "profile": "summary", "symbol": "FX_IDC:EURUSD", "tf": "1h",
+           "before": "firing", "after": "paused", "value": None, "bar": 0, "ts": 0,
+           "dedupe": "ab" * 32}
+    message = message_of(row)
+    assert message.payload["type"] == "alert.paused" and "paused" in message.text
+    assert message_of({**row, "before": "NEUTRAL", "after": "BUY"}).payload["type"] == (
+        "alert.fired")

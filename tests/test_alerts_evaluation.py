@@ -283,3 +283,24 @@ def test_a_rule_added_after_a_publication_starts_from_its_values() -> None:
     evaluator.add(_rule(LabelChange(to=frozenset({"BUY"}))))
     fired = evaluator.evaluate([(KEY, {"rec.all": "BUY"}, T0 + 60_000)])
     assert _moves(fired) == [("NEUTRAL", "BUY")]
+
+
+def test_a_rule_firing_too_often_is_paused_with_one_notice() -> None:
+    evaluator = Evaluator(storm=(3, 60.0))
+    evaluator.add(_rule())
+    labels = ["NEUTRAL", "BUY", "SELL", "BUY", "SELL", "BUY", "SELL"]  # 10 s apart
+    fired = _feed(evaluator, "rec.all", labels, step=10_000)
+    assert [t.after for t in fired] == ["BUY", "SELL", "BUY", "paused"]
+    assert evaluator.paused == {1} and fired[-1].before == "firing"
+    # unmuted (the storage muted it; a changed rule comes back): it fires again
+    evaluator.replace_all([Rule(1, 42, (KEY,), LabelChange(), version=2)])
+    assert [t.after for t in _feed(evaluator, "rec.all", ["BUY"], start=T0 + 600_000)] == [
+        "BUY"]
+
+
+def test_firings_spread_beyond_the_window_never_pause() -> None:
+    evaluator = Evaluator(storm=(3, 60.0))
+    evaluator.add(_rule())
+    labels = ["NEUTRAL", "BUY", "SELL"] * 10
+    fired = _feed(evaluator, "rec.all", labels, step=30_000)  # two a minute at most
+    assert "paused" not in [t.after for t in fired] and len(fired) == 29

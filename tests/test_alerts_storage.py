@@ -202,3 +202,17 @@ async def test_history_shows_each_trigger_and_its_deliveries(db: TortoiseContext
     assert rows[0]["deliveries"] == [{"channel_id": chat, "status": "pending", "attempts": 0,
                                       "error": "", "sent_at": None}]
     assert await storage.history(OWNER + 1) == []
+
+
+async def test_a_pause_notice_mutes_its_rule_and_is_delivered(db: TortoiseContext) -> None:
+    rule = await storage.create_rule(OWNER, {**SPEC, "condition": {"kind": "label"}}, limit=5)
+    await storage.add_channel(OWNER, "telegram", str(OWNER))
+    evaluator = Evaluator(storm=(1, 3600.0))
+    evaluator.add(rule)
+    fired = []
+    for i, value in enumerate(["NEUTRAL", "BUY", "SELL"]):
+        fired += evaluator.evaluate([(KEY, {"rec.all": value}, T0 + i * 60_000)])
+    assert [t.after for t in fired] == ["BUY", "paused"]
+    written = await storage.write_triggers(fired, term=1)
+    assert len(written.triggers) == 2 and written.deliveries == 2
+    assert (await AlertRule.get(id=rule.id)).muted

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from quartsig.alerts import storage
 from quartsig.alerts.channels import Channel, Message, Outcome, Target
+from quartsig.alerts.evaluation import PAUSED
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,14 @@ def next_step(outcome: Outcome, attempts: int, now: int, jitter: float = 0.5) ->
 def message_of(trigger: Mapping[str, Any]) -> Message:
     """What every channel sends for one trigger row."""
     ticker = str(trigger["symbol"]).rpartition(":")[2]
-    text = f"{ticker} {trigger['tf']}: {trigger['before']} → {trigger['after']}"
+    paused = trigger["after"] == PAUSED
+    if paused:
+        text = (f"{ticker} {trigger['tf']}: your alert fired too often and is paused; "
+                "unmute it on the board to resume")
+    else:
+        text = f"{ticker} {trigger['tf']}: {trigger['before']} → {trigger['after']}"
     payload = {
-        "type": "alert.fired",
+        "type": "alert.paused" if paused else "alert.fired",
         "trigger": trigger["id"],
         "rule": trigger["rule_id"],
         "profile": trigger["profile"],

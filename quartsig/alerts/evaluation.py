@@ -15,6 +15,7 @@ first value it sees and fires nothing then: a rule fires on a *change* it watche
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -130,14 +131,26 @@ def step_crossing(condition: Crossing, track: Track, value: Any) -> tuple[str, s
     return None
 
 
-class Evaluator:
-    """The rules of every user, indexed by key, and their tracks."""
+#: The ``after`` of the trigger that says a rule fired too often and is paused.
+PAUSED = "paused"
 
-    def __init__(self) -> None:
+
+class Evaluator:
+    """The rules of every user, indexed by key, and their tracks.
+
+    ``storm``: a rule firing more than ``count`` times within ``window`` seconds (data time)
+    is paused: instead of its next firing comes one trigger ``firing -> paused`` (so its user
+    is told through the same channels), and the storage mutes the rule. TradingView stops a
+    script alert at 15 in 3 minutes; that is the default."""
+
+    def __init__(self, storm: tuple[int, float] = (15, 180.0)) -> None:
         self._by_key: dict[Key, list[Track]] = {}
         self._rules: dict[int, Rule] = {}
-        #: "Only once" rules that fired: they stay silent until replaced.
+        self.storm = storm
+        #: "Only once" rules that fired, and rules paused: silent until replaced.
         self.spent: set[int] = set()
+        self.paused: set[int] = set()
+        self._fired: dict[int, deque[float]] = {}
         #: The last data and time of every key a publication carried: a rule added later
         #: starts from it, so a change right after the rule is made is a change it saw.
         self.latest: dict[Key, tuple[Mapping[str, Any], int]] = {}
@@ -169,6 +182,8 @@ class Evaluator:
     def remove(self, rule_id: int) -> None:
         rule = self._rules.pop(rule_id, None)
         self.spent.discard(rule_id)
+        self.paused.discard(rule_id)
+        self._fired.pop(rule_id, None)
         if rule is None:
             return
         for key in rule.keys:
@@ -244,7 +259,7 @@ class Evaluator:
         """Whether a move fires, by the rule's mute, expiry, frequency and cool-down."""
         rule = track.rule
         t = ts / 1000
-        if rule.muted or rule.id in self.spent:
+        if rule.muted or rule.id in self.spent or rule.id in self.paused:
             return None
         if rule.expires_at is not None and t >= rule.expires_at:
             return None
@@ -254,7 +269,21 @@ class Evaluator:
             bar = bar_open(track.key.tf, ts)
         if rule.frequency == "once_per_bar" and track.fired_bar == bar:
             return None
+        if self._storming(rule.id, t):
+            self.paused.add(rule.id)
+            return Trigger(rule, track.key, "firing", PAUSED, bar, ts, None)
         track.fired_at, track.fired_bar = t, bar
         if rule.frequency == "only_once":
             self.spent.add(rule.id)
         return Trigger(rule, track.key, moved[0], moved[1], bar, ts, value)
+
+    def _storming(self, rule_id: int, t: float) -> bool:
+        """Whether one more firing at ``t`` would be more than the storm allows."""
+        count, window = self.storm
+        times = self._fired.setdefault(rule_id, deque())
+        while times and times[0] <= t - window:
+            times.popleft()
+        if len(times) >= count:
+            return True
+        times.append(t)
+        return False

@@ -42,10 +42,11 @@ class Recorder:
         self,
         *,
         reload: float = 5.0,
+        storm: tuple[int, float] = (15, 180.0),
         write: Callable[[Sequence[Trigger], int], Awaitable[Any]] = storage.write_triggers,
         on_written: Callable[[], None] | None = None,
     ) -> None:
-        self.evaluator = Evaluator()
+        self.evaluator = Evaluator(storm)
         self.reload = reload
         self.write = write
         #: Called after triggers were written (the delivery worker wakes up).

@@ -29,7 +29,7 @@ from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
 from quartsig.access.accounts import Account, DisabledAccount, UnknownAccount
-from quartsig.alerts.evaluation import Trigger
+from quartsig.alerts.evaluation import PAUSED, Trigger
 from quartsig.alerts.rules import Rule, RuleError, rule_from_spec
 from quartsig.domain.rules import number
 
@@ -290,6 +290,9 @@ async def write_triggers(triggers: Sequence[Trigger], term: int, *,
         once = {t.rule.id for t in fresh.values() if t.rule.frequency == "only_once"}
         if once:
             await AlertRule.filter(id__in=once).using_db(connection).update(spent=True)
+        paused = {t.rule.id for t in fresh.values() if t.after == PAUSED}
+        if paused:  # fired too often: muted until its user unmutes it
+            await AlertRule.filter(id__in=paused).using_db(connection).update(muted=True)
     return Written(sorted(row["id"] for row in rows), len(deliveries))
 
 
