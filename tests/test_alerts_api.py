@@ -65,6 +65,10 @@ async def test_rules_are_created_listed_muted_and_deleted(app: Quart) -> None:
 @pytest.mark.parametrize(("method", "path", "body", "status", "code"), [
     ("POST", "/api/alerts", {**SPEC, "frequency": "hourly"}, 400, "invalid_rule"),
     ("POST", "/api/alerts", [1], 400, "invalid_json"),
+    ("POST", "/api/alerts", {**SPEC, "keys": [["nope", "FX_IDC:EURUSD", "1h"]]}, 400,
+     "invalid_rule"),
+    ("POST", "/api/alerts", {**SPEC, "keys": [["summary", "NOWHERE:X", "1h"]]}, 400,
+     "invalid_rule"),
     ("PATCH", "/api/alerts/1", {"colour": 1}, 400, "invalid_rule"),
     ("PATCH", "/api/alerts/999", {"muted": True}, 404, "unknown_rule"),
     ("POST", "/api/alerts/channels", {"kind": "pigeon"}, 400, "unknown_channel_kind"),
@@ -76,6 +80,12 @@ async def test_refusals_carry_their_code(app: Quart, method: str, path: str, bod
                                          status: int, code: str) -> None:
     got_status, got = await _call(app, method, path, body)
     assert (got_status, got["error"]) == (status, code)
+
+
+async def test_keys_are_named_as_the_server_names_them(app: Quart) -> None:
+    status, rule = await _call(app, "POST", "/api/alerts",
+                               {**SPEC, "keys": [["summary", "eurusd", "1h"]]})
+    assert status == 201 and rule["keys"] == [["summary", "FX_IDC:EURUSD", "1h"]]
 
 
 async def test_the_per_account_limit(app: Quart) -> None:

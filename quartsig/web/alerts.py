@@ -23,6 +23,7 @@ from quartsig.alerts import storage
 from quartsig.alerts.rules import Rule, RuleError
 from quartsig.alerts.webhooks import new_secret
 from quartsig.domain import protocol
+from quartsig.domain.symbols import SymbolError, parse_symbol
 from quartsig.fanout.connection import Connection
 from quartsig.state import State, current_state
 
@@ -78,8 +79,35 @@ def _changed(state: State) -> None:
         state.alerts.rules_changed()
 
 
+def checked_keys(state: State, spec: object) -> object:
+    """``spec`` with its keys as the server names them (``eurusd`` -> ``FX_IDC:EURUSD``), or
+    ``invalid_rule`` for a profile, exchange or symbol the server does not know: a rule's keys
+    are collected for as long as it lives, so a typo must not cost requests forever."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("keys"), list):
+        return spec  # rule_from_spec names what is wrong
+    vocabulary = state.vocabulary
+    keys = []
+    for item in spec["keys"]:
+        if not (isinstance(item, list) and len(item) == 3):
+            return spec
+        profile, symbol, tf = item
+        if profile not in vocabulary.profiles:
+            names = " ".join(sorted(vocabulary.profiles))
+            raise AlertsApiError(400, "invalid_rule", f"keys: unknown profile; use one of {names}")
+        try:
+            symbol = parse_symbol(symbol, vocabulary.default_exchange, vocabulary.screeners)
+        except SymbolError as error:
+            raise AlertsApiError(400, "invalid_rule", f"keys: {error}") from None
+        unknown = state.unknown_symbols.get(symbol)
+        if unknown is not None:
+            raise AlertsApiError(400, "invalid_rule", f"keys: {unknown}")
+        keys.append([profile, symbol, tf])
+    return {**spec, "keys": keys}
+
+
 async def create_rule(state: State, owner: int, spec: object) -> Rule:
     """The one path a rule is created by (HTTP here, the WebSocket in ``stream``)."""
+    spec = checked_keys(state, spec)
     try:
         rule = await storage.create_rule(owner, spec, limit=state.settings.alerts_max_rules)
     except storage.RuleLimit as error:
@@ -94,6 +122,8 @@ async def change_rule(state: State, owner: int, rule_id: int, *, spec: object = 
                       muted: object = None) -> Rule:
     if muted is not None and not isinstance(muted, bool):
         raise AlertsApiError(400, "invalid_rule", "muted: must be true or false")
+    if spec is not None:
+        spec = checked_keys(state, spec)
     try:
         rule = await storage.update_rule(owner, rule_id, spec=spec, muted=muted)
     except storage.UnknownRule as error:
