@@ -1,14 +1,12 @@
-"""Done-when of issue #22 in a real headless Chromium: the bell on a card makes a rule, the
-stand-in scanner changes the value, a real webhook receiver gets the signed alert, and the
-board's alerts panel shows the delivery. Real ``quartsig serve`` (Hypercorn subprocess)."""
+"""Done-when of issue #22 in a real headless Chromium: the alerts panel adds a webhook, the
+bell on a card makes a rule, the stand-in scanner changes the value, a real webhook receiver
+gets the signed alert, and the board's alerts panel shows the delivery. Real ``quartsig serve``
+(Hypercorn subprocess)."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,14 +32,6 @@ def standin(tmp_path: Path) -> Iterator[Standin]:
         yield running
 
 
-def _post(url: str, token: str, body: Any) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Authorization": f"Bearer {token}",
-                                              "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_bell_rule_scanner_change_history_shows_the_delivery(
         tmp_path: Path, standin: Standin) -> None:
     standin.set_values(TICKER, "1h", {"Recommend.All": 0.0})  # NEUTRAL
@@ -50,9 +40,6 @@ def test_bell_rule_scanner_change_history_shows_the_delivery(
     token = quartsig_cli(env, "token", "issue", "42").strip()
     with QuartsigServer.start(env, tmp_path) as server, threaded_receiver("whsec_") as hook, \
             sync_api.sync_playwright() as playwright:
-        channel = _post(f"{server.url}/api/alerts/channels", token,
-                        {"kind": "webhook", "url": hook.url("/alerts")})
-        hook.secret = channel["secret"]
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                              args=["--no-sandbox", "--disable-gpu"])
         try:
@@ -61,6 +48,13 @@ def test_bell_rule_scanner_change_history_shows_the_delivery(
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(f"{server.url}/#token={token}")
+            page.fill('[data-testid="channel-url"]', hook.url("/alerts"))
+            page.click('[data-testid="channel-add"]')
+            page.wait_for_selector('[data-testid="channel-secret"][data-secret]')
+            hook.secret = str(page.get_attribute('[data-testid="channel-secret"]',
+                                                 "data-secret"))
+            assert hook.secret.startswith("whsec_")
+            page.wait_for_selector('[data-testid="alerts-channel"][data-state="active"]')
             page.fill('[data-testid="add-symbol"]', TICKER)
             page.select_option('[data-testid="add-tf"]', "1h")
             page.select_option('[data-testid="add-profile"]', "summary")

@@ -62,6 +62,9 @@ class Alerts {
     this.triggers = [];
     this.panel = $('[data-testid="alerts-panel"]');
     this.list = $('[data-testid="alerts-history"]');
+    this.channelList = $('[data-testid="alerts-channels"]');
+    this.secretEl = $('[data-testid="channel-secret"]');
+    $('[data-testid="channel-form"]').addEventListener("submit", (event) => this.addChannel(event));
     this.timer = null;
     const cards = $('[data-testid="cards"]');
     // New cards (children of the list), and cards confirmed (their data-key set). Nothing
@@ -113,6 +116,7 @@ class Alerts {
       this.triggers = history.triggers;
       this.panel.hidden = false;
       this.renderHistory();
+      this.renderChannels();
       this.decorateAll();
     } catch (error) {
       this.panel.hidden = true;
@@ -212,6 +216,43 @@ class Alerts {
       await this.call(method, `/api/alerts/${rule.id}`, body);
     } finally {
       await this.refresh();
+    }
+  }
+
+  async addChannel(event) {
+    event.preventDefault();
+    const form = event.currentTarget;
+    try {
+      const made = await this.call("POST", "/api/alerts/channels", { kind: "webhook", url: form.elements.url.value.trim() });
+      // The secret is shown once: the receiver needs it to check each request's signature.
+      this.secretEl.textContent = `Webhook added. Its signing secret (shown once): ${made.secret}`;
+      this.secretEl.dataset.secret = made.secret;
+      form.elements.url.value = "";
+    } catch (error) {
+      this.secretEl.textContent = error.message;
+      delete this.secretEl.dataset.secret;
+    }
+    this.secretEl.hidden = false;
+    await this.refresh();
+  }
+
+  renderChannels() {
+    this.channelList.replaceChildren();
+    for (const channel of this.channels || []) {
+      const state = channel.state === "active" ? "active" : `${channel.state}: ${channel.reason}`;
+      this.channelList.append(el("li", { testid: "alerts-channel", "data-state": channel.state },
+        el("span", {}, `${channel.kind} ${channel.target}`),
+        el("span", { class: "alerts-channel-state" }, state),
+        el("button", {
+          type: "button", testid: "channel-delete",
+          onclick: async () => {
+            try {
+              await this.call("DELETE", `/api/alerts/channels/${channel.id}`);
+            } finally {
+              await this.refresh();
+            }
+          },
+        }, "Remove")));
     }
   }
 
