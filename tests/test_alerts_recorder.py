@@ -87,12 +87,12 @@ async def test_a_failed_write_is_tried_again_in_order(db: TortoiseContext) -> No
     calls: list[list[str]] = []
     failures = iter([RuntimeError("database away"), RuntimeError("still away")])
 
-    async def flaky(triggers: Sequence[Trigger], term: int) -> None:
+    async def flaky(triggers: Sequence[Trigger], term: int, **options: Any) -> None:
         calls.append([t.after for t in triggers])
         error = next(failures, None)
         if error is not None:
             raise error
-        await storage.write_triggers(triggers, term)
+        await storage.write_triggers(triggers, term, **options)
 
     recorder = Recorder(reload=3600, write=flaky)
     await recorder.start()
@@ -193,3 +193,40 @@ async def test_the_rules_keys_are_collected_with_no_board_open(recorder: Recorde
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert scanner.asked == {KEY.symbol}
+
+
+async def test_a_change_the_dead_leader_published_but_did_not_record_is_recorded_next(
+        db: TortoiseContext) -> None:
+    await storage.create_rule(OWNER, {**SPEC, "condition": {"kind": "label"}}, limit=10)
+    old = Recorder(reload=3600)
+    await old.start()
+    old.on_published(_batch(0.0, 1_000), term=1)
+    old.on_published(_batch(0.3, 2_000), term=1)
+    await _settled(old)
+    old.on_published(_batch(-0.3, 3_000), term=1)  # published, then the leader dies...
+    await old.stop()  # ...before its writer could record it
+    new = Recorder(reload=3600)
+    await new.start()
+    try:
+        new.on_published(_batch(-0.3, 4_000), term=2)  # the next leader's first publication
+        new.on_published(_batch(0.3, 5_000), term=2)
+        await _settled(new)
+    finally:
+        await new.stop()
+    rows = await AlertTrigger.all().order_by("id").values_list("before", "after", "term")
+    assert rows == [("NEUTRAL", "BUY", 1), ("BUY", "SELL", 2), ("SELL", "BUY", 2)]
+
+
+async def test_a_restarted_leader_with_nothing_missed_fires_nothing_new(
+        db: TortoiseContext) -> None:
+    await storage.create_rule(OWNER, {**SPEC, "condition": {"kind": "label"}}, limit=10)
+    for term, ratings in ((1, [0.0, 0.3]), (2, [0.3])):
+        recorder = Recorder(reload=3600)
+        await recorder.start()
+        try:
+            for i, rating in enumerate(ratings):
+                recorder.on_published(_batch(rating, 1_000 * (i + 1) + term), term=term)
+            await _settled(recorder)
+        finally:
+            await recorder.stop()
+    assert await AlertTrigger.all().values_list("after", flat=True) == ["BUY"]

@@ -165,6 +165,22 @@ class Evaluator:
     def keys(self) -> set[Key]:
         return set(self._by_key)
 
+    def reads_of(self, key: Key) -> set[str]:
+        """The outputs of ``key`` its rules read."""
+        return {track.reads for track in self._by_key.get(key, ())}
+
+    def restart(self, latest: Mapping[Key, tuple[Mapping[str, Any], int]]) -> None:
+        """Start every rule again from ``latest`` (a new leader: what the last one saw)."""
+        self.latest.update(latest)
+        rules = list(self._rules.values())
+        self._by_key.clear()
+        self._rules.clear()
+        self.spent.clear()
+        self.paused.clear()
+        self._fired.clear()
+        for rule in rules:
+            self.add(rule)
+
     def rule(self, rule_id: int) -> Rule | None:
         return self._rules.get(rule_id)
 

@@ -1,10 +1,15 @@
 """The recorder: the thin async shell around the evaluator, on the node that collects.
 
 The collector calls :meth:`Recorder.on_published` with each batch it published and the term it
-published under. Evaluation is sync and cheap (only the batch's keys, which are the keys whose
-data changed), so it runs right there, in order, and no change is seen twice or skipped; the
-database write is slow, so the triggers go to a queue that one writer task drains, each batch
-in its own fenced transaction (:func:`quartsig.alerts.storage.write_triggers`).
+published under; that only queues the batch's values (the keys whose data changed). One writer
+task takes them in order, evaluates them (sync, cheap, off the tick's path) and writes their
+triggers, with the values of the rules' keys it saw, in one fenced transaction per burst
+(:func:`quartsig.alerts.storage.write_triggers`). No change is evaluated twice or skipped.
+
+A new term (this node just became the leader) first starts every rule from the values the last
+leader wrote it saw (:class:`~quartsig.alerts.storage.AlertSeen`): a change that leader
+published but died before recording is then a change here, and is recorded once (a trigger it
+did record has the same dedupe key).
 
 A write that fails for a reason that may pass (the database away) is tried again with growing
 pauses, in order, without blocking the collector; a write refused by the fence is dropped: a
@@ -19,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quartsig.alerts import storage
@@ -43,7 +48,7 @@ class Recorder:
         *,
         reload: float = 5.0,
         storm: tuple[int, float] = (15, 180.0),
-        write: Callable[[Sequence[Trigger], int], Awaitable[Any]] = storage.write_triggers,
+        write: Callable[..., Awaitable[Any]] = storage.write_triggers,
         on_written: Callable[[], None] | None = None,
     ) -> None:
         self.evaluator = Evaluator(storm)
@@ -51,8 +56,10 @@ class Recorder:
         self.write = write
         #: Called after triggers were written (the delivery worker wakes up).
         self.on_written = on_written
-        #: Batches of triggers waiting to be written, with their terms, oldest first.
-        self.queue: deque[tuple[list[Trigger], int]] = deque()
+        #: Published values waiting to be evaluated and written, with their terms, oldest first.
+        self.queue: deque[tuple[list[tuple[Key, Any, int]], int]] = deque()
+        #: The term whose publications this recorder evaluates (None: none yet).
+        self.term: int | None = None
         self._queued = asyncio.Event()
         #: Set whenever the queue is empty and nothing is being written: tests wait on it.
         self.idle = asyncio.Event()
@@ -95,21 +102,48 @@ class Recorder:
         return self.evaluator.keys
 
     def on_published(self, batch: Batch, term: int) -> None:
-        """The collector's hook: evaluate the batch and queue its triggers. Never raises (a
-        bug here must not stop the data)."""
-        try:
-            triggers = self.evaluator.evaluate(batch.values)
-        except Exception:
-            log.exception("alert evaluation failed; this batch fires nothing")
-            return
-        if not triggers:
+        """The collector's hook: queue the batch's values for the writer, which evaluates
+        them in order. Costs the collector an append."""
+        if not batch.values:
             return
         if len(self.queue) >= MAX_QUEUED:
-            dropped, _ = self.queue.popleft()
-            log.error("alerts: database unreachable for long, %d triggers dropped", len(dropped))
+            self.queue.popleft()
+            log.error("alerts: database unreachable for long, a publication dropped")
         self.idle.clear()
-        self.queue.append((triggers, term))
+        self.queue.append((batch.values, term))
         self._queued.set()
+
+    async def _sync(self, term: int) -> None:
+        """A new term (or the first): start the rules from what the last leader wrote it saw,
+        so a change it published but could not record is seen as a change here."""
+        for attempt in range(1_000_000):
+            try:
+                latest = await storage.seen_values()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                pause = RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
+                log.warning("alerts: cannot read the last values (%s); again in %gs",
+                            error.__class__.__name__, pause)
+                await asyncio.sleep(pause)
+        self.evaluator.restart(latest)
+        self.term = term
+
+    def _evaluate(self, values: list[tuple[Key, Any, int]],
+                  seen: dict[Key, tuple[dict[str, Any], int]]) -> list[Trigger]:
+        """The triggers of one publication; ``seen`` gets its rule keys' read outputs."""
+        evaluator = self.evaluator
+        try:
+            triggers = evaluator.evaluate(values)
+        except Exception:
+            log.exception("alert evaluation failed; this publication fires nothing")
+            return []
+        for key, data, ts in values:
+            reads = evaluator.reads_of(key)
+            if reads:
+                seen[key] = ({name: data.get(name) for name in reads}, ts)
+        return triggers
 
     async def _writing(self) -> None:
         while True:
@@ -118,17 +152,23 @@ class Recorder:
                 self._queued.clear()
                 await self._queued.wait()
                 continue
-            triggers, term = self.queue.popleft()
+            term = self.queue[0][1]
+            if term != self.term:
+                await self._sync(term)
             # What queued meanwhile under the same term goes in the same transaction: one
             # commit for a burst instead of one per publication.
+            triggers: list[Trigger] = []
+            seen: dict[Key, tuple[dict[str, Any], int]] = {}
             while self.queue and self.queue[0][1] == term and len(triggers) < MAX_WRITE:
-                triggers = triggers + self.queue.popleft()[0]
-            await self._write(triggers, term)
+                triggers += self._evaluate(self.queue.popleft()[0], seen)
+            if triggers or seen:
+                await self._write(triggers, term, seen)
 
-    async def _write(self, triggers: list[Trigger], term: int) -> None:
+    async def _write(self, triggers: list[Trigger], term: int,
+                     seen: dict[Key, tuple[dict[str, Any], int]]) -> None:
         for attempt in range(1_000_000):
             try:
-                await self.write(triggers, term)
+                await self.write(triggers, term, seen=seen)
             except storage.Fenced:
                 self.fenced += len(triggers)
                 log.warning("alerts: %d triggers refused by the fence (term %d): a newer "
@@ -143,7 +183,7 @@ class Recorder:
                 await asyncio.sleep(pause)
                 continue
             self.written += len(triggers)
-            if self.on_written is not None:
+            if triggers and self.on_written is not None:
                 self.on_written()
             return
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from tortoise.transactions import in_transaction
 from quartsig.access.accounts import Account, DisabledAccount, UnknownAccount
 from quartsig.alerts.evaluation import PAUSED, Trigger
 from quartsig.alerts.rules import Rule, RuleError, rule_from_spec
+from quartsig.domain.model import Key
 from quartsig.domain.rules import number
 
 FENCE_ID = 1
@@ -115,6 +116,19 @@ class AlertFence(Model):
 
     class Meta:
         table = "alert_fence"
+
+
+class AlertSeen(Model):
+    """The last values of a rule's key that a leader evaluated, written in the same
+    transaction as that publication's triggers: the next leader starts from them, so a change
+    published by a leader that died before writing its triggers is still seen as a change."""
+
+    key = fields.CharField(255, primary_key=True)  # profile, symbol, tf joined by \x1f
+    data: Any = fields.JSONField()  # only the outputs the key's rules read
+    ts = fields.BigIntField()
+
+    class Meta:
+        table = "alert_seen"
 
 
 class Fenced(RuntimeError):
@@ -243,11 +257,24 @@ async def fence_term() -> int:
     return 0 if row is None else int(row.term)
 
 
+def _seen_key(key: Key) -> str:
+    return "\x1f".join(key)
+
+
+async def seen_values() -> dict[Key, tuple[dict[str, Any], int]]:
+    """What the last leader evaluated, per key (see :class:`AlertSeen`)."""
+    return {Key(*row["key"].split("\x1f")): (row["data"], int(row["ts"]))
+            for row in await AlertSeen.all().values("key", "data", "ts")}
+
+
 async def write_triggers(triggers: Sequence[Trigger], term: int, *,
+                         seen: Mapping[Key, tuple[dict[str, Any], int]] | None = None,
                          now: float | None = None) -> Written:
     """Write ``triggers`` and their deliveries in one transaction fenced by ``term``.
 
-    Raises :class:`Fenced` (and writes nothing) when a higher term has written. Triggers
+    ``seen``: the values of the rules' keys the batch carried (:class:`AlertSeen`), written
+    in the same transaction. Raises :class:`Fenced` (and writes nothing) when a higher term
+    has written. Triggers
     already written (same dedupe key) and triggers of a rule deleted, muted or edited since
     it was evaluated are left out; each new trigger gets one pending delivery per active
     channel of its owner."""
@@ -259,6 +286,11 @@ async def write_triggers(triggers: Sequence[Trigger], term: int, *,
             if await AlertFence.filter(id=FENCE_ID).using_db(connection).exists():
                 raise Fenced(f"term {term} is below the fence's")
             await AlertFence.create(id=FENCE_ID, term=term, using_db=connection)
+        if seen:
+            await AlertSeen.bulk_create(
+                [AlertSeen(key=_seen_key(key), data=data, ts=ts)
+                 for key, (data, ts) in seen.items()],
+                on_conflict=["key"], update_fields=["data", "ts"], using_db=connection)
         if not triggers:
             return Written([], 0)
         live = {
@@ -269,9 +301,9 @@ async def write_triggers(triggers: Sequence[Trigger], term: int, *,
         }
         fresh = {t.dedupe: t for t in triggers if (t.rule.id, t.rule.version) in live}
         if fresh:
-            seen = await AlertTrigger.filter(dedupe__in=list(fresh)).using_db(
+            written = await AlertTrigger.filter(dedupe__in=list(fresh)).using_db(
                 connection).values_list("dedupe", flat=True)
-            for dedupe in seen:
+            for dedupe in written:
                 del fresh[str(dedupe)]
         if not fresh:
             return Written([], 0)
