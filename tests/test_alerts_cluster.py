@@ -3,8 +3,11 @@ Redis and one SQLite file, rules on several keys, a webhook receiver that checks
 the leader SIGKILLed and the next one SIGSTOPped past its lease during a burst of changes.
 Every transition is delivered exactly once: none lost, none twice.
 
-The kills land between steps of the burst, once the step's alerts arrived (see docs/alerts.md:
-a leader killed between publishing a value and writing its trigger loses that trigger)."""
+The SIGKILL lands right after a step's values were set, while its change is on its way
+(published or not, recorded or not: the next leader records what the dead one did not). The
+SIGSTOP lands between steps: a frozen process that holds the database's write lock (SQLite's
+file lock, PostgreSQL's fence row) stalls every node's writes until it wakes or its
+connection drops, which this test does not measure."""
 
 from __future__ import annotations
 
@@ -86,17 +89,18 @@ async def test_failovers_mid_burst_deliver_every_trigger_exactly_once(
         for number, rating in enumerate(STEPS, 1):
             after = LABELS[rating]
             expected.update((ticker, before, after) for ticker in KEYS)
+            leader = await one_leader(cluster)
             await _set_all(cluster, rating)
-            await until(lambda wanted=expected: _moves(hook) >= wanted, WAIT,
-                        what=f"step {number}'s alerts")
-            before = after
-            if number == 3:  # the leader dies
-                leader = await one_leader(cluster)
+            if number == 3:  # the leader dies while the step's change is on its way
                 leader.kill()
                 await until(blocking(lambda dead=leader: len(cluster.leaders()) == 1
                                      and dead not in cluster.leaders()), WAIT,
                             what="a new leader after the SIGKILL")
-            if number == 5:  # the next one freezes past its lease
+            await until(lambda wanted=expected: _moves(hook) >= wanted, WAIT,
+                        what=f"step {number}'s alerts")
+            before = after
+            if number == 5:  # the next one freezes past its lease (between steps: a frozen
+                # process holding SQLite's write lock would stall every node's writes)
                 paused = await one_leader(cluster)
                 assert paused.process is not None
                 paused.process.send_signal(signal.SIGSTOP)
