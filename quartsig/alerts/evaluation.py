@@ -111,7 +111,7 @@ def step_label(condition: LabelChange, track: Track, value: Any) -> tuple[str, s
 def step_crossing(condition: Crossing, track: Track, value: Any) -> tuple[str, str] | None:
     """Advance a crossing by ``value``: fire when armed and past the level, re-arm only once
     back past it by the margin."""
-    x = number(value)
+    x = value if type(value) is float and value - value == 0.0 else number(value)
     if x is None:
         return None
     level = condition.level
@@ -224,22 +224,26 @@ class Evaluator:
         fired: list[Trigger] = []
         by_key = self._by_key
         latest = self.latest
+        gate, at_close = self._gate, self._at_close
         for key, data, ts in values:
             latest[key] = (data, ts)
             tracks = by_key.get(key)
             if tracks is None:
                 continue
+            get = data.get
             for track in tracks:  # _see, inlined: this loop is the hot path
-                value = data.get(track.reads)
+                value = get(track.reads)
                 last = track.last
                 if value == last and last is not None:
                     continue
                 track.last = value
                 if track.at_close:
-                    trigger = self._at_close(track, value, ts)
+                    trigger = at_close(track, value, ts)
                 else:
                     moved = track.step(track.condition, track, value)
-                    trigger = None if moved is None else self._gate(track, moved, value, ts, None)
+                    if moved is None:
+                        continue
+                    trigger = gate(track, moved, value, ts, None)
                 if trigger is not None:
                     fired.append(trigger)
         return fired
