@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, jsonify, request
@@ -227,7 +227,7 @@ WS_OPS = frozenset({"alert.list", "alert.create", "alert.update", "alert.delete"
 _ws_tasks: set[asyncio.Task[None]] = set()
 
 
-def is_alert_op(raw: object) -> bool:
+def is_alert_op(raw: object) -> TypeGuard[dict[str, Any]]:
     return isinstance(raw, dict) and raw.get("op") in WS_OPS
 
 
