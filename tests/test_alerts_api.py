@@ -69,6 +69,9 @@ async def test_rules_are_created_listed_muted_and_deleted(app: Quart) -> None:
      "invalid_rule"),
     ("POST", "/api/alerts", {**SPEC, "keys": [["summary", "NOWHERE:X", "1h"]]}, 400,
      "invalid_rule"),
+    ("POST", "/api/alerts", {**SPEC, "condition": {"kind": "cross", "output": "RSI",
+                                                   "direction": "below", "level": 30}}, 400,
+     "invalid_rule"),
     ("PATCH", "/api/alerts/1", {"colour": 1}, 400, "invalid_rule"),
     ("PATCH", "/api/alerts/999", {"muted": True}, 404, "unknown_rule"),
     ("POST", "/api/alerts/channels", {"kind": "pigeon"}, 400, "unknown_channel_kind"),
@@ -86,6 +89,12 @@ async def test_keys_are_named_as_the_server_names_them(app: Quart) -> None:
     status, rule = await _call(app, "POST", "/api/alerts",
                                {**SPEC, "keys": [["summary", "eurusd", "1h"]]})
     assert status == 201 and rule["keys"] == [["summary", "FX_IDC:EURUSD", "1h"]]
+
+
+async def test_an_output_the_profile_has_is_accepted(app: Quart) -> None:
+    spec = {"keys": [["full", "FX_IDC:EURUSD", "1h"]],
+            "condition": {"kind": "cross", "output": "RSI", "direction": "below", "level": 30}}
+    assert (await _call(app, "POST", "/api/alerts", spec))[0] == 201
 
 
 async def test_the_per_account_limit(app: Quart) -> None:

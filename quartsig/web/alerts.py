@@ -102,7 +102,24 @@ def checked_keys(state: State, spec: object) -> object:
         if unknown is not None:
             raise AlertsApiError(400, "invalid_rule", f"keys: {unknown}")
         keys.append([profile, symbol, tf])
+    condition = spec.get("condition")
+    output = condition.get("output", "rec.all") if isinstance(condition, dict) else None
+    for profile in {key[0] for key in keys}:
+        outputs = outputs_of(state, profile)
+        if isinstance(output, str) and outputs and output not in outputs:
+            raise AlertsApiError(400, "invalid_rule", f"output: profile {profile} has no "
+                                 f"{output!r}; it has {', '.join(sorted(outputs)[:12])}, ...")
     return {**spec, "keys": keys}
+
+
+def outputs_of(state: State, profile: str) -> set[str]:
+    """The outputs a profile's data has: the keys of its compute on a row of nulls (what
+    start-up already checks works), so a rule on an output that does not exist is refused
+    instead of never firing."""
+    try:
+        return set(state.profiles[profile].compute({}))
+    except Exception:  # a failing plugin: let the rule through, the guard handles the profile
+        return set()
 
 
 async def create_rule(state: State, owner: int, spec: object) -> Rule:
