@@ -18,6 +18,8 @@ from quartsig import hosting
 from quartsig.access import accounts, database
 from quartsig.access.admission import Gate
 from quartsig.access.tokens import TokenAuthority, load_or_create_keys
+from quartsig.alerts import webhooks
+from quartsig.alerts.channels import load_channels
 from quartsig.cluster import backends
 from quartsig.cluster.broker import Broker
 from quartsig.cluster.fingerprint import fingerprints
@@ -29,7 +31,7 @@ from quartsig.ops import logs
 from quartsig.plugins.loader import describe, get_plugin_manager, inventory, load_screeners
 from quartsig.state import EXTENSION, Component, State
 from quartsig.upstream.scanner import ScannerClient
-from quartsig.web import api, board, stream
+from quartsig.web import alerts, api, board, stream
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ STOP_TIMEOUT = 10.0
 MAX_HTTP_BODY = 16 * 1024
 """Bytes an HTTP body may have: the only body we accept is a tiny JSON object."""
 
-BLUEPRINTS: tuple[Blueprint, ...] = (api.blueprint, stream.blueprint, board.blueprint)
+BLUEPRINTS: tuple[Blueprint, ...] = (api.blueprint, stream.blueprint, board.blueprint,
+                                      alerts.blueprint)
 
 
 @dataclass
@@ -139,8 +142,48 @@ class FeedComponent:
             state.standin = None
 
 
+@dataclass
+class AlertsComponent:
+    """Alert rules, evaluated after each publication of this node's collector (docs/alerts.md).
+
+    It starts after the feed, so the collector exists to be handed the hook."""
+
+    name: str = "alerts"
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, state: State) -> None:
+        from quartsig.alerts.delivery import Deliverer
+        from quartsig.alerts.recorder import Recorder
+
+        state.deliverer = Deliverer(state.channels)
+        settings = state.settings
+        state.alerts = Recorder(reload=settings.alerts_reload, on_written=state.deliverer.wake,
+                                storm=(settings.alerts_storm_count, settings.alerts_storm_window))
+        await state.alerts.start()
+        if state.collector is not None:
+            state.collector.on_published = state.alerts.on_published
+            state.collector.standing = state.alerts.standing
+        self.tasks = [asyncio.create_task(state.deliverer.run(), name="quartsig-deliveries")]
+
+    async def stop(self, state: State) -> None:
+        if state.collector is not None:
+            state.collector.on_published = None
+            state.collector.standing = None
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=STOP_TIMEOUT)
+        self.tasks = []
+        if state.alerts is not None:
+            await state.alerts.stop()
+        for channel in state.channels.values():
+            close = getattr(channel, "close", None)
+            if close is not None:
+                await close()
+
+
 def default_components() -> list[Component]:
-    return [DatabaseComponent(), FeedComponent()]
+    return [DatabaseComponent(), FeedComponent(), AlertsComponent()]
 
 
 def build_state(
@@ -161,6 +204,7 @@ def build_state(
         tokens=TokenAuthority.from_settings(settings),
         profiles={profile.name: profile for info in plugins for profile in info.profiles},
         screeners=load_screeners(manager, SCREENERS),
+        channels=load_channels(manager, (webhooks,)),
         gate=Gate(accounts.is_active, accounts.inactive_among, accounts.disable),
         components=list(default_components() if components is None else components),
         demo=demo,

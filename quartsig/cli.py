@@ -26,10 +26,11 @@ from quartsig.access.tokens import (
     check_tg_id,
     generate_key,
 )
-from quartsig.app import FeedComponent, build_state, create_app
+from quartsig.app import AlertsComponent, DatabaseComponent, FeedComponent, build_state, create_app
 from quartsig.config import ConfigError, Settings
 from quartsig.ops import logs
 from quartsig.plugins.loader import PluginError, describe, get_plugin_manager, inventory
+from quartsig.state import Component
 
 HYPERCORN_CONFIG = "hypercorn.toml"
 
@@ -187,7 +188,10 @@ def _collect(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         raise ConfigError("QUARTSIG_REDIS_URL: must be set for `quartsig collect` (a collector "
                           "apart from the servers shares its data through Redis)")
-    state = build_state(settings, demo=args.demo, components=[FeedComponent(accounts=False)])
+    # The database and the alerts too: when this process leads, it evaluates the rules.
+    components: list[Component] = [
+        DatabaseComponent(), FeedComponent(accounts=False), AlertsComponent()]
+    state = build_state(settings, demo=args.demo, components=components)
     asyncio.run(server.run_until_signalled(state))
     return 0
 

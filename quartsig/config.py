@@ -350,6 +350,22 @@ class Settings:
         64 * 2**20, _positive_int, "Approximate bytes the cluster's change stream keeps in "
         "Redis (at most 2 000 entries); a node further behind resyncs from the latest values."
     )
+    # -- alerts (docs/alerts.md) --
+    alerts_max_rules: int = _setting(
+        100, _positive_int, "Alert rules one account may have."
+    )
+    alerts_reload: float = _setting(
+        5.0, _positive_float,
+        "Seconds between two looks for alert rules changed on other nodes (the collecting "
+        "node reloads them when they changed).",
+    )
+    alerts_storm_count: int = _setting(
+        15, _positive_int, "Firings of one alert rule within QUARTSIG_ALERTS_STORM_WINDOW "
+        "after which it is paused (its user is told)."
+    )
+    alerts_storm_window: float = _setting(
+        180.0, _positive_float, "Seconds over which QUARTSIG_ALERTS_STORM_COUNT is counted."
+    )
 
     @classmethod
     def from_env(

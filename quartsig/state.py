@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from aiohttp import web
     from tortoise.context import TortoiseContext
 
+    from quartsig.alerts.channels import Channel
+    from quartsig.alerts.delivery import Deliverer
+    from quartsig.alerts.recorder import Recorder
     from quartsig.config import Settings
     from quartsig.feed.collector import Collector
     from quartsig.upstream.scanner import ScannerClient
@@ -88,6 +91,11 @@ class State:
     database: TortoiseContext | None = None
     broker: Broker | None = None
     collector: Collector | None = None
+    #: Alert rules evaluated after each publication this node makes (``AlertsComponent``).
+    alerts: Recorder | None = None
+    #: Alert channels by kind (``register_channels``) and this node's delivery worker.
+    channels: dict[str, Channel] = field(default_factory=dict)
+    deliverer: Deliverer | None = None
     scanner: ScannerClient | None = None
     standin: web.AppRunner | None = None
     shutting_down: bool = False

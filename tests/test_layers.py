@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = read_layers(ARCHITECTURE.read_text())
 
 #: Which folders (or root modules) may load each framework; nothing else may.
 FRAMEWORK_HOMES: dict[str, set[str]] = {
-    "aiohttp": {"upstream", "demo", "state", "telegram"},
+    "aiohttp": {"upstream", "demo", "state", "telegram", "alerts"},
     "aiohttp_socks": {"upstream"},
     "aiogram": {"telegram"},
     "quart": {"web", "state", "app", "server", "testing", "telegram"},

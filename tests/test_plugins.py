@@ -98,6 +98,7 @@ def test_default_manager_holds_the_builtins_and_only_quartsig_hooks() -> None:
     assert pm.project_name == "quartsig"
     assert [name for name, _ in pm.list_name_plugin()] == list(DEFAULT_PLUGINS)
     assert sorted(name for name in vars(pm.hook) if not name.startswith("_")) == [
+        "register_channels",
         "register_profiles",
         "register_screeners",
     ]
@@ -230,6 +231,41 @@ def test_entry_point_that_fails_to_import_names_the_plugin(
 
 
 # --- register_profiles ---------------------------------------------------------------------
+
+
+def test_hook_register_channels_adds_a_channel_beside_the_builtin_webhook() -> None:
+    from quartsig.alerts import webhooks
+    from quartsig.alerts.channels import ChannelError, Outcome, load_channels
+
+    class Slack:
+        kind = "slack"
+
+        async def send(self, message: object, target: object) -> Outcome:
+            return Outcome("sent")
+
+    class SlackPlugin:
+        @hookimpl
+        def register_channels(self) -> list[Slack]:
+            return [Slack()]
+
+    pm = get_plugin_manager(entry_points=False, extra=[SlackPlugin()])
+    assert sorted(load_channels(pm, (webhooks,))) == ["slack", "webhook"]
+
+    class Clash:
+        @hookimpl
+        def register_channels(self) -> list[object]:
+            return [webhooks.WebhookChannel()]
+
+    with pytest.raises(ChannelError, match="'webhook' comes from both"):
+        load_channels(get_plugin_manager(entry_points=False, extra=[Clash()]), (webhooks,))
+    with pytest.raises(ChannelError, match="not a channel"):
+        load_channels(get_plugin_manager(entry_points=False, extra=[_Junk()]))
+
+
+class _Junk:
+    @hookimpl
+    def register_channels(self) -> list[object]:
+        return ["slack"]
 
 
 def test_hook_register_profiles_collects_profiles_from_every_plugin() -> None:
@@ -392,7 +428,7 @@ def _squash(text: str) -> str:
 
 
 def test_hookspecs_are_found() -> None:
-    assert set(_hookspecs()) == {"register_profiles", "register_screeners"}
+    assert set(_hookspecs()) == {"register_channels", "register_profiles", "register_screeners"}
 
 
 @pytest.mark.parametrize("hook", sorted(_hookspecs()))

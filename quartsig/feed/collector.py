@@ -96,6 +96,10 @@ class Collector:
         self.ticked = asyncio.Event()
         #: Set by :meth:`stop`.
         self.stopping = False
+        #: Called with each batch this node published and its term (alerts are evaluated there).
+        self.on_published: Callable[[Batch, int], None] | None = None
+        #: Keys collected even when nobody watches them (the keys of the alert rules).
+        self.standing: Callable[[], set[Key]] | None = None
         #: What rows become, and which profile each failure is charged to.
         self.composer = Composer(
             broker, profiles, screener_of, metrics=metrics, clock=clock, wall=wall,
@@ -144,6 +148,8 @@ class Collector:
                 continue
             probe = self.backoff.active()
             demand = await self.broker.demand()
+            if self.standing is not None:
+                demand = demand | self.standing()
             self.early.tick_starting(demand - self.early.in_flight)
             try:
                 await self._guarded(demand, full=True, probe=probe)
@@ -338,6 +344,8 @@ class Collector:
         if batch.status is not None and self.backoff.active():
             batch.retry_at = self._wall_ms(self.backoff.until)
         if await self.broker.publish(batch):
+            if self.on_published is not None:
+                self.on_published(batch, self.broker.term)
             owed = self.composer.owed
             owed.difference_update(key for key, _, _ in batch.values)
             owed.difference_update(key for key, _, _ in batch.failed)  # told, nothing owed

@@ -9,10 +9,14 @@ so there is one code path for built-in and third-party code.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from quartsig.plugins.profiles import Profile
+
+if TYPE_CHECKING:
+    from quartsig.alerts.channels import Channel
 
 PROJECT = "quartsig"
 
@@ -45,4 +49,18 @@ def register_screeners() -> Mapping[str, str]:  # type: ignore[empty-body]
     :return: a mapping of exchange prefix to screener name, e.g. ``{"MOEX": "russia"}``.
         Prefixes are case-insensitive (upper-cased on load); plugins loaded later win
         over earlier ones and over the built-in table.
+    """
+
+
+@hookspec
+def register_channels() -> Iterable[Channel]:  # type: ignore[empty-body]
+    """Contribute alert channels: where a rule's triggers can be sent (docs/alerts.md).
+
+    Called once when the alerts start. Each channel has a ``kind`` (stored with every
+    endpoint a user adds: ``"webhook"``, ``"telegram"``, ``"slack"``) and
+    ``async send(message, target) -> Outcome``, which tries once and says how it went
+    (:class:`quartsig.alerts.channels.Outcome`): retries, back-off and disabling endpoints are
+    the delivery worker's. The built-in webhook channel comes through this same hook.
+
+    :return: an iterable of channels; two of one kind, from any plugins, stop start-up.
     """

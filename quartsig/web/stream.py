@@ -27,6 +27,7 @@ from quartsig.domain.ratelimit import TokenBucket
 from quartsig.fanout.connection import TOO_SLOW, Connection
 from quartsig.fanout.hub import TooManySubscriptions
 from quartsig.state import State, current_state
+from quartsig.web import alerts
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("stream", __name__)
@@ -285,6 +286,9 @@ def _handle(state: State, connection: Connection, frame: str | bytes,
             connection.send(protocol.error(ErrorCode.RATE_LIMITED, "slow down", _id_of(raw)))
             continue
         strikes = 0
+        if alerts.is_alert_op(raw):  # rules: their own module (docs/protocol.md)
+            alerts.obey_ws(state, connection, raw)
+            continue
         try:
             _obey(state, connection, protocol.parse_message(raw, state.vocabulary))
         except ProtocolError as error:

@@ -1,0 +1,193 @@
+"""Alert evaluation: CPU per tick for many rules over many keys, a share of keys changing.
+
+    python -m bench.alerts [--rules 100000] [--keys 20000] [--changing 0.1] [--ticks 30]
+
+Builds ``--rules`` rules over ``--keys`` keys (half label transitions on ``rec.all``, a third of
+them with a hysteresis margin on ``Recommend.All``; 45 % RSI crossings with a margin; 5 %
+watchlists of 10 cards, so 145 000 (rule, key) tracks at the defaults), primes every key once,
+then runs ``--ticks`` ticks in which ``--changing`` of the keys get new values (a random walk,
+steps of sigma 0.03 in the rating and 2 in RSI: most stay in their band, some cross). Prints
+the CPU time (``time.thread_time``) of :meth:`Evaluator.evaluate` per tick: median, p99
+(nearest rank) and max, the tracks looked at and the triggers made. The target of
+issue #22 is <= 20 ms per tick at the defaults.
+
+``--delivery N`` measures instead the path a trigger takes after evaluation, end to end in one
+process: N publications (one every ``--gap`` seconds), each moving one key a rule watches, go
+through the recorder (fenced write of the trigger and its delivery to a SQLite file), the
+delivery worker and a signed webhook POST to a local aiohttp receiver; it prints the median and
+p99 (nearest rank) of publication -> receipt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from quartsig.alerts.evaluation import Evaluator
+from quartsig.alerts.rules import LABELS, Crossing, LabelChange, Rule, watchlist
+from quartsig.domain.model import Key
+from quartsig.domain.rules import label
+
+WATCHLIST_SIZE = 10
+
+
+def build(rules: int, keys: int, seed: int) -> tuple[Evaluator, list[Key]]:
+    rng = random.Random(seed)
+    all_keys = [Key("full", f"FX_IDC:K{i}", "1h") for i in range(keys)]
+    evaluator = Evaluator()
+    for rule_id in range(rules):
+        kind = rule_id % 20
+        key = all_keys[rule_id % keys]
+        if kind < 10:
+            to = frozenset(rng.sample(LABELS, rng.randint(0, 2)))
+            margin = 0.05 if kind % 3 == 0 else 0.0
+            evaluator.add(Rule(rule_id, rule_id, (key,), LabelChange(to=to, margin=margin),
+                               frequency=rng.choice(["every_time", "once_per_bar"])))
+        elif kind < 19:
+            evaluator.add(Rule(rule_id, rule_id, (key,),
+                               Crossing("RSI", rng.choice(["above", "below"]),
+                                        rng.choice([30, 70]), margin=2),
+                               cooldown=rng.choice([0, 60])))
+        else:
+            start = rule_id % keys
+            cards = [all_keys[(start + j * 997) % keys] for j in range(WATCHLIST_SIZE)]
+            evaluator.add(watchlist(rule_id, rule_id, cards))
+    return evaluator, all_keys
+
+
+def data(rating: float, rsi: float) -> dict[str, Any]:
+    return {"Recommend.All": rating, "rec.all": label(rating), "RSI": rsi}
+
+
+def run(rules: int, keys: int, changing: float, ticks: int, seed: int) -> dict[str, float]:
+    rng = random.Random(seed)
+    evaluator, all_keys = build(rules, keys, seed)
+    state = {key: (rng.uniform(-1, 1), rng.uniform(0, 100)) for key in all_keys}
+    now = 1_700_000_000_000
+    evaluator.evaluate([(key, data(*state[key]), now) for key in all_keys])
+    looked = sum(len(evaluator._by_key.get(key, ())) for key in all_keys) * changing
+    cpu: list[float] = []
+    fired = 0
+    for _ in range(ticks):
+        now += 20_000
+        batch = []
+        for key in rng.sample(all_keys, int(keys * changing)):
+            rating, rsi = state[key]
+            rating = min(1.0, max(-1.0, rating + rng.gauss(0, 0.03)))
+            rsi = min(100.0, max(0.0, rsi + rng.gauss(0, 2)))
+            state[key] = rating, rsi
+            batch.append((key, data(rating, rsi), now))
+        started = time.thread_time()
+        fired += len(evaluator.evaluate(batch))
+        cpu.append(time.thread_time() - started)
+    cpu.sort()
+    return {
+        "median_ms": statistics.median(cpu) * 1000,
+        "p99_ms": cpu[max(0, -(-len(cpu) * 99 // 100) - 1)] * 1000,
+        "max_ms": cpu[-1] * 1000,
+        "tracks_per_tick": looked,
+        "triggers_per_tick": fired / ticks,
+    }
+
+
+async def delivery(count: int, gap: float) -> dict[str, float]:
+    """Publication -> webhook receipt latency, in ms (see the module's doc)."""
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from aiohttp import web
+
+    from quartsig.access import accounts, database
+    from quartsig.alerts import storage
+    from quartsig.alerts.delivery import Deliverer
+    from quartsig.alerts.recorder import Recorder
+    from quartsig.alerts.webhooks import WebhookChannel, new_secret
+    from quartsig.config import Settings
+    from quartsig.domain.model import Batch
+
+    published: dict[str, float] = {}
+    received: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.json()
+        received.setdefault(body["symbol"], time.perf_counter())
+        if len(received) == count:
+            done.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.from_env({}, data_dir=Path(tmp),
+                                     database_url=f"sqlite://{tmp}/bench.sqlite3")
+        async with database.open_database(settings):
+            await accounts.add(1)
+            keys = [Key("summary", f"FX_IDC:K{i}", "1h") for i in range(count)]
+            for key in keys:
+                await storage.create_rule(1, {"keys": [list(key)],
+                                              "condition": {"kind": "label"}}, limit=count)
+            await storage.add_channel(1, "webhook", url, secret=new_secret())
+            channel = WebhookChannel()
+            deliverer = Deliverer({"webhook": channel})
+            recorder = Recorder(on_written=deliverer.wake)
+            await recorder.start()
+            worker = asyncio.create_task(deliverer.run())
+            now = int(time.time() * 1000)
+            recorder.on_published(Batch(values=[(k, data(0.0, 50.0), now) for k in keys]), 1)
+            for key in keys:
+                await asyncio.sleep(gap)
+                published[key.symbol] = time.perf_counter()
+                recorder.on_published(Batch(values=[(key, data(0.3, 50.0), now + 1)]), 1)
+            async with asyncio.timeout(60):
+                await done.wait()
+            worker.cancel()
+            await recorder.stop()
+            await channel.close()
+    await runner.cleanup()
+    latency = sorted((received[s] - published[s]) * 1000 for s in published)
+    return {"median_ms": statistics.median(latency),
+            "p99_ms": latency[max(0, -(-len(latency) * 99 // 100) - 1)],
+            "max_ms": latency[-1]}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rules", type=int, default=100_000)
+    parser.add_argument("--keys", type=int, default=20_000)
+    parser.add_argument("--changing", type=float, default=0.1)
+    parser.add_argument("--ticks", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--delivery", type=int, default=0, metavar="N")
+    parser.add_argument("--gap", type=float, default=0.02)
+    args = parser.parse_args(argv)
+    if args.delivery:
+        import asyncio
+
+        found = asyncio.run(delivery(args.delivery, args.gap))
+        print(f"alerts delivery: {args.delivery} publications, one every {args.gap:g}s, "
+              "SQLite, signed webhook to a local receiver")
+        print(f"  publication -> receipt: median {found['median_ms']:.1f} ms, "
+              f"p99 {found['p99_ms']:.1f} ms, max {found['max_ms']:.1f} ms (target p99 < 1 s)")
+        return
+    result = run(args.rules, args.keys, args.changing, args.ticks, args.seed)
+    print(f"alerts: {args.rules} rules over {args.keys} keys, {args.changing:.0%} changing, "
+          f"{args.ticks} ticks")
+    print(f"  evaluate CPU per tick: median {result['median_ms']:.2f} ms, "
+          f"p99 {result['p99_ms']:.2f} ms, max {result['max_ms']:.2f} ms (target <= 20 ms)")
+    print(f"  tracks on changed keys per tick: {result['tracks_per_tick']:.0f}, "
+          f"triggers per tick: {result['triggers_per_tick']:.0f}")
+
+
+if __name__ == "__main__":
+    main()

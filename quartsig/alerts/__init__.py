@@ -1,0 +1,1 @@
+"""Alerts: rules users own, evaluated once per publication on the collector, delivered later."""

@@ -1,0 +1,309 @@
+"""The evaluator: a publication's changed keys in, the triggers they cause out. Pure and sync.
+
+It runs on the collector after every publication, so it must cost little and see each change
+once: rules are indexed by key, and only the keys of the batch (the collector publishes only
+keys whose data changed) are looked at; a rule whose output did not change costs one
+dictionary read and one comparison. Time is the data's own time (``ts`` of each value), never a
+clock: cool-downs, expiry and bars then mean the same on a retry or on another leader, and
+tests move time by writing it in the values.
+
+Each (rule, key) pair has a :class:`Track`: the last value seen, the condition's memory (the
+label held, or whether a crossing is armed) and when it last fired. A track is born on the
+first value it sees and fires nothing then: a rule fires on a *change* it watched happen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from quartsig.alerts.bars import bar_open
+from quartsig.alerts.rules import RANK, Crossing, LabelChange, Rule
+from quartsig.domain.model import Key
+from quartsig.domain.rules import label, number
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """One firing of a rule on a key: what moved, from what to what, in which bar."""
+
+    rule: Rule
+    key: Key
+    before: str
+    after: str
+    bar: int  # the bar's open, Unix ms (for "once per bar close": the bar that closed)
+    ts: int  # the data's time, Unix ms
+    value: Any  # the output's value that fired
+
+    @property
+    def transition(self) -> str:
+        return f"{self.before}>{self.after}"
+
+    @property
+    def dedupe(self) -> str:
+        """The trigger's identity (rule, rule version, key, transition, bar time): whoever
+        evaluates the same change (a retry, the next leader) makes the same one, and the
+        database's UNIQUE constraint on it keeps one. Two equal transitions of one rule on one
+        key in one bar are therefore one trigger, whatever the frequency."""
+        key = self.key
+        text = "\x1f".join((str(self.rule.id), str(self.rule.version), key.profile,
+                            key.symbol, key.tf, self.transition, str(self.bar)))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Track:
+    """The state of one rule on one key."""
+
+    __slots__ = ("at_close", "bar", "condition", "fired_at", "fired_bar", "key", "last", "memory",
+                 "pending", "reads", "rule", "step")
+
+    def __init__(self, rule: Rule, key: Key) -> None:
+        self.rule = rule
+        self.key = key
+        self.reads = rule.condition.reads
+        self.condition: Any = rule.condition
+        #: The condition's step function, chosen once rather than per value.
+        self.step: Callable[[Any, Track, Any], tuple[str, str] | None] = (
+            step_label if isinstance(rule.condition, LabelChange) else step_crossing)
+        self.at_close = rule.frequency == "once_per_bar_close"
+        self.last: Any = None  # the last value of ``reads`` seen
+        self.memory: Any = None  # LabelChange: the label held; Crossing: armed (None: unknown)
+        self.fired_at: float | None = None  # Unix seconds (data time)
+        self.fired_bar: int | None = None
+        self.bar: int | None = None  # once per bar close: the bar of ``pending``
+        self.pending: Any = None  # once per bar close: the last value seen in ``bar``
+
+
+def held_label(held: str | None, rating: object, margin: float) -> str | None:
+    """The label to hold for ``rating`` when ``held`` is held: the plain label, unless moving
+    to it would not take the rating ``margin`` past the boundary crossed (hysteresis). A jump
+    over several bands lands on the farthest band passed by the margin."""
+    plain = label(rating)
+    if plain is None or held is None or plain == held or not margin:
+        return plain
+    value = float(rating)  # type: ignore[arg-type]
+    up = RANK[plain] > RANK[held]
+    candidate = label(max(-1.0, value - margin) if up else min(1.0, value + margin))
+    if candidate is None:
+        return held
+    moved = RANK[candidate] - RANK[held]
+    return candidate if (moved > 0) == up and moved != 0 else held
+
+
+def step_label(condition: LabelChange, track: Track, value: Any) -> tuple[str, str] | None:
+    """Advance a label condition by ``value``; the move it fires on, if any."""
+    if condition.margin:
+        now = held_label(track.memory, value, condition.margin)
+    else:
+        now = value if value in RANK else None
+    if now is None:
+        return None
+    before = track.memory
+    track.memory = now
+    if before is None or before == now or not condition.matches(before, now):
+        return None
+    return before, now
+
+
+def step_crossing(condition: Crossing, track: Track, value: Any) -> tuple[str, str] | None:
+    """Advance a crossing by ``value``: fire when armed and past the level, re-arm only once
+    back past it by the margin."""
+    x = value if type(value) is float and value - value == 0.0 else number(value)
+    if x is None:
+        return None
+    level = condition.level
+    below = condition.direction == "below"
+    beyond = x < level if below else x > level
+    armed = track.memory
+    if armed is None:
+        track.memory = not beyond
+        return None
+    if armed:
+        if beyond:
+            track.memory = False
+            return f"{'above' if below else 'below'} {level:g}", condition.name
+        return None
+    if (x >= level + condition.margin) if below else (x <= level - condition.margin):
+        track.memory = True
+    return None
+
+
+#: The ``after`` of the trigger that says a rule fired too often and is paused.
+PAUSED = "paused"
+
+
+class Evaluator:
+    """The rules of every user, indexed by key, and their tracks.
+
+    ``storm``: a rule firing more than ``count`` times within ``window`` seconds (data time)
+    is paused: instead of its next firing comes one trigger ``firing -> paused`` (so its user
+    is told through the same channels), and the storage mutes the rule. TradingView stops a
+    script alert at 15 in 3 minutes; that is the default."""
+
+    def __init__(self, storm: tuple[int, float] = (15, 180.0)) -> None:
+        self._by_key: dict[Key, list[Track]] = {}
+        self._rules: dict[int, Rule] = {}
+        self.storm = storm
+        #: "Only once" rules that fired, and rules paused: silent until replaced.
+        self.spent: set[int] = set()
+        self.paused: set[int] = set()
+        self._fired: dict[int, deque[float]] = {}
+        #: The last data and time of every key a publication carried: a rule added later
+        #: starts from it, so a change right after the rule is made is a change it saw.
+        self.latest: dict[Key, tuple[Mapping[str, Any], int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __contains__(self, rule_id: object) -> bool:
+        return rule_id in self._rules
+
+    @property
+    def keys(self) -> set[Key]:
+        return set(self._by_key)
+
+    def reads_of(self, key: Key) -> set[str]:
+        """The outputs of ``key`` its rules read."""
+        return {track.reads for track in self._by_key.get(key, ())}
+
+    def restart(self, latest: Mapping[Key, tuple[Mapping[str, Any], int]]) -> None:
+        """Start every rule again from ``latest`` (a new leader: what the last one saw)."""
+        self.latest.update(latest)
+        rules = list(self._rules.values())
+        self._by_key.clear()
+        self._rules.clear()
+        self.spent.clear()
+        self.paused.clear()
+        self._fired.clear()
+        for rule in rules:
+            self.add(rule)
+
+    def rule(self, rule_id: int) -> Rule | None:
+        return self._rules.get(rule_id)
+
+    def add(self, rule: Rule) -> None:
+        """Watch ``rule`` (replacing a rule of the same id: its tracks start again)."""
+        self.remove(rule.id)
+        self._rules[rule.id] = rule
+        for key in rule.keys:
+            track = Track(rule, key)
+            self._by_key.setdefault(key, []).append(track)
+            seen = self.latest.get(key)
+            if seen is not None:  # a first sight: it fires nothing
+                self._see(track, seen[0], seen[1])
+
+    def remove(self, rule_id: int) -> None:
+        rule = self._rules.pop(rule_id, None)
+        self.spent.discard(rule_id)
+        self.paused.discard(rule_id)
+        self._fired.pop(rule_id, None)
+        if rule is None:
+            return
+        for key in rule.keys:
+            tracks = [t for t in self._by_key.get(key, ()) if t.rule.id != rule_id]
+            if tracks:
+                self._by_key[key] = tracks
+            else:
+                self._by_key.pop(key, None)
+
+    def replace_all(self, rules: Iterable[Rule]) -> None:
+        """Watch exactly ``rules``: new ones added, changed versions re-armed, gone ones
+        dropped; an unchanged rule keeps its tracks (so a reload does not re-arm it)."""
+        wanted = {rule.id: rule for rule in rules}
+        for rule_id in [i for i in self._rules if i not in wanted]:
+            self.remove(rule_id)
+        for rule in wanted.values():
+            if self._rules.get(rule.id) != rule:
+                self.add(rule)
+
+    def evaluate(self, values: Iterable[tuple[Key, Mapping[str, Any], int]]) -> list[Trigger]:
+        """The triggers one publication's ``values`` (key, data, ts) cause."""
+        fired: list[Trigger] = []
+        by_key = self._by_key
+        latest = self.latest
+        gate, at_close = self._gate, self._at_close
+        for key, data, ts in values:
+            latest[key] = (data, ts)
+            tracks = by_key.get(key)
+            if tracks is None:
+                continue
+            get = data.get
+            for track in tracks:  # _see, inlined: this loop is the hot path
+                value = get(track.reads)
+                last = track.last
+                if value == last and last is not None:
+                    continue
+                track.last = value
+                if track.at_close:
+                    trigger = at_close(track, value, ts)
+                else:
+                    moved = track.step(track.condition, track, value)
+                    if moved is None:
+                        continue
+                    trigger = gate(track, moved, value, ts, None)
+                if trigger is not None:
+                    fired.append(trigger)
+        return fired
+
+    def _see(self, track: Track, data: Mapping[str, Any], ts: int) -> Trigger | None:
+        value = data.get(track.reads)
+        last = track.last
+        if value == last and last is not None:
+            return None
+        track.last = value
+        if track.at_close:
+            return self._at_close(track, value, ts)
+        moved = track.step(track.condition, track, value)
+        return None if moved is None else self._gate(track, moved, value, ts, None)
+
+    def _at_close(self, track: Track, value: Any, ts: int) -> Trigger | None:
+        """Once per bar close: the condition sees only the last value of each bar, when the
+        first value of a later bar shows that bar has closed."""
+        now_bar = bar_open(track.key.tf, ts)
+        if track.bar is None or now_bar == track.bar:
+            track.bar, track.pending = now_bar, value
+            return None
+        close, bar = track.pending, track.bar  # the bar that ended, and its last value
+        track.bar, track.pending = now_bar, value
+        value = close
+        moved = track.step(track.condition, track, value)
+        if moved is None:
+            return None
+        return self._gate(track, moved, value, ts, bar)
+
+    def _gate(self, track: Track, moved: tuple[str, str], value: Any, ts: int,
+              bar: int | None) -> Trigger | None:
+        """Whether a move fires, by the rule's mute, expiry, frequency and cool-down."""
+        rule = track.rule
+        t = ts / 1000
+        if rule.muted or rule.id in self.spent or rule.id in self.paused:
+            return None
+        if rule.expires_at is not None and t >= rule.expires_at:
+            return None
+        if rule.cooldown and track.fired_at is not None and t - track.fired_at < rule.cooldown:
+            return None
+        if bar is None:
+            bar = bar_open(track.key.tf, ts)
+        if rule.frequency == "once_per_bar" and track.fired_bar == bar:
+            return None
+        if self._storming(rule.id, t):
+            self.paused.add(rule.id)
+            return Trigger(rule, track.key, "firing", PAUSED, bar, ts, None)
+        track.fired_at, track.fired_bar = t, bar
+        if rule.frequency == "only_once":
+            self.spent.add(rule.id)
+        return Trigger(rule, track.key, moved[0], moved[1], bar, ts, value)
+
+    def _storming(self, rule_id: int, t: float) -> bool:
+        """Whether one more firing at ``t`` would be more than the storm allows."""
+        count, window = self.storm
+        times = self._fired.setdefault(rule_id, deque())
+        while times and times[0] <= t - window:
+            times.popleft()
+        if len(times) >= count:
+            return True
+        times.append(t)
+        return False

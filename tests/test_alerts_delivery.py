@@ -1,0 +1,226 @@
+"""The delivery worker against a real webhook receiver that checks signatures: sent once and
+marked, retried on the schedule or as Retry-After says, 410 disables the endpoint, a crashed
+worker's claim is taken over when its lease ends. Time is an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tortoise.context import TortoiseContext
+
+from quartsig.access import accounts, database
+from quartsig.alerts import storage
+from quartsig.alerts.channels import Channel, Message, Outcome, Target
+from quartsig.alerts.delivery import SCHEDULE, Deliverer, message_of, next_step
+from quartsig.alerts.evaluation import Evaluator
+from quartsig.alerts.storage import AlertChannel, AlertDelivery
+from quartsig.alerts.webhooks import WebhookChannel, new_secret
+from quartsig.config import Settings
+from quartsig.domain.model import Key
+from tests.support.webhooks import Receiver, receiver
+
+OWNER = 3003
+KEY = Key("summary", "FX_IDC:EURUSD", "1h")
+T0 = 1_700_000_000.0  # the injected wall clock, Unix seconds
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[TortoiseContext]:
+    settings = Settings.from_env({}, data_dir=tmp_path / "data",
+                                 database_url=f"sqlite://{tmp_path / 'alerts.sqlite3'}")
+    context = await database.init_database(settings)
+    try:
+        await accounts.add(OWNER)
+        yield context
+    finally:
+        await database.close_database(context)
+
+
+@pytest.fixture
+async def hook(db: TortoiseContext) -> AsyncIterator[Receiver]:
+    async with receiver(new_secret()) as hook:
+        yield hook
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[WebhookChannel]:
+    channel = WebhookChannel()  # signs with the real clock: the receiver checks freshness
+    try:
+        yield channel
+    finally:
+        await channel.close()
+
+
+async def _fire(*labels: str) -> None:
+    """Write the triggers a rule on KEY makes of ``labels`` (each a minute apart)."""
+    rule = await storage.create_rule(OWNER, {"keys": [list(KEY)],
+                                             "condition": {"kind": "label"}}, limit=10)
+    evaluator = Evaluator()
+    evaluator.add(rule)
+    fired = []
+    for i, value in enumerate(labels):
+        fired += evaluator.evaluate([(KEY, {"rec.all": value}, int(T0 * 1000) + i * 60_000)])
+    await storage.write_triggers(fired, term=1, now=T0)
+
+
+async def _endpoint(hook: Receiver, path: str, secret: str | None = None) -> int:
+    return await storage.add_channel(OWNER, "webhook", hook.url(path),
+                                     secret=secret or hook.secret)
+
+
+def _worker(clock: Clock, webhook: WebhookChannel, **options: Any) -> Deliverer:
+    return Deliverer({"webhook": webhook}, clock=clock, rng=lambda: 0.5, **options)
+
+
+async def test_a_trigger_is_delivered_signed_and_marked_sent(
+        hook: Receiver, webhook: WebhookChannel) -> None:
+    await _endpoint(hook, "/a")
+    await _fire("NEUTRAL", "BUY")
+    clock = Clock()
+    assert await _worker(clock, webhook).drain() == 1
+    [got] = hook.received
+    assert got.valid and got.path == "/a" and got.id.startswith("msg_")
+    assert (got.body["from"], got.body["to"], got.body["symbol"]) == (
+        "NEUTRAL", "BUY", "FX_IDC:EURUSD")
+    assert got.body["text"] == "EURUSD 1h: NEUTRAL → BUY"
+    row = await AlertDelivery.get()
+    assert (row.status, row.attempts, row.sent_at) == ("sent", 1, int(T0 * 1000))
+    assert await _worker(clock, webhook).drain() == 0  # nothing is sent twice
+    assert len(hook.received) == 1
+
+
+async def test_failures_retry_on_the_schedule_with_the_same_id(
+        hook: Receiver, webhook: WebhookChannel) -> None:
+    await _endpoint(hook, "/flaky")
+    hook.script("/flaky", [500, 503, 200])
+    await _fire("NEUTRAL", "BUY")
+    clock = Clock()
+    worker = _worker(clock, webhook)
+    await worker.drain()
+    row = await AlertDelivery.get()
+    assert (row.status, row.attempts, row.due, row.error) == (
+        "pending", 1, int((T0 + SCHEDULE[0]) * 1000), "HTTP 500")
+    clock.now += SCHEDULE[0] - 1
+    assert await worker.drain() == 0  # not yet due
+    clock.now += 1
+    await worker.drain()
+    clock.now += SCHEDULE[1]
+    await worker.drain()
+    assert [r.valid for r in hook.received] == [True, True, True]
+    assert len({r.id for r in hook.received}) == 1  # the receiver can dedupe
+    assert (await AlertDelivery.get()).status == "sent"
+
+
+async def test_retry_after_is_honoured(hook: Receiver, webhook: WebhookChannel) -> None:
+    await _endpoint(hook, "/busy")
+    hook.script("/busy", [(429, {"Retry-After": "120"})])
+    await _fire("NEUTRAL", "BUY")
+    await _worker(Clock(), webhook).drain()
+    assert (await AlertDelivery.get()).due == int((T0 + 120) * 1000)
+
+
+async def test_410_disables_the_endpoint(hook: Receiver, webhook: WebhookChannel) -> None:
+    gone = await _endpoint(hook, "/gone")
+    hook.script("/gone", [410])
+    await _fire("NEUTRAL", "BUY")
+    await _worker(Clock(), webhook).drain()
+    row = await AlertDelivery.get()
+    assert (row.status, row.error) == ("failed", "410 Gone: the endpoint was removed")
+    channel = await AlertChannel.get(id=gone)
+    assert channel.state == "disabled"
+    await _fire("SELL", "STRONG_SELL")  # a later trigger owes the disabled endpoint nothing
+    assert await AlertDelivery.all().count() == 1
+
+
+async def test_a_wrong_secret_is_refused_by_the_receiver_and_not_retried(
+        hook: Receiver, webhook: WebhookChannel) -> None:
+    await _endpoint(hook, "/x", secret=new_secret())
+    await _fire("NEUTRAL", "BUY")
+    await _worker(Clock(), webhook).drain()
+    assert [r.valid for r in hook.received] == [False]
+    assert (await AlertDelivery.get()).status == "failed"
+
+
+async def test_a_crashed_workers_claim_is_taken_over_after_its_lease(
+        hook: Receiver, webhook: WebhookChannel) -> None:
+    await _endpoint(hook, "/a")
+    await _fire("NEUTRAL", "BUY")
+    clock = Clock()
+    [delivery_id] = await storage.due_deliveries(int(T0 * 1000))
+    assert await storage.claim(delivery_id, int(T0 * 1000), 60_000) is not None  # then "dies"
+    worker = _worker(clock, webhook)
+    assert await worker.drain() == 0 and hook.received == []
+    clock.now += 60
+    assert await worker.drain() == 1
+    assert len(hook.valid("/a")) == 1 and (await AlertDelivery.get()).status == "sent"
+
+
+async def test_two_workers_send_each_delivery_once(
+        hook: Receiver, webhook: WebhookChannel) -> None:
+    await _endpoint(hook, "/a")
+    await _fire("NEUTRAL", "BUY", "SELL", "BUY", "STRONG_BUY", "NEUTRAL")
+    clock = Clock()
+    first, second = _worker(clock, webhook), _worker(clock, webhook)
+    await asyncio.gather(first.drain(), second.drain())
+    assert first.sent + second.sent == 5
+    assert sorted(r.body["trigger"] for r in hook.received) == sorted(
+        {r.body["trigger"] for r in hook.received})
+    assert len(hook.received) == 5
+
+
+async def test_an_unreachable_endpoint_is_retried(webhook: WebhookChannel,
+                                                  db: TortoiseContext) -> None:
+    await storage.add_channel(OWNER, "webhook", "http://127.0.0.1:9/nothing",
+                              secret=new_secret())
+    await _fire("NEUTRAL", "BUY")
+    await _worker(Clock(), webhook).drain()
+    row = await AlertDelivery.get()
+    assert row.status == "pending" and row.attempts == 1 and row.error
+
+
+class _Raising:
+    kind = "webhook"
+
+    async def send(self, message: Message, target: Target) -> Outcome:
+        raise KeyError("a plugin bug")
+
+
+async def test_a_channel_that_raises_costs_one_retry(db: TortoiseContext) -> None:
+    await storage.add_channel(OWNER, "webhook", "http://x", secret=new_secret())
+    await _fire("NEUTRAL", "BUY")
+    raising: Channel = _Raising()
+    worker = Deliverer({"webhook": raising}, clock=Clock(), rng=lambda: 0.5)
+    await worker.drain()
+    assert (await AlertDelivery.get()).error == "channel error: KeyError"
+
+
+def test_the_schedule_spans_a_day_then_gives_up() -> None:
+    retry = Outcome("retry", "HTTP 500")
+    pauses = [(next_step(retry, n, 0).due or 0) / 1000 for n in range(1, len(SCHEDULE) + 1)]
+    assert pauses == list(SCHEDULE) and sum(pauses) > 86_400
+    assert next_step(retry, len(SCHEDULE) + 1, 0).status == "failed"
+    jittered = next_step(retry, 1, 0, jitter=0.0).due
+    assert jittered == int(SCHEDULE[0] * 0.9 * 1000)
+    assert next_step(Outcome("blocked", "403"), 1, 0).channel_state == "blocked"
+
+
+def test_a_pause_notice_says_so() -> None:
+    row = {"id": 1, "rule_id": 2, "profile": "summary", "symbol": "FX_IDC:EURUSD", "tf": "1h",
+           "before": "firing", "after": "paused", "value": None, "bar": 0, "ts": 0,
+           "dedupe": "ab" * 32}
+    message = message_of(row)
+    assert message.payload["type"] == "alert.paused" and "paused" in message.text
+    assert message_of({**row, "before": "NEUTRAL", "after": "BUY"}).payload["type"] == (
+        "alert.fired")
