@@ -100,38 +100,37 @@ async def drain(ws: Any, seen: Counter[str]) -> None:
 async def churn(seconds: float, every: float, per_frame: int) -> tuple[int, Counter[str]]:
     """Upstream requests while two sockets of one account subscribe made-up tickers."""
     seen: Counter[str] = Counter()
-    async with served() as (_, client, standin, token):
-        async with client.websocket("/ws") as a, client.websocket("/ws") as b:
-            for ws in (a, b):
-                await authed(ws, token)
-            readers = [asyncio.create_task(drain(ws, seen)) for ws in (a, b)]
-            before = len(standin.log)
-            started = time.monotonic()
-            round = 0
-            while (elapsed := time.monotonic() - started) < seconds:
-                for ws, name in ((a, "A"), (b, "B")):
-                    await ws.send(ops([f"FX_IDC:ZQ{round}{name}{n}" for n in range(per_frame)]))
-                round += 1
-                await asyncio.sleep(max(0.0, round * every - elapsed))
-            spent = len(standin.log) - before
-            for reader in readers:
-                reader.cancel()
+    async with (served() as (_, client, standin, token), client.websocket("/ws") as a,
+                client.websocket("/ws") as b):
+        for ws in (a, b):
+            await authed(ws, token)
+        readers = [asyncio.create_task(drain(ws, seen)) for ws in (a, b)]
+        before = len(standin.log)
+        started = time.monotonic()
+        round = 0
+        while (elapsed := time.monotonic() - started) < seconds:
+            for ws, name in ((a, "A"), (b, "B")):
+                await ws.send(ops([f"FX_IDC:ZQ{round}{name}{n}" for n in range(per_frame)]))
+            round += 1
+            await asyncio.sleep(max(0.0, round * every - elapsed))
+        spent = len(standin.log) - before
+        for reader in readers:
+            reader.cancel()
     return spent, seen
 
 
 async def normal(seconds: float) -> int:
     """Upstream requests while one socket opens a board of five cards."""
-    async with served() as (_, client, standin, token):
-        async with client.websocket("/ws") as ws:
-            await authed(ws, token)
-            seen: Counter[str] = Counter()
-            reader = asyncio.create_task(drain(ws, seen))
-            before = len(standin.log)
-            await ws.send(ops(["FX_IDC:EURUSD", "FX_IDC:USDJPY", "FX_IDC:GBPUSD",
-                               "FX_IDC:AUDUSD", "FX_IDC:USDCHF"]))
-            await asyncio.sleep(seconds)
-            reader.cancel()
-            return len(standin.log) - before
+    async with served() as (_, client, standin, token), client.websocket("/ws") as ws:
+        await authed(ws, token)
+        seen: Counter[str] = Counter()
+        reader = asyncio.create_task(drain(ws, seen))
+        before = len(standin.log)
+        await ws.send(ops(["FX_IDC:EURUSD", "FX_IDC:USDJPY", "FX_IDC:GBPUSD",
+                           "FX_IDC:AUDUSD", "FX_IDC:USDCHF"]))
+        await asyncio.sleep(seconds)
+        reader.cancel()
+        return len(standin.log) - before
 
 
 async def keys() -> tuple[int, Counter[str], int, int]:

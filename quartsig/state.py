@@ -23,6 +23,7 @@ from quart import current_app
 from quartsig.access.admission import Gate
 from quartsig.access.caps import Caps
 from quartsig.access.expiries import Sessions
+from quartsig.access.shares import EarlyShare, KeyShare
 from quartsig.access.tokens import TokenAuthority
 from quartsig.cluster.broker import Broker
 from quartsig.domain.expiring import Expiring
@@ -97,12 +98,20 @@ class State:
     started_at: float = field(default_factory=time.monotonic)
     #: Distinct new keys per account per minute (early, then next tick, then refused).
     new_keys: KeyQuota = field(init=False)
+    #: Each account's share of early-fetch requests and of the watched keys.
+    early_share: EarlyShare = field(init=False)
+    key_share: KeyShare[Sink] = field(init=False)
 
     def __post_init__(self) -> None:
         self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,
                        retain=max(60.0, 3 * self.settings.interval))
         self.new_keys = KeyQuota(self.settings.new_keys_per_minute,
                                  self.settings.early_keys_per_minute)
+        self.early_share = EarlyShare(
+            self.settings.early_fetches_per_account,
+            later=lambda settle: asyncio.get_running_loop().call_soon(settle),
+        )
+        self.key_share = KeyShare(self.settings.max_keys_per_account)
         self.metrics.watch(
             lambda: len(self.hub.subscriptions),
             lambda: sum(len(keys) for keys in self.hub.subscriptions.values()),
@@ -200,6 +209,7 @@ class State:
         while True:
             await asyncio.sleep(self.settings.interval)
             self.new_keys.prune()
+            self.early_share.prune()
             try:
                 await self.check_accounts()
             except Exception:

@@ -166,6 +166,7 @@ async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
     # precede authed (docs/protocol.md).
     connection.send(protocol.reply("authed", auth_id, tg_id=user))
     state.hub.attach(connection, user)
+    state.key_share.join(user, connection)
     state.sessions.add(connection, expires_at)
     try:
         await _read(state, connection)
@@ -176,6 +177,7 @@ async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
             raise
     finally:
         state.sessions.remove(connection)
+        state.key_share.leave(user, connection)
         state.hub.detach(connection)
         await connection.dispose()
     code, reason = connection.closing or (Close.NORMAL, "")
@@ -329,7 +331,27 @@ def _admit_new_key(state: State, connection: Connection, key: Key, id: object) -
         )
     if verdict == KeyQuota.TICK:
         state.metrics.early_deferred.labels(reason="quota").inc()
+    elif not _early_share(state, hub.users.get(connection), key):
+        return False
     return verdict == KeyQuota.EARLY
+
+
+def _key_share(state: State, connection: Connection, key: Key, id: object) -> None:
+    """The account's share of the watched keys (:mod:`quartsig.access.shares`)."""
+    if not state.key_share.allows(state.hub.users.get(connection), key, state.hub.subscriptions):
+        state.metrics.refusals.labels(code=str(ErrorCode.ACCOUNT_KEY_LIMIT)).inc()
+        raise ProtocolError(
+            ErrorCode.ACCOUNT_KEY_LIMIT, f"this account holds "
+            f"{state.key_share.limit} keys already: unsubscribe one first", id,
+        )
+
+
+def _early_share(state: State, account: int | None, key: Key) -> bool:
+    """The account's share of early-fetch requests; False: the key waits for the next tick."""
+    if state.early_share.admit(account, (state.screener_of(key.symbol), key.profile)):
+        return True
+    state.metrics.early_deferred.labels(reason="share").inc()
+    return False
 
 
 def _obey(state: State, connection: Connection, message: protocol.Message) -> None:
@@ -345,6 +367,7 @@ def _obey(state: State, connection: Connection, message: protocol.Message) -> No
             unknown = state.unknown_symbols.get(message.symbol)
             if unknown is not None:
                 raise ProtocolError(ErrorCode.UNKNOWN_SYMBOL, unknown, message.id)
+            _key_share(state, connection, key, message.id)
             early = _admit_new_key(state, connection, key, message.id)
             try:
                 hub.subscribe(connection, key, early=early)
