@@ -96,6 +96,11 @@ class FeedComponent:
         await state.scanner.start()
         state.broker = open_broker(state)
         await state.broker.start()
+        if settings.redis_url and self.accounts:  # per-account limits across the cluster
+            from quartsig.cluster.quota import RedisQuota
+
+            state.quota = RedisQuota.from_settings(settings)
+            await state.quota.start()
         state.collector = Collector(
             state.broker,
             state.profiles,
@@ -126,6 +131,7 @@ class FeedComponent:
         self.tasks = []
         if state.broker is not None:
             await state.broker.stop()  # releases a held lease: a successor leads at once
+        await state.quota.stop()
         await state.outbox.stop()
         if state.scanner is not None:
             await state.scanner.close()

@@ -26,6 +26,7 @@ from quartsig.access.expiries import Sessions
 from quartsig.access.shares import EarlyShare, KeyShare
 from quartsig.access.tokens import TokenAuthority
 from quartsig.cluster.broker import Broker
+from quartsig.cluster.quota import LocalQuota, Quota
 from quartsig.domain.expiring import Expiring
 from quartsig.domain.model import Batch
 from quartsig.domain.protocol import Close, Vocabulary
@@ -101,6 +102,8 @@ class State:
     #: Each account's share of early-fetch requests and of the watched keys.
     early_share: EarlyShare = field(init=False)
     key_share: KeyShare[Sink] = field(init=False)
+    #: Per-account counts the whole cluster shares (sockets, new keys); local: always yes.
+    quota: Quota = field(default_factory=LocalQuota)
 
     def __post_init__(self) -> None:
         self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,

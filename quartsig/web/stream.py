@@ -153,6 +153,10 @@ async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
         return Close.TOO_MANY, refused.message
     if state.shutting_down:  # it authenticated while the others were being told 1001
         return Close.GOING_AWAY, "server shutting down"
+    seat = await state.quota.join(user)  # the account's sockets on every node of a cluster
+    if seat is None:
+        state.metrics.refused.labels(cap=caps.ACCOUNT).inc()
+        return Close.TOO_MANY, "too many connections for this account"
     handler = asyncio.current_task()
     assert handler is not None
     connection = Connection(
@@ -178,6 +182,7 @@ async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
     finally:
         state.sessions.remove(connection)
         state.key_share.leave(user, connection)
+        state.quota.leave(seat)
         state.hub.detach(connection)
         await connection.dispose()
     code, reason = connection.closing or (Close.NORMAL, "")
@@ -322,7 +327,13 @@ def _admit_new_key(state: State, connection: Connection, key: Key, id: object) -
         raise ProtocolError(
             ErrorCode.KEY_LIMIT, f"this server watches {cap} keys already", id
         )
-    verdict = state.new_keys.admit(hub.users.get(connection), key)
+    account = hub.users.get(connection)
+    verdict = state.new_keys.admit(account, key)
+    if account is not None and verdict != KeyQuota.REFUSE:  # the cluster's count too
+        if state.quota.over(account, key, settings.new_keys_per_minute):
+            verdict = KeyQuota.REFUSE
+        else:
+            state.quota.noted(account, key)
     if verdict == KeyQuota.REFUSE:
         state.metrics.refusals.labels(code=str(ErrorCode.QUOTA_EXCEEDED)).inc()
         raise ProtocolError(
