@@ -342,7 +342,7 @@ def _admit_new_key(state: State, connection: Connection, key: Key, id: object) -
         )
     if verdict == KeyQuota.TICK:
         state.metrics.early_deferred.labels(reason="quota").inc()
-    elif not _early_share(state, hub.users.get(connection), key):
+    elif not _early_share(state, account, key):
         return False
     return verdict == KeyQuota.EARLY
 
