@@ -99,7 +99,8 @@ class FeedComponent:
         if settings.redis_url and self.accounts:  # per-account limits across the cluster
             from quartsig.cluster.quota import RedisQuota
 
-            state.quota = RedisQuota.from_settings(settings)
+            state.quota = RedisQuota.from_settings(settings, held=lambda account: (
+                state.key_share.held(account, state.hub.subscriptions)))
             await state.quota.start()
         state.collector = Collector(
             state.broker,

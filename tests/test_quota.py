@@ -86,6 +86,23 @@ async def test_new_keys_are_counted_over_every_node(prefix: str):
         assert a.over(42, key[5], 4)
 
 
+async def test_the_keys_an_account_holds_on_other_live_nodes_are_counted(prefix: str):
+    async with (nodes(prefix, 1, held=lambda account: 3, ttl=0.5) as [dying],
+                nodes(prefix, 1, held=lambda account: 1) as [alive]):
+        assert await dying.join(42) is not None and await alive.join(42) is not None
+        await dying._sync_held()
+        await alive._sync_held()
+        await dying._sync_held()
+        assert (dying.keys_elsewhere(42), alive.keys_elsewhere(42)) == (1, 3)
+        assert alive.keys_elsewhere(43) == 0
+
+        async def forgotten() -> bool:  # dying never renews its socket: it lapses
+            await alive._sync_held()
+            return alive.keys_elsewhere(42) == 0
+
+        await eventually(forgotten)
+
+
 # --- through /ws: an app and another node sharing one Redis -------------------------------------
 
 
@@ -129,3 +146,30 @@ async def test_the_new_key_quota_holds_across_nodes(tmp_path: Any, prefix: str):
             while not (replies := [m for m in await receive(ws, 30) if m.get("id") == 9]):
                 pass
         assert replies[0]["code"] == "quota_exceeded"
+
+
+async def test_the_key_share_counts_what_other_nodes_hold(tmp_path: Any, prefix: str):
+    async with (app_and_node(tmp_path, prefix, max_keys_per_account=3) as (stack, other),
+                stack.ws() as ws):
+        other.held = lambda account: 2  # two keys of the account's on another node
+        assert await other.join(42) is not None
+        await other._sync_held()
+        await authed(ws, stack.token)
+        quota = stack.app.extensions["quartsig"].quota
+
+        async def others_read() -> bool:
+            return bool(quota.keys_elsewhere(42) == 2)
+
+        await eventually(others_read)
+
+        async def reply(tf: str) -> dict[str, Any]:
+            await ws.send(orjson.dumps({"op": "subscribe", "symbol": "FX_IDC:EURUSD", "tf": tf,
+                                        "profile": "summary", "id": tf}).decode())
+            async with asyncio.timeout(30):
+                while True:
+                    for message in await receive(ws, 30):
+                        if message.get("id") == tf:
+                            return message
+
+        assert (await reply("1h"))["type"] == "subscribed"
+        assert (await reply("4h"))["code"] == "account_key_limit"

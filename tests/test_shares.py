@@ -81,6 +81,7 @@ def test_an_account_holds_distinct_keys_over_all_its_sockets():
     assert share.allows(43, "k4", held)
     share.leave(42, "b")
     assert share.allows(42, "k4", held)
+    assert not share.allows(42, "k5", held, elsewhere=2)  # two on other nodes
     assert KeyShare(0).allows(42, "k9", {"a": {"x"}})
 
 

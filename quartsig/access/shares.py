@@ -12,8 +12,8 @@ cluster's 20 000 keys. So:
   together in one early fetch, one request per screener and profile, so the first key of each
   (screener, profile) group in a step takes a token and the others ride along. Out of tokens, the
   key waits for the next full tick (which fetches the whole demand in a few grouped requests).
-- :class:`KeyShare`: distinct keys one account holds over all its sockets; one more is refused
-  (``account_key_limit``).
+- :class:`KeyShare`: distinct keys one account holds over all its sockets (and, in a cluster,
+  what other nodes say it holds there); one more is refused (``account_key_limit``).
 
 Pure and clock-injected, like :mod:`quartsig.domain.ratelimit`: the ``/ws`` route asks, these
 answer; cluster-wide counts are :mod:`quartsig.cluster.quota`'s business.
@@ -101,18 +101,21 @@ class KeyShare(Generic[Sink]):
                 del self._sinks[account]
 
     def allows(
-        self, account: Hashable, key: Hashable, held: Mapping[Sink, Collection[Hashable]]
+        self, account: Hashable, key: Hashable, held: Mapping[Sink, Collection[Hashable]],
+        elsewhere: int = 0,
     ) -> bool:
-        """Whether ``account`` may subscribe to ``key``, given what each socket ``held``: a key
-        it holds already is free; a new one must fit under the limit."""
+        """Whether ``account`` may subscribe to ``key``, given what each socket ``held`` (and
+        how many keys it holds ``elsewhere``: other nodes): a key it holds already is free; a new
+        one must fit under the limit."""
         if not self.limit:
             return True
         sets = [held.get(sink, ()) for sink in self._sinks.get(account, ())]
         if any(key in keys for keys in sets):
             return True
-        if sum(len(keys) for keys in sets) < self.limit:  # cheap: most accounts stop here
+        room = self.limit - elsewhere
+        if sum(len(keys) for keys in sets) < room:  # cheap: most accounts stop here
             return True
-        return len(set().union(*sets)) < self.limit
+        return len(set().union(*sets)) < room
 
     def held(self, account: Hashable, held: Mapping[Sink, Collection[Hashable]]) -> int:
         """Distinct keys ``account`` holds now."""

@@ -11,6 +11,9 @@ each. :class:`RedisQuota` counts in Redis instead:
   members, counts the rest and adds itself only below the cap, atomically; its node renews its
   members every ``ttl / 3`` and removes them when they close. A node that dies without saying
   so stops renewing, so its sockets lapse within ``ttl`` instead of counting forever.
+- ``held:{account}``: a hash, node -> the distinct keys the account holds there, pushed with the
+  new keys; what nodes without a live socket of the account hold is dropped. The node's check
+  of ``QUARTSIG_MAX_KEYS_PER_ACCOUNT`` adds what the others hold, as last read.
 - ``newkeys:{account}``: a sorted set of the account's new keys (``profile|symbol|tf``), scored by
   when they were first asked for, trimmed to the window. Subscribing runs synchronously on the
   event loop (no await between a check and what it guards), so the node pushes its new keys
@@ -80,6 +83,29 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
+_HELD = """
+-- KEYS: held:{account}, sockets:{account}; ARGV: node, count, ttl_ms
+-- -> the keys the account holds on the other nodes that still have a live socket of it
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local live = {}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ms, '+inf')) do
+  live[string.match(member, '^([^:]*):')] = true
+end
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if fields[i] ~= ARGV[1] then
+    if live[fields[i]] then total = total + tonumber(fields[i + 1])
+    else redis.call('HDEL', KEYS[1], fields[i]) end
+  end
+end
+return total
+"""
+
+
 class Quota(Protocol):
     """What the ``/ws`` route asks about an account, beyond this node's own counts."""
 
@@ -100,6 +126,9 @@ class Quota(Protocol):
 
     def noted(self, account: int, key: Key) -> None:
         """``account`` asked for the new ``key`` here."""
+
+    def keys_elsewhere(self, account: int) -> int:
+        """Keys ``account`` holds on other nodes (as last read)."""
 
 
 class LocalQuota:
@@ -122,6 +151,9 @@ class LocalQuota:
 
     def noted(self, account: int, key: Key) -> None:
         return None
+
+    def keys_elsewhere(self, account: int) -> int:
+        return 0
 
 
 class NewKeys:
@@ -165,6 +197,7 @@ class RedisQuota:
         ttl: float = SOCKET_TTL,
         sync: float = SYNC_EVERY,
         node: str | None = None,
+        held: Callable[[int], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -173,7 +206,11 @@ class RedisQuota:
         self.window = window
         self.ttl = ttl
         self.sync = sync
-        self.node = node or uuid.uuid4().hex[:12]
+        self.node = (node or uuid.uuid4().hex[:12]).replace(":", "-")
+        #: How many distinct keys an account holds on this node (None: not counted).
+        self.held = held
+        #: account -> keys it holds on the other nodes, as last read.
+        self._held_elsewhere: dict[int, int] = {}
         self.clock = clock
         self._serial = itertools.count()
         #: account -> this node's counted sockets (their members).
@@ -184,17 +221,18 @@ class RedisQuota:
         self._join = client.register_script(_JOIN)
         self._renew = client.register_script(_RENEW)
         self._new_keys = client.register_script(_NEW_KEYS)
+        self._held = client.register_script(_HELD)
         self._task: asyncio.Task[None] | None = None
         self._failures = Sparse()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> RedisQuota:
+    def from_settings(cls, settings: Any, held: Callable[[int], int] | None = None) -> RedisQuota:
         client = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
             health_check_interval=10,
         )
         return cls(client, prefix=settings.redis_prefix,
-                   per_account=settings.max_connections_per_account)
+                   per_account=settings.max_connections_per_account, held=held)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="quartsig-quota")
@@ -300,6 +338,24 @@ class RedisQuota:
                 keys.pending -= pushed[account]
                 keys.cluster = int(count)
 
+    # -- held keys ----------------------------------------------------------------------------
+
+    def keys_elsewhere(self, account: int) -> int:
+        return self._held_elsewhere.get(account, 0)
+
+    async def _sync_held(self) -> None:
+        if self.held is None:
+            return
+        accounts = list(self._seats)
+        ttl_ms = int(self.ttl * 1000)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for account in accounts:
+                await self._held(keys=[f"{self.prefix}held:{account}", self._sockets(account)],
+                                 args=[self.node, self.held(account), ttl_ms], client=pipe)
+            counts = await pipe.execute()
+        self._held_elsewhere = {account: int(count)
+                                for account, count in zip(accounts, counts, strict=True)}
+
     # -- the loop -----------------------------------------------------------------------------
 
     async def _loop(self) -> None:
@@ -308,6 +364,7 @@ class RedisQuota:
             try:
                 await self._flush_left()
                 await self._sync_keys()
+                await self._sync_held()
                 if self.clock() - renewed >= self.ttl / 3:
                     await self._renew_seats()
                     renewed = self.clock()

@@ -349,7 +349,9 @@ def _admit_new_key(state: State, connection: Connection, key: Key, id: object) -
 
 def _key_share(state: State, connection: Connection, key: Key, id: object) -> None:
     """The account's share of the watched keys (:mod:`quartsig.access.shares`)."""
-    if not state.key_share.allows(state.hub.users.get(connection), key, state.hub.subscriptions):
+    account = state.hub.users.get(connection)
+    elsewhere = state.quota.keys_elsewhere(account) if account is not None else 0
+    if not state.key_share.allows(account, key, state.hub.subscriptions, elsewhere):
         state.metrics.refusals.labels(code=str(ErrorCode.ACCOUNT_KEY_LIMIT)).inc()
         raise ProtocolError(
             ErrorCode.ACCOUNT_KEY_LIMIT, f"this account holds "
