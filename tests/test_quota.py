@@ -90,14 +90,14 @@ async def test_the_keys_an_account_holds_on_other_live_nodes_are_counted(prefix:
     async with (nodes(prefix, 1, held=lambda account: 3, ttl=0.5) as [dying],
                 nodes(prefix, 1, held=lambda account: 1) as [alive]):
         assert await dying.join(42) is not None and await alive.join(42) is not None
-        await dying._sync_held()
-        await alive._sync_held()
-        await dying._sync_held()
+        await dying._renew()
+        await alive._renew()
+        await dying._renew()
         assert (dying.keys_elsewhere(42), alive.keys_elsewhere(42)) == (1, 3)
         assert alive.keys_elsewhere(43) == 0
 
         async def forgotten() -> bool:  # dying never renews its socket: it lapses
-            await alive._sync_held()
+            await alive._renew()
             return alive.keys_elsewhere(42) == 0
 
         await eventually(forgotten)
@@ -153,7 +153,7 @@ async def test_the_key_share_counts_what_other_nodes_hold(tmp_path: Any, prefix:
                 stack.ws() as ws):
         other.held = lambda account: 2  # two keys of the account's on another node
         assert await other.join(42) is not None
-        await other._sync_held()
+        await other._renew()
         await authed(ws, stack.token)
         quota = stack.app.extensions["quartsig"].quota
 

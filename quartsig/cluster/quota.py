@@ -9,17 +9,18 @@ each. :class:`RedisQuota` counts in Redis instead:
 - ``sockets:{account}``: a sorted set, one member per open socket of the account on any node,
   scored by when it lapses (Redis' own clock). A socket joins by a script that drops lapsed
   members, counts the rest and adds itself only below the cap, atomically; its node renews its
-  members every ``ttl / 3`` and removes them when they close. A node that dies without saying
+  members every 2 s and removes them when they close. A node that dies without saying
   so stops renewing, so its sockets lapse within ``ttl`` instead of counting forever.
-- ``held:{account}``: a hash, node -> the distinct keys the account holds there, pushed with the
-  new keys; what nodes without a live socket of the account hold is dropped. The node's check
-  of ``QUARTSIG_MAX_KEYS_PER_ACCOUNT`` adds what the others hold, as last read.
+- ``held:{account}``: a hash, node -> the distinct keys the account holds there, written when the
+  node renews its sockets (every 2 s); what nodes without a live socket of the account hold is
+  dropped. The node's check of ``QUARTSIG_MAX_KEYS_PER_ACCOUNT`` adds what the others hold, as
+  last read.
 - ``newkeys:{account}``: a sorted set of the account's new keys (``profile|symbol|tf``), scored by
   when they were first asked for, trimmed to the window. Subscribing runs synchronously on the
   event loop (no await between a check and what it guards), so the node pushes its new keys
-  every ``sync`` seconds and reads back the cluster's distinct count: the check adds what
-  *other* nodes counted, as last read (a fraction of a second late, like ``QUARTSIG_MAX_KEYS``'s
-  cluster count).
+  every ``sync`` seconds and reads back the cluster's distinct count (of every account
+  connected here at each renewal): the check adds what *other* nodes counted, as last read (a
+  moment late, like ``QUARTSIG_MAX_KEYS``'s cluster count).
 
 Redis trouble never locks anyone out: a socket that cannot be counted is let in (the node's own
 cap still holds), and counts come back at the next renewal.
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a socket's place in the cluster count lasts unless its node renews it.
 SOCKET_TTL = 15.0
+#: Longest gap between two renewals of a node's sockets (a third of their TTL if shorter).
+RENEW_EVERY = 2.0
 #: Seconds between two pushes of this node's new keys (and reads of the cluster's counts).
 SYNC_EVERY = 0.5
 #: Seconds a Redis call of a socket's admission may take before the socket is let in uncounted.
@@ -63,15 +66,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
-_RENEW = """
--- KEYS: sockets:{account}; ARGV: ttl_ms, members...
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[1]), ARGV[i]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-
 _NEW_KEYS = """
 -- KEYS: newkeys:{account}; ARGV: window_ms, keys... -> distinct keys in the window
 local now = redis.call('TIME')
@@ -82,24 +76,27 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return redis.call('ZCARD', KEYS[1])
 """
 
-
-_HELD = """
--- KEYS: held:{account}, sockets:{account}; ARGV: node, count, ttl_ms
--- -> the keys the account holds on the other nodes that still have a live socket of it
+_SEATS = """
+-- KEYS: sockets:{account}, held:{account}; ARGV: node, held count, ttl_ms, members...
+-- Renews this node's sockets of the account and says how many keys it holds here; returns the
+-- keys the account holds on the other nodes that still have a live socket of it.
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local ttl = tonumber(ARGV[3])
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], ms + ttl, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ttl)
 local live = {}
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ms, '+inf')) do
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ms, '+inf')) do
   live[string.match(member, '^([^:]*):')] = true
 end
 local total = 0
-local fields = redis.call('HGETALL', KEYS[1])
+local fields = redis.call('HGETALL', KEYS[2])
 for i = 1, #fields, 2 do
   if fields[i] ~= ARGV[1] then
     if live[fields[i]] then total = total + tonumber(fields[i + 1])
-    else redis.call('HDEL', KEYS[1], fields[i]) end
+    else redis.call('HDEL', KEYS[2], fields[i]) end
   end
 end
 return total
@@ -206,6 +203,8 @@ class RedisQuota:
         self.window = window
         self.ttl = ttl
         self.sync = sync
+        #: Seconds between renewals of this node's sockets (and trades of held-key counts).
+        self.renew_every = min(ttl / 3, RENEW_EVERY)
         self.node = (node or uuid.uuid4().hex[:12]).replace(":", "-")
         #: How many distinct keys an account holds on this node (None: not counted).
         self.held = held
@@ -219,9 +218,8 @@ class RedisQuota:
         self._left: list[tuple[int, str]] = []
         self._keys: dict[int, NewKeys] = {}
         self._join = client.register_script(_JOIN)
-        self._renew = client.register_script(_RENEW)
         self._new_keys = client.register_script(_NEW_KEYS)
-        self._held = client.register_script(_HELD)
+        self._seats_script = client.register_script(_SEATS)
         self._task: asyncio.Task[None] | None = None
         self._failures = Sparse()
 
@@ -292,14 +290,6 @@ class RedisQuota:
             self._left = left + self._left
             raise
 
-    async def _renew_seats(self) -> None:
-        ttl_ms = int(self.ttl * 1000)
-        async with self.client.pipeline(transaction=False) as pipe:
-            for account, members in self._seats.items():
-                await self._renew(keys=[self._sockets(account)], args=[ttl_ms, *members],
-                                  client=pipe)
-            await pipe.execute()
-
     # -- new keys -----------------------------------------------------------------------------
 
     def over(self, account: int, key: Key, limit: int) -> bool:
@@ -314,7 +304,9 @@ class RedisQuota:
             keys = self._keys[account] = NewKeys()
         keys.note(_name(key), self.clock())
 
-    async def _sync_keys(self) -> None:
+    async def _sync_keys(self, everyone: bool = True) -> None:
+        """Push new keys and read back the counts: of every account known here (``everyone``),
+        else only of those with keys to push."""
         cutoff = self.clock() - self.window
         for account in list(self._keys):
             self._keys[account].trim(cutoff)
@@ -324,7 +316,9 @@ class RedisQuota:
             self._keys.setdefault(account, NewKeys())
         if not self._keys:
             return
-        accounts = list(self._keys)
+        accounts = [a for a, keys in self._keys.items() if everyone or keys.pending]
+        if not accounts:
+            return
         window_ms = int(self.window * 1000)
         pushed = {account: set(self._keys[account].pending) for account in accounts}
         async with self.client.pipeline(transaction=False) as pipe:
@@ -343,15 +337,16 @@ class RedisQuota:
     def keys_elsewhere(self, account: int) -> int:
         return self._held_elsewhere.get(account, 0)
 
-    async def _sync_held(self) -> None:
-        if self.held is None:
-            return
+    async def _renew(self) -> None:
+        """Renew this node's sockets, and trade held-key counts with the other nodes."""
         accounts = list(self._seats)
         ttl_ms = int(self.ttl * 1000)
         async with self.client.pipeline(transaction=False) as pipe:
             for account in accounts:
-                await self._held(keys=[f"{self.prefix}held:{account}", self._sockets(account)],
-                                 args=[self.node, self.held(account), ttl_ms], client=pipe)
+                held = 0 if self.held is None else self.held(account)
+                await self._seats_script(
+                    keys=[self._sockets(account), f"{self.prefix}held:{account}"],
+                    args=[self.node, held, ttl_ms, *self._seats[account]], client=pipe)
             counts = await pipe.execute()
         self._held_elsewhere = {account: int(count)
                                 for account, count in zip(accounts, counts, strict=True)}
@@ -363,10 +358,10 @@ class RedisQuota:
         while True:
             try:
                 await self._flush_left()
-                await self._sync_keys()
-                await self._sync_held()
-                if self.clock() - renewed >= self.ttl / 3:
-                    await self._renew_seats()
+                due = self.clock() - renewed >= self.renew_every
+                await self._sync_keys(everyone=due)
+                if due:
+                    await self._renew()
                     renewed = self.clock()
             except asyncio.CancelledError:
                 raise
