@@ -51,6 +51,8 @@ SOCKET_TTL = 15.0
 RENEW_EVERY = 2.0
 #: Seconds between two pushes of this node's new keys (and reads of the cluster's counts).
 SYNC_EVERY = 0.5
+#: Closed sockets remembered for removal while Redis is away (the rest lapse within the TTL).
+MAX_LEFT = 100_000
 #: Seconds a Redis call of a socket's admission may take before the socket is let in uncounted.
 JOIN_TIMEOUT = 1.0
 
@@ -275,7 +277,8 @@ class RedisQuota:
             members.discard(member)
             if not members:
                 del self._seats[account]
-            self._left.append((account, member))
+            if len(self._left) < MAX_LEFT:  # else it lapses on its own, unrenewed
+                self._left.append((account, member))
 
     async def _flush_left(self) -> None:
         if not self._left:
