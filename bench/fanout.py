@@ -209,6 +209,7 @@ class Stack:
                 # thousands of clients of one account from one address model many users
                 QUARTSIG_MAX_CONNECTIONS_PER_ACCOUNT="0", QUARTSIG_MAX_CONNECTIONS_PER_ADDRESS="0",
                 QUARTSIG_NEW_KEYS_PER_MINUTE="100000", QUARTSIG_EARLY_KEYS_PER_MINUTE="100000",
+                QUARTSIG_EARLY_FETCHES_PER_ACCOUNT="100000", QUARTSIG_MAX_KEYS_PER_ACCOUNT="0",
             )  # fmt: skip
             for args in (["migrate"], ["account", "add", str(TG_ID)]):
                 subprocess.run([PY, "-m", "quartsig", *args], env=env, cwd=REPO, check=True,

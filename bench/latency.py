@@ -51,7 +51,8 @@ from tests.support.measure import percentile
 from tests.support.net import http_json
 
 #: One account stands in for the burst's many users: its per-account quotas must not bind.
-QUOTAS = {"QUARTSIG_EARLY_KEYS_PER_MINUTE": "100000", "QUARTSIG_NEW_KEYS_PER_MINUTE": "100000"}
+QUOTAS = {"QUARTSIG_EARLY_KEYS_PER_MINUTE": "100000", "QUARTSIG_NEW_KEYS_PER_MINUTE": "100000",
+          "QUARTSIG_EARLY_FETCHES_PER_ACCOUNT": "100000", "QUARTSIG_MAX_KEYS_PER_ACCOUNT": "0"}
 
 
 async def _snapshot_of(ws: Any, key: tuple[str, str, str]) -> None:

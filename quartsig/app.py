@@ -103,6 +103,12 @@ class FeedComponent:
         except BaseException:  # e.g. not a member of this cluster: leave nothing open
             await self.stop(state)
             raise
+        if settings.redis_url and self.accounts:  # per-account limits across the cluster
+            from quartsig.cluster.quota import RedisQuota
+
+            state.quota = RedisQuota.from_settings(settings, held=lambda account: (
+                state.key_share.held(account, state.hub.subscriptions)))
+            await state.quota.start()
         state.collector = Collector(
             state.broker,
             state.profiles,
@@ -134,6 +140,7 @@ class FeedComponent:
         self.tasks = []
         if state.broker is not None:
             await state.broker.stop()  # releases a held lease: a successor leads at once
+        await state.quota.stop()
         await state.outbox.stop()
         if state.scanner is not None:
             await state.scanner.close()

@@ -331,6 +331,14 @@ class Settings:
         20000, _positive_int,
         "Distinct keys watched (a cluster's, all nodes together); beyond it: key_limit."
     )
+    early_fetches_per_account: float = _setting(
+        5.0, _positive_float, "Early-fetch requests per minute one account's new keys may cost "
+        "(bursts of as many); beyond it they wait for the next tick (a deferred notice)."
+    )
+    max_keys_per_account: int = _setting(
+        256, _non_negative_int, "Distinct keys one account may hold over all its sockets; "
+        "beyond it: account_key_limit (0: no cap)."
+    )
     backoff_max: float = _setting(
         300.0, _positive_float, "Longest wait, in seconds, between tries while TradingView "
         "throttles every request."

@@ -23,8 +23,10 @@ from quart import current_app
 
 from quartsig.access.admission import Caps, Gate, KeyQuota
 from quartsig.access.expiries import Expiries
+from quartsig.access.shares import EarlyShare, KeyShare
 from quartsig.access.tokens import TokenAuthority
 from quartsig.cluster.broker import Broker
+from quartsig.cluster.quota import LocalQuota, Quota
 from quartsig.config import UNKNOWN_SYMBOL_TTL
 from quartsig.domain.expiring import Expiring
 from quartsig.domain.model import Batch, Key
@@ -102,12 +104,22 @@ class State:
     started_at: float = field(default_factory=time.monotonic)
     #: Distinct new keys per account per minute (early, then next tick, then refused).
     new_keys: KeyQuota = field(init=False)
+    #: Each account's share of early-fetch requests and of the watched keys.
+    early_share: EarlyShare = field(init=False)
+    key_share: KeyShare[Sink] = field(init=False)
+    #: Per-account counts the whole cluster shares (sockets, new keys); local: always yes.
+    quota: Quota = field(default_factory=LocalQuota)
 
     def __post_init__(self) -> None:
         self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,
                        retain=max(60.0, 3 * self.settings.interval))
         self.new_keys = KeyQuota(self.settings.new_keys_per_minute,
                                  self.settings.early_keys_per_minute)
+        self.early_share = EarlyShare(
+            self.settings.early_fetches_per_account,
+            later=lambda settle: asyncio.get_running_loop().call_soon(settle),
+        )
+        self.key_share = KeyShare(self.settings.max_keys_per_account)
         self.metrics.watch(
             lambda: len(self.hub.subscriptions),
             lambda: sum(len(keys) for keys in self.hub.subscriptions.values()),
@@ -219,6 +231,7 @@ class State:
         while True:
             await asyncio.sleep(self.settings.interval)
             self.new_keys.prune()
+            self.early_share.prune()
             try:
                 await self.check_accounts()
             except Exception:

@@ -309,3 +309,23 @@ async def test_a_key_unsubscribed_before_its_answer_is_not_cached():
         count = len(standin.log)
         await asyncio.sleep(3 * interval)
         assert len(standin.log) == count  # no demand, no request
+
+
+async def test_after_a_429_no_other_request_of_the_tick_starts():
+    """Issue 20, point 6: a tick of three requests against an address answering 429 sends one
+    (no retry, none of the queued ones); the backoff then decides when to knock again."""
+    runner, url = await serve_standin("127.0.0.1", 0, seed=5)
+    standin = runner.app[STANDIN]
+    standin.add_faults([{"kind": "status", "status": 429, "sticky": True}])
+    client = ScannerClient(url, retry_delays=(0.01, 0.01, 0.01), concurrency=1)
+    try:
+        col = collector(None, client)
+        keys = {Key("summary", USDJPY, "1h"), Key("summary", BTC, "1h"),
+                Key("summary", "NASDAQ:AAPL", "1h")}
+        assert len(col.plan(keys)) == 3
+        await col.tick(keys, full=True)
+        assert len(standin.log) == 1
+        assert col.backoff.active()
+    finally:
+        await client.close()
+        await runner.cleanup()

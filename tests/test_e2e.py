@@ -439,7 +439,8 @@ async def test_a_stalled_client_delays_nobody_and_catches_up(launch):
     # to tcp_wmem's maximum); ten steps of 300 full keys are about 9 MB, so the server's
     # sends to the stalled client block for the last several ticks.
     stack = await launch(standin_args=("--change-share", "1"), send_timeout="30",
-                   ops_per_second="1000", max_subscriptions="400")  # fmt: skip
+                   ops_per_second="1000", max_subscriptions="400",
+                   max_keys_per_account="0", early_fetches_per_account="1000")  # fmt: skip
     stalled = await asyncio.to_thread(RawClient, stack.server.port, await stack.token_for(40))
     for batch in subscribe_all(FULL_KEYS):
         stalled.send(batch)
@@ -492,7 +493,8 @@ async def test_a_stalled_client_delays_nobody_and_catches_up(launch):
 
 
 async def test_a_hopeless_client_is_closed_with_1013_while_others_keep_up(launch):
-    stack = await launch(send_timeout="1", ops_per_second="1000", max_subscriptions="400")
+    stack = await launch(send_timeout="1", ops_per_second="1000", max_subscriptions="400",
+                         max_keys_per_account="0", early_fetches_per_account="1000")
     await stack.standin_config(change_share=1, step_every=0.5)  # ~0.9 MB for it per tick
     stalled = await asyncio.to_thread(RawClient, stack.server.port, await stack.token_for(40))
     for batch in subscribe_all(FULL_KEYS):

@@ -46,7 +46,9 @@ KEYS = [("FX_IDC:EURUSD", "1m", "full"), ("FX_IDC:USDJPY", "1m", "summary")]
 UNCAPPED = {"QUARTSIG_MAX_CONNECTIONS_PER_ACCOUNT": "0",
             "QUARTSIG_MAX_CONNECTIONS_PER_ADDRESS": "0",
             "QUARTSIG_NEW_KEYS_PER_MINUTE": "100000",
-            "QUARTSIG_EARLY_KEYS_PER_MINUTE": "100000"}
+            "QUARTSIG_EARLY_KEYS_PER_MINUTE": "100000",
+            "QUARTSIG_EARLY_FETCHES_PER_ACCOUNT": "100000",
+            "QUARTSIG_MAX_KEYS_PER_ACCOUNT": "0"}
 
 
 @pytest.fixture(scope="module")

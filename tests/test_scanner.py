@@ -427,3 +427,22 @@ async def test_requests_queued_past_the_deadline_are_not_sent():
         assert sorted(result.attempts for result in results) == [0, 0, 1]
         assert scanner.slots[0].failures <= 1
         assert len(server.state.log) == 1
+
+
+@pytest.mark.parametrize("sticky", [True, False])
+async def test_after_a_429_no_request_of_the_same_scan_all_starts(standin, sticky):
+    """Issue 20, point 6: neither a retry nor a request still queued goes after a 429 (the
+    held-out storm saw three tries 0.1 s apart); the collector's backoff knocks next."""
+    standin.state.add_faults([{"kind": "status", "status": 429, "sticky": sticky}])
+    requests = [REQUEST, ScanRequest("crypto", ("BINANCE:BTCUSDT",), ("close",)),
+                ScanRequest("america", ("NASDAQ:AAPL",), ("close",))]
+    async with client(standin.url, concurrency=1) as scanner:
+        results = await scanner.scan_all(requests)
+        assert len(standin.state.log) == 1
+        assert [result.error.kind for result in results if result.error] == ["throttled"] * 3
+        assert sum(result.attempts for result in results) == 1
+        again = await scanner.scan_all(requests)  # the next tick may knock again
+    if sticky:  # throttled again at its first request: that one is all it sent
+        assert len(standin.state.log) == 2 and not any(result.ok for result in again)
+    else:
+        assert len(standin.state.log) == 4 and all(result.ok for result in again)

@@ -57,6 +57,7 @@ class ErrorCode(enum.StrEnum):
     PROFILE_FAILED = "profile_failed"
     QUOTA_EXCEEDED = "quota_exceeded"
     KEY_LIMIT = "key_limit"
+    ACCOUNT_KEY_LIMIT = "account_key_limit"
 
 
 #: The code of a ``notice`` frame: a key's first data waits for the next try (the subscription

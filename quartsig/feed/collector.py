@@ -335,7 +335,7 @@ class Collector:
         else:
             results = await self.client.scan_all(requests, deadline=deadline)
         self._throttle_check(results, started)
-        if not probe:
+        if not probe and not _throttled(results):  # after a 429, nothing more this tick
             results = await self._refetch(keys, results, deadline)
         batch = self.composer.compose(keys, results)
         for key, code, message in batch.rejected:
@@ -394,3 +394,6 @@ class Collector:
                 results += await self.client.scan_all(requests, deadline=deadline)
         return results
 
+
+def _throttled(results: list[ScanResult]) -> bool:
+    return any(r.error is not None and r.error.kind in THROTTLED for r in results)

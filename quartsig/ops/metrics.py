@@ -95,7 +95,7 @@ class Metrics:
         self.early_deferred = Counter(
             "quartsig_early_deferred_keys",
             "New keys left for the next full tick (reason: budget spent, throttled, or the "
-            "account's early share spent: quota)",
+            "account's early share spent: quota for keys, share for requests)",
             ["reason"], registry=r,
         )
         self.refusals = Counter(

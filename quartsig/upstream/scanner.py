@@ -298,19 +298,27 @@ class ScannerClient:
         self, requests: Iterable[ScanRequest], *, deadline: float | None = None,
         retry: bool = True,
     ) -> list[ScanResult]:
-        """Every request, concurrently within the client's bounds; results in request order."""
+        """Every request, concurrently within the client's bounds; results in request order.
+
+        Once an address is throttled or blocked, no attempt of these requests starts from it
+        (no retry, none of the requests still queued): asking again at once only extends the
+        throttle, and the collector's backoff decides when to knock next."""
+        halted: set[ProxySlot] = set()
         return list(await asyncio.gather(
-            *(self.scan(r, deadline=deadline, retry=retry) for r in requests)
+            *(self.scan(r, deadline=deadline, retry=retry, halted=halted) for r in requests)
         ))
 
     async def scan(
-        self, request: ScanRequest, *, deadline: float | None = None, retry: bool = True
+        self, request: ScanRequest, *, deadline: float | None = None, retry: bool = True,
+        halted: set[ProxySlot] | None = None,
     ) -> ScanResult:
         """One request with retries; never raises (but lets cancellation through).
 
         ``deadline`` is a ``time.monotonic()`` instant: no attempt runs past it
         and no backoff sleeps across it; the last error is returned instead.
         ``retry=False``: one attempt only (a probe while the collector backs off).
+        ``halted``: slots not to send from (shared by a tick's requests); a slot that is
+        throttled or blocked joins it.
         """
         retries = len(self.retry_delays) if retry else 0
         started = time.monotonic()
@@ -327,6 +335,9 @@ class ScannerClient:
                 error = _deadline_error(error)
                 break
             slot = self._pool.choose(avoid=slot)
+            if halted is not None and slot in halted:
+                error = error or _halted(slot)
+                break
             hold = slot.held_until - time.monotonic()
             if hold > 0:
                 # The upstream asked this address to wait (Retry-After): never ask sooner,
@@ -338,7 +349,10 @@ class ScannerClient:
                     break
                 await asyncio.sleep(hold)
                 remaining = _remaining(deadline)
-            outcome = await self._attempt(slot, url, body, request, remaining)
+            outcome = await self._attempt(slot, url, body, request, remaining, halted)
+            if outcome is _HALTED:  # throttled while this one queued: never sent
+                error = error or _halted(slot)
+                break
             if outcome is _NO_TURN:
                 # The deadline passed while queueing for a turn: no request was made,
                 # so nothing is held against the slot.
@@ -352,6 +366,8 @@ class ScannerClient:
                     request, rows, missing, None, attempts, time.monotonic() - started
                 )
             error = outcome
+            if halted is not None and error.kind in RENEW_FAULTS:
+                halted.add(slot)
             if error.kind in SLOT_FAULTS:
                 await self._pool.failed(
                     slot,
@@ -386,6 +402,7 @@ class ScannerClient:
         body: bytes,
         request: ScanRequest,
         remaining: float | None,
+        halted: set[ProxySlot] | None = None,
     ) -> tuple[dict[str, Row], frozenset[str]] | ScanError:
         """One HTTP exchange, every failure turned into a :class:`ScanError`."""
         assert self._semaphore is not None
@@ -401,6 +418,8 @@ class ScannerClient:
                     await self._wait_turn()
             except TimeoutError:
                 return _NO_TURN
+            if halted is not None and slot in halted:
+                return _HALTED
             spent = time.monotonic()
             budget = budget if remaining is None else min(budget, max(remaining, 0.001))
             client_timeout = aiohttp.ClientTimeout(total=budget, sock_connect=budget)
@@ -458,6 +477,14 @@ def _remaining_or_none(remaining: float | None) -> float | None:
 
 
 _NO_TURN = ScanError("timeout", "the tick's deadline passed before the request ran", True)
+
+
+#: Marks an attempt not made because its slot was throttled meanwhile (``scan``'s ``halted``).
+_HALTED = ScanError("throttled", "not sent: throttled meanwhile", True, 429)
+
+
+def _halted(slot: ProxySlot) -> ScanError:
+    return ScanError("throttled", f"not sent: {slot.label} was just throttled", True, 429)
 
 
 def _deadline_error(last: ScanError | None) -> ScanError:

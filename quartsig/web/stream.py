@@ -155,6 +155,10 @@ async def _serve(state: State, ticket: admission.Ticket) -> tuple[int, str]:
         return Close.TOO_MANY, refused.message
     if state.shutting_down:  # it authenticated while the others were being told 1001
         return Close.GOING_AWAY, "server shutting down"
+    seat = await state.quota.join(user)  # the account's sockets on every node of a cluster
+    if seat is None:
+        state.metrics.refused.labels(cap=admission.ACCOUNT).inc()
+        return Close.TOO_MANY, "too many connections for this account"
     handler = asyncio.current_task()
     assert handler is not None
     connection = Connection(
@@ -168,6 +172,7 @@ async def _serve(state: State, ticket: admission.Ticket) -> tuple[int, str]:
     # precede authed (docs/protocol.md).
     connection.send(protocol.reply("authed", auth_id, tg_id=user))
     state.hub.attach(connection, user)
+    state.key_share.join(user, connection)
     state.expiries.add(connection, expires_at)
     try:
         await _read(state, connection)
@@ -178,6 +183,8 @@ async def _serve(state: State, ticket: admission.Ticket) -> tuple[int, str]:
             raise
     finally:
         state.expiries.remove(connection)
+        state.key_share.leave(user, connection)
+        state.quota.leave(seat)
         state.hub.detach(connection)
         await connection.dispose()
     code, reason = connection.closing or (Close.NORMAL, "")
@@ -330,18 +337,49 @@ def _id_of(raw: object) -> object:
 def _admit_new_key(state: State, connection: Connection, key: Key, id: object) -> bool:
     """True when ``key`` may be fetched early (:func:`admission.admit_new_key` decides)."""
     hub = state.hub
+    account = hub.users.get(connection)
     free, watched = hub.standing(connection, key)
     try:
         verdict = admission.admit_new_key(
-            state.new_keys, hub.users.get(connection), key, free=free, watched=watched,
+            state.new_keys, account, key, free=free, watched=watched,
             held=len(hub.entries), count_watched=hub.watched, max_keys=state.settings.max_keys,
             cluster_keys=state.broker.cluster_keys() if state.broker is not None else 0, id=id)
+        if not free and account is not None:  # the account's new keys across the cluster too
+            limit = state.settings.new_keys_per_minute
+            if state.quota.over(account, key, limit):
+                raise ProtocolError(ErrorCode.QUOTA_EXCEEDED,
+                                    f"at most {limit} new keys a minute per account", id)
+            state.quota.noted(account, key)
     except ProtocolError as refused:
         state.metrics.refusals.labels(code=str(refused.code)).inc()
         raise
+    if free:
+        return True
     if verdict == KeyQuota.TICK:
         state.metrics.early_deferred.labels(reason="quota").inc()
+    elif not _early_share(state, account, key):
+        return False
     return verdict == KeyQuota.EARLY
+
+
+def _key_share(state: State, connection: Connection, key: Key, id: object) -> None:
+    """The account's share of the watched keys (:mod:`quartsig.access.shares`)."""
+    account = state.hub.users.get(connection)
+    elsewhere = state.quota.keys_elsewhere(account) if account is not None else 0
+    if not state.key_share.allows(account, key, state.hub.subscriptions, elsewhere):
+        state.metrics.refusals.labels(code=str(ErrorCode.ACCOUNT_KEY_LIMIT)).inc()
+        raise ProtocolError(
+            ErrorCode.ACCOUNT_KEY_LIMIT, f"this account holds "
+            f"{state.key_share.limit} keys already: unsubscribe one first", id,
+        )
+
+
+def _early_share(state: State, account: int | None, key: Key) -> bool:
+    """The account's share of early-fetch requests; False: the key waits for the next tick."""
+    if state.early_share.admit(account, (state.screener_of(key.symbol), key.profile)):
+        return True
+    state.metrics.early_deferred.labels(reason="share").inc()
+    return False
 
 
 def _obey(state: State, connection: Connection, message: protocol.Message) -> None:
@@ -357,6 +395,7 @@ def _obey(state: State, connection: Connection, message: protocol.Message) -> No
             unknown = state.unknown_symbols.get(message.symbol)
             if unknown is not None:
                 raise ProtocolError(ErrorCode.UNKNOWN_SYMBOL, unknown, message.id)
+            _key_share(state, connection, key, message.id)
             early = _admit_new_key(state, connection, key, message.id)
             try:
                 hub.subscribe(connection, key, early=early)
