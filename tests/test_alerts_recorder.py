@@ -20,6 +20,7 @@ from quartsig.cluster.memory import MemoryBroker
 from quartsig.config import Settings
 from quartsig.domain.model import Batch, Key, Row, ScanRequest, ScanResult
 from quartsig.domain.symbols import screener_for
+from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub
 from quartsig.feed.collector import Collector
 from quartsig.plugins.builtins.summary import PROFILE as SUMMARY
@@ -144,7 +145,7 @@ async def test_the_collector_hands_each_published_batch_to_the_recorder(
         recorder: Recorder) -> None:
     hub = Hub()
     scanner = _Scanner()
-    col = _collector(MemoryBroker(hub, hub.apply), scanner)
+    col = _collector(MemoryBroker(HubHandler(hub)), scanner)
     col.on_published = recorder.on_published
     await col.tick({KEY})
     scanner.rating = 0.3
@@ -156,11 +157,11 @@ async def test_the_collector_hands_each_published_batch_to_the_recorder(
 async def test_a_fenced_publication_is_not_evaluated() -> None:
     hub = Hub()
     seen: list[tuple[Batch, int]] = []
-    col = _collector(_FencedBroker(hub, hub.apply), _Scanner())
+    col = _collector(_FencedBroker(HubHandler(hub)), _Scanner())
     col.on_published = lambda batch, term: seen.append((batch, term))
     await col.tick({KEY})
     assert seen == []
-    col = _collector(MemoryBroker(hub, hub.apply), _Scanner())
+    col = _collector(MemoryBroker(HubHandler(hub)), _Scanner())
     col.on_published = lambda batch, term: seen.append((batch, term))
     await col.tick({KEY})
     assert [(len(batch.values), term) for batch, term in seen] == [(1, 0)]
@@ -181,7 +182,7 @@ class _Recording(_Scanner):
 async def test_the_rules_keys_are_collected_with_no_board_open(recorder: Recorder) -> None:
     hub = Hub()  # nobody subscribes to anything
     scanner = _Recording()
-    col = Collector(MemoryBroker(hub, hub.apply), {"summary": SUMMARY}, scanner,  # type: ignore[arg-type]
+    col = Collector(MemoryBroker(HubHandler(hub)), {"summary": SUMMARY}, scanner,  # type: ignore[arg-type]
                     screener_for, interval=3600)
     col.standing = recorder.standing
     task = asyncio.create_task(col.run())
