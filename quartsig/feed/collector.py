@@ -117,7 +117,7 @@ class Collector:
         """Collect whenever this node leads, until cancelled or stopped."""
         while not self.stopping:
             await self.broker.leadership()
-            self.composer.sources.clear()  # a new term: what others published meanwhile is unknown
+            self.composer.forget()  # a new term: what others published meanwhile is unknown
             await self._lead()
 
     async def _lead(self) -> None:
@@ -343,7 +343,7 @@ class Collector:
             owed.difference_update(key for key, _, _ in batch.values)
             owed.difference_update(key for key, _, _ in batch.failed)  # told, nothing owed
         else:
-            self.composer.sources.clear()  # fenced: nothing of it reached anyone
+            self.composer.forget()  # fenced: nothing of it reached anyone
         if self.metrics is not None:
             self.metrics.tick.observe(self.clock() - started)
         self.ticks += 1
