@@ -23,7 +23,7 @@ from quartsig.cluster.memory import MemoryBroker
 from quartsig.config import Settings
 from quartsig.domain.symbols import SCREENERS
 from quartsig.feed.budget import RequestBudget
-from quartsig.feed.collector import Collector
+from quartsig.feed.collector import Collector, CollectorSettings
 from quartsig.ops import logs
 from quartsig.plugins.loader import describe, get_plugin_manager, inventory, load_screeners
 from quartsig.state import EXTENSION, Component, State
@@ -101,11 +101,10 @@ class FeedComponent:
             state.profiles,
             state.scanner,
             state.screener_of,
-            interval=settings.interval,
+            CollectorSettings(interval=settings.interval, backoff_max=settings.backoff_max,
+                              quarantine=settings.plugin_quarantine),
             budget=RequestBudget(settings.early_fetch_budget),
-            backoff_max=settings.backoff_max,
             metrics=state.metrics,
-            quarantine=settings.plugin_quarantine,
         )
         state.outbox.start()
         self.tasks = [asyncio.create_task(state.collector.run(), name="quartsig-collector")]
