@@ -45,9 +45,10 @@ class Profile:
         calls are caught either way.
     :param compute_changes: optional, for a ``checked`` profile: ``(values, previous data) ->
         (data, changes)``, where ``changes`` holds the items of ``data`` that differ (``!=``)
-        from ``previous``, in ``data``'s order. It recomputes only outputs whose inputs moved,
-        so a tick costs what changed; the collector uses it when it has the key's previous
-        data, and hands the hub ``changes`` so the hub need not diff again.
+        from ``previous``, in ``data``'s order; ``data`` may be ``previous`` updated in place
+        (``previous.update(changes)``) and nothing else. It recomputes only outputs whose
+        inputs moved, so a tick costs what changed; the collector uses it when it has the
+        key's previous data, and hands the hub ``changes`` so the hub need not diff again.
     """
 
     name: str
