@@ -53,8 +53,12 @@ from quartsig.fanout.hub import Hub, shaped_diff
 from quartsig.feed.collector import Collector
 from quartsig.feed.composer import merge_results
 from quartsig.plugins.loader import get_plugin_manager, load_profiles
+from quartsig.upstream import scanner
 from quartsig.upstream.planner import plan
 from quartsig.upstream.scanner import parse_body
+
+#: The scanner client's row cache, in checkouts that have one (``--compare`` runs older ones).
+RowCache: Any = getattr(scanner, "RowCache", None)
 
 
 def _median_ms(fn: Callable[[], Any], runs: int) -> float:
@@ -170,10 +174,12 @@ async def _run(args: argparse.Namespace) -> None:
     # Two successive ticks' replies: the second differs from the first in about half the cells.
     first, second = bodies(), (standin.step(), bodies())[1]
 
-    def results(raw: list[bytes]) -> list[ScanResult]:
+    def results(raw: list[bytes], cache: Any = None) -> list[ScanResult]:
+        """Rows as the scanner client parses them: through its row cache where the checkout
+        has one (``scanner.RowCache``), else ``parse_body``."""
         out = []
         for request, body in zip(requests, raw, strict=True):
-            parsed = parse_body(request, body)
+            parsed = parse_body(request, body) if cache is None else cache.parse(request, body)
             assert not isinstance(parsed, Exception) and isinstance(parsed, tuple)
             out.append(ScanResult(request, parsed[0], parsed[1], None, 1, 0.0))
         return out
@@ -211,10 +217,11 @@ async def _run(args: argparse.Namespace) -> None:
 
     # The whole publish step, as the collector runs it, with one connection per key: from the
     # same first tick (the market is seeded) to a second one at each share of keys changing.
-    def publish_once(before: list[ScanResult], after: list[bytes]) -> float:
-        hub, collector, _ = _primed(keys, profiles, before)
+    def publish_once(before: list[bytes], after: list[bytes]) -> float:
+        cache = RowCache() if RowCache is not None else None
+        hub, collector, _ = _primed(keys, profiles, results(before, cache))
         started = time.process_time()
-        hub.apply(collector.compose(keys, results(after)))
+        hub.apply(collector.compose(keys, results(after, cache)))
         return (time.process_time() - started) * 1000
 
     changed_at: dict[float, int] = {}
@@ -227,7 +234,7 @@ async def _run(args: argparse.Namespace) -> None:
         hub, collector, _ = _primed(keys, profiles, results(before))
         changed_at[share] = hub.apply(collector.compose(keys, results(after)))
         figures[f"whole step, {share:.0%} change"] = statistics.median(
-            publish_once(results(before), after) for _ in range(args.runs))
+            publish_once(before, after) for _ in range(args.runs))
     if args.json:
         print(json.dumps(figures))
         return

@@ -15,7 +15,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartsig.domain.model import Key
+from quartsig.domain.model import Key, Row, ScanResult
 from quartsig.domain.timeframes import column
 from quartsig.feed.composer import merge_results
 from quartsig.upstream.planner import Limits
@@ -351,24 +351,35 @@ async def _both_paths(data: st.DataObject) -> None:
     keys = [Key(profile, symbol, tf) for profile in ("full", "summary")
             for symbol in (USDJPY, EURUSD) for tf in _TFS]
     columns = [column(base, tf) for tf in _TFS for base in FULL.columns]
-    # Today's path: every changed key's whole data computed and diffed by the hub.
+    # Today's path: every row parsed anew, every changed key's whole data computed and
+    # diffed by the hub.
     whole = {name: dataclasses.replace(profile, compute_changes=None)
              for name, profile in PROFILES.items()}
     new, old = collector(wall=lambda: 1.7e9), collector(whole, wall=lambda: 1.7e9)
     conns = {col: attach(hub_of(col), *keys) for col in (new, old)}
     cells: dict[tuple[str, str], list[Any] | None] = {(s, tf): None
                                                      for s in (USDJPY, EURUSD) for tf in _TFS}
+    made: dict[str, tuple[list[Any], Row]] = {}
     for _ in range(data.draw(st.integers(2, 5))):
         for place in cells:
             cells[place] = _cells(data, cells[place])
-        rows = {symbol: {column(base, tf): value
-                         for tf in _TFS for base, value in zip(FULL.columns, cells[symbol, tf],
-                                                               strict=True)}
-                for symbol in (USDJPY, EURUSD)}
-        results = [ok(request([USDJPY, EURUSD], columns), rows)]
+        rows = {}
+        for symbol in (USDJPY, EURUSD):
+            flat = [value for tf in _TFS for value in cells[symbol, tf] or ()]
+            if symbol not in made or made[symbol][0] != flat or data.draw(st.booleans()):
+                # A row whose cells moved is new; one that did not is the very same row, as
+                # the scanner client's RowCache hands it back (or, now and then, a new one).
+                made[symbol] = (flat, Row.of(dict(zip(columns, flat, strict=True))))
+            rows[symbol] = made[symbol][1]
+        results = {
+            new: [ScanResult(request([USDJPY, EURUSD], columns), rows, frozenset(), None, 1, 0.0)],
+            # Today's path parses every row anew: never the same row object twice.
+            old: [ok(request([USDJPY, EURUSD], columns),
+                     {symbol: dict(row) for symbol, row in rows.items()})],
+        }
         frames = {}
         for col in (new, old):
-            batch = col.compose(keys, results)
+            batch = col.compose(keys, results[col])
             if col is old:
                 batch.changes = {}  # the hub diffs whole values, as it always did
             else:

@@ -103,6 +103,10 @@ class Composer:
         self._pairs: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         #: The inputs each key's data was last computed from: an unchanged row is skipped.
         self.sources: dict[Key, tuple[Any, ...]] = {}
+        #: The row each key's inputs were last found unchanged in or computed from: the
+        #: scanner client hands back the very same row while its bytes do not move
+        #: (:class:`~quartsig.upstream.scanner.RowCache`), so such a key costs one look-up.
+        self.settled: dict[Key, Row] = {}
         #: The data each key was last published with: what its next changes are taken from.
         self.outputs: dict[Key, dict[str, Any]] = {}
         #: Each profile's diff, for profiles without ``compute_changes`` (:func:`shaped_diff`).
@@ -139,6 +143,7 @@ class Composer:
         charges, owed, told = quarantine.charges, self.owed, self._told
         rows, unknown, incomplete = outcome.rows, outcome.unknown, outcome.incomplete
         sources, outputs, profiles = self.sources, self.outputs, self.profiles
+        settled = self.settled
         changes = batch.changes
         shapes: dict[tuple[Layout, str, str], _Shape] = {}
         for key in keys:
@@ -152,6 +157,10 @@ class Composer:
                 if symbol in unknown:
                     rejected.setdefault(symbol, []).append(key)
                 continue
+            if settled.get(key) is row and (not owed or key not in owed):
+                if reason is not None:
+                    self._tell(batch, key, reason)
+                continue  # the very row it settled from: the same inputs, as below
             shape = shapes.get((row.layout, profile, tf))
             if shape is None:
                 shape = shapes[(row.layout, profile, tf)] = self._shape(row, profile, tf)
@@ -164,6 +173,7 @@ class Composer:
                 continue  # part of its columns failed: keep the last good data
             values = row.pick(columns) if pick is None else pick(row.cells)
             if sources.get(key) == values and (not owed or key not in owed):
+                settled[key] = row
                 if reason is not None:
                     self._tell(batch, key, reason)
                 continue  # same inputs as last time: same data, nothing to compute or send
@@ -174,6 +184,7 @@ class Composer:
                 continue
             data, delta = made
             sources[key] = values
+            settled[key] = row
             outputs[key] = data
             batch.values.append((key, data, ts))
             if previous is not None and delta is not None:
@@ -187,6 +198,7 @@ class Composer:
             for key in symbol_keys:
                 self.sources.pop(key, None)
                 self.outputs.pop(key, None)
+                self.settled.pop(key, None)
                 self.owed.discard(key)
                 batch.rejected.append((key, str(ErrorCode.UNKNOWN_SYMBOL), message))
         batch.status = self._report(results, outcome)
@@ -220,6 +232,7 @@ class Composer:
         (a new term, or a publication that was fenced and reached nobody)."""
         self.sources.clear()
         self.outputs.clear()
+        self.settled.clear()
 
     # -- charging failures to their profile ---------------------------------------------
 
@@ -290,6 +303,8 @@ class Composer:
             del self.sources[key]
         for key in [key for key in self.outputs if key not in demand]:
             del self.outputs[key]
+        for key in [key for key in self.settled if key not in demand]:
+            del self.settled[key]
         for key in [key for key in self._told if key not in demand]:
             del self._told[key]
         self.owed &= demand
