@@ -477,12 +477,14 @@ def test_the_row_cache_parses_exactly_what_parse_body_does(replies, width) -> No
         if isinstance(got, ScanError):
             last = {}
             continue
+        # The cache's own path: the compact shape, each ticker once (else parse_body decides).
+        fast = shape == "plain" and len({ticker for ticker, _ in rows}) == len(rows)
         for ticker, row in got[0].items():
             piece = orjson.dumps({"s": ticker, "d": list(row.cells)})
-            if ticker in last and last[ticker][0] == piece and shape == "plain":
+            if fast and ticker in last and last[ticker][0] == piece:
                 assert row is last[ticker][1]  # not parsed again
         last = {ticker: (orjson.dumps({"s": ticker, "d": list(row.cells)}), row)
-                for ticker, row in got[0].items()} if shape == "plain" else {}
+                for ticker, row in got[0].items()} if fast else {}
 
 
 def test_the_row_cache_parses_only_rows_whose_bytes_moved() -> None:
