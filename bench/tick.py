@@ -32,6 +32,7 @@ import argparse
 import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -224,17 +225,24 @@ async def _run(args: argparse.Namespace) -> None:
         hub.apply(collector.compose(keys, results(after, cache)))
         return (time.process_time() - started) * 1000
 
-    changed_at: dict[float, int] = {}
+    changed_at: dict[str, int] = {}
     for share in args.change_share:
+        # Keys move one by one (the stand-in's model: the worst case for skipping whole rows).
         market = DemoScanner(seed=3, universe=universe)
         market.config.update({"change_share": share})
         before = bodies_of(market)
         market.step()
         after = bodies_of(market)
-        hub, collector, _ = _primed(keys, profiles, results(before))
-        changed_at[share] = hub.apply(collector.compose(keys, results(after)))
-        figures[f"whole step, {share:.0%} change"] = statistics.median(
-            publish_once(before, after) for _ in range(args.runs))
+        # Whole tickers move, every timeframe at once (TradingView's: each timeframe's current
+        # bar moves with the price), the others stand still to the byte.
+        moving = set(random.Random(7).sample(tickers, round(share * len(tickers))))
+        whole_tickers = bodies_of(_Partly(universe, moving))
+        for name, replies in ((f"{share:.0%} of keys", after),
+                              (f"{share:.0%} of tickers", whole_tickers)):
+            hub, collector, _ = _primed(keys, profiles, results(before))
+            changed_at[name] = hub.apply(collector.compose(keys, results(replies)))
+            figures[f"whole step, {name} change"] = statistics.median(
+                publish_once(before, replies) for _ in range(args.runs))
     if args.json:
         print(json.dumps(figures))
         return
@@ -243,7 +251,7 @@ async def _run(args: argparse.Namespace) -> None:
     print(f"tick cost: {len(tickers)} tickers x {len(TIMEFRAMES)} timeframes = {len(keys)} keys, "
           f"profile {args.profile} ({len(profile.columns)} columns), {len(requests)} requests, "
           f"{cells} cells, {changed} keys changed in the phases; keys whose data changed in "
-          f"the whole step: " + ", ".join(f"{n} at {share:.0%}" for share, n in changed_at.items())
+          f"the whole step: " + ", ".join(f"{n} at {name}" for name, n in changed_at.items())
           + f"; medians of {args.runs} runs (CPU time)")
     print()
     print("| phase | ms per tick | us per key |")
@@ -258,6 +266,22 @@ async def _run(args: argparse.Namespace) -> None:
           f"update frames: {sum(len(orjson.dumps(c)) for c in changes) / 1e6:.1f} MB of data")
     if args.ticks:
         _steady(args.ticks, keys, profiles, [results, first, second])
+
+
+class _Partly(DemoScanner):
+    """The stand-in one step on for ``moving`` tickers (every key of theirs), as it was for
+    the others."""
+
+    def __init__(self, universe: Any, moving: set[str]) -> None:
+        super().__init__(seed=3, universe=universe)
+        self.moving = moving
+        self.before = DemoScanner(seed=3, universe=universe)
+        self.after = DemoScanner(seed=3, universe=universe)
+        self.after.step(change_share=1.0)
+
+    def values(self, ticker: str, timeframe: str) -> dict[str, Any]:
+        market = self.after if ticker in self.moving else self.before
+        return market.values(ticker, timeframe)
 
 
 def _primed(keys: list[Key], profiles: Any,
