@@ -106,6 +106,7 @@ class FeedComponent:
             budget=RequestBudget(settings.early_fetch_budget),
             metrics=state.metrics,
         )
+        state.collector.unknown_symbols = state.unknown_symbols  # one cache for both
         state.outbox.start()
         self.tasks = [asyncio.create_task(state.collector.run(), name="quartsig-collector")]
         if self.accounts:  # the clients' side: disabled accounts and expired tokens
@@ -177,8 +178,8 @@ def create_app(
         settings = Settings.from_env(**overrides)
     elif overrides:
         settings = settings.replace(**overrides)
-    hosting.harden(settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app = Quart(__name__)
+    hosting.harden(app, settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
     state = build_state(settings, demo=demo, components=components)
     app.extensions[EXTENSION] = state
