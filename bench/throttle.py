@@ -23,7 +23,7 @@ from quartsig.domain.model import Key
 from quartsig.domain.symbols import screener_for
 from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub
-from quartsig.feed.collector import Collector
+from quartsig.feed.collector import Collector, CollectorSettings
 from quartsig.plugins.loader import get_plugin_manager, load_profiles
 from quartsig.upstream.scanner import ScannerClient
 from tests.support.standin import STANDIN, serve_standin
@@ -53,7 +53,7 @@ async def run(interval: float, seconds: float, retry_after: float | None) -> lis
     client = ScannerClient(url)
     await client.start()
     collector = Collector(MemoryBroker(HubHandler(hub)), load_profiles(get_plugin_manager(
-        entry_points=False)), client, screener_for, interval=interval)
+        entry_points=False)), client, screener_for, CollectorSettings(interval=interval))
     task = asyncio.create_task(collector.run())
     await asyncio.sleep(seconds)
     task.cancel()

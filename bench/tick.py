@@ -1,6 +1,7 @@
 """Tick cost: collector CPU for one tick of N tickers x 10 timeframes, split by phase.
 
     python -m bench.tick [--tickers 1000] [--runs 5] [--profile full] [--ticks N]
+                         [--change-share 0.5,0.1] [--compare DIR] [--rounds 3]
 
 The scanner's reply bodies come from the stand-in (so values and nulls look like
 TradingView's); the network is left out, since a tick's CPU is what is measured.
@@ -13,6 +14,12 @@ Phases, each timed on its own over the same inputs, then the whole
   shape, ``hub.shaped_diff``)
 - encode: one update text per changed key (``protocol.data_frame``)
 
+The whole step is measured once per ``--change-share`` (the share of keys whose inputs move
+between the two ticks). ``--compare DIR`` runs the whole step of this checkout and of the
+checkout in DIR (e.g. ``git worktree add /tmp/base main``) side by side: ``--rounds`` rounds,
+each running this same script once per checkout in a fresh process with that checkout's
+``quartsig`` first on the path, alternating, and prints medians and per-round ratios.
+
 ``--ticks N`` then runs N steady-state ticks on one hub and collector (the two reply sets in
 turn, so half the keys change every tick) and prints their median CPU time and the time the
 cycle collector took in them, by generation: a loop to record with a profiler
@@ -23,9 +30,15 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
+import random
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -42,8 +55,12 @@ from quartsig.fanout.hub import Hub, shaped_diff
 from quartsig.feed.collector import Collector
 from quartsig.feed.composer import merge_results
 from quartsig.plugins.loader import get_plugin_manager, load_profiles
+from quartsig.upstream import scanner
 from quartsig.upstream.planner import plan
 from quartsig.upstream.scanner import parse_body
+
+#: The scanner client's row cache, in checkouts that have one (``--compare`` runs older ones).
+RowCache: Any = getattr(scanner, "RowCache", None)
 
 
 def _median_ms(fn: Callable[[], Any], runs: int) -> float:
@@ -66,11 +83,68 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="full")
     parser.add_argument("--ticks", type=int, default=0,
                         help="then run this many steady-state ticks (for a profiler)")
+    parser.add_argument("--change-share", type=_shares, default=(0.5, 0.1),
+                        help="shares of keys that change, comma-separated (default 0.5,0.1)")
+    parser.add_argument("--compare", metavar="DIR", type=Path,
+                        help="a checkout to measure side by side with this one")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds with --compare")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.compare is not None:
+        _compare(args)
+        return
 
     import asyncio
 
     asyncio.run(_run(args))
+
+
+def _shares(text: str) -> tuple[float, ...]:
+    try:
+        shares = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not shares or not all(0 <= share <= 1 for share in shares):
+        raise argparse.ArgumentTypeError("each share must be within [0, 1]")
+    return shares
+
+
+def _compare(args: argparse.Namespace) -> None:
+    """Both checkouts' whole step, alternating rounds, each in its own fresh process."""
+    here = Path(__file__).resolve().parent.parent
+    trees = {"this": here, "other": args.compare.resolve()}
+    if not (trees["other"] / "quartsig" / "__init__.py").is_file():
+        raise SystemExit(f"--compare {args.compare}: no quartsig package there")
+    shares = ",".join(str(share) for share in args.change_share)
+    figures: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    for number in range(args.rounds):
+        for name, tree in trees.items():
+            # The script file itself, so both run the same measurement; the checkout's own
+            # package first on the path (ahead of an editable install of this one).
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            done = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--json", "--runs",
+                 str(args.runs), "--tickers", str(args.tickers), "--profile", args.profile,
+                 "--change-share", shares],
+                env=env, cwd=tree, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{name} ({tree}) failed:\n{done.stderr[-3000:]}")
+            figures[name].append(json.loads(done.stdout.splitlines()[-1]))
+            print(f"round {number + 1} {name}: " + ", ".join(
+                f"{phase} {ms:.1f}" for phase, ms in figures[name][-1].items()), flush=True)
+    print()
+    print(f"{args.rounds} rounds, alternating; ms CPU per tick, medians of the rounds' medians "
+          f"of {args.runs} runs; this = {trees['this']}, other = {trees['other']}")
+    print()
+    print("| measure | other | this | this / other (median of rounds) | per round |")
+    print("|---|---:|---:|---:|---|")
+    for phase in figures["this"][0]:
+        mine = [round_[phase] for round_ in figures["this"]]
+        theirs = [round_[phase] for round_ in figures["other"]]
+        ratios = [a / b if b else float("nan") for a, b in zip(mine, theirs, strict=True)]
+        print(f"| {phase} | {statistics.median(theirs):.1f} | {statistics.median(mine):.1f} | "
+              f"{statistics.median(ratios):.2f} | {' '.join(f'{r:.2f}' for r in ratios)} |")
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -84,25 +158,30 @@ async def _run(args: argparse.Namespace) -> None:
     columns = {name: p.columns for name, p in profiles.items()}
     requests = plan(keys, columns, lambda s: screener_for(s, SCREENERS))
 
-    def bodies() -> list[bytes]:
+    def bodies_of(market: DemoScanner) -> list[bytes]:
         out = []
         for request in requests:
             payload = {
                 "symbols": {"tickers": list(request.tickers)},
                 "columns": list(request.columns),
             }
-            status, body, _ = standin.answer(request.screener, payload)
+            status, body, _ = market.answer(request.screener, payload)
             assert status == 200, body[:200]
             out.append(body)
         return out
 
+    def bodies() -> list[bytes]:
+        return bodies_of(standin)
+
     # Two successive ticks' replies: the second differs from the first in about half the cells.
     first, second = bodies(), (standin.step(), bodies())[1]
 
-    def results(raw: list[bytes]) -> list[ScanResult]:
+    def results(raw: list[bytes], cache: Any = None) -> list[ScanResult]:
+        """Rows as the scanner client parses them: through its row cache where the checkout
+        has one (``scanner.RowCache``), else ``parse_body``."""
         out = []
         for request, body in zip(requests, raw, strict=True):
-            parsed = parse_body(request, body)
+            parsed = parse_body(request, body) if cache is None else cache.parse(request, body)
             assert not isinstance(parsed, Exception) and isinstance(parsed, tuple)
             out.append(ScanResult(request, parsed[0], parsed[1], None, 1, 0.0))
         return out
@@ -138,34 +217,72 @@ async def _run(args: argparse.Namespace) -> None:
         "encode": _median_ms(encode, args.runs),
     }
 
-    # The whole publish step, as the collector runs it, with one connection per key.
-    def publish_once() -> float:
-        hub, collector, _ = _primed(keys, profiles, results(first))
+    # The whole publish step, as the collector runs it, with one connection per key: from the
+    # same first tick (the market is seeded) to a second one at each share of keys changing.
+    def publish_once(before: list[bytes], after: list[bytes]) -> float:
+        cache = RowCache() if RowCache is not None else None
+        hub, collector, _ = _primed(keys, profiles, results(before, cache))
         started = time.process_time()
-        hub.apply(collector.compose(keys, results(second)))
-        elapsed = (time.process_time() - started) * 1000
-        return elapsed
+        hub.apply(collector.compose(keys, results(after, cache)))
+        return (time.process_time() - started) * 1000
 
-    whole = statistics.median(publish_once() for _ in range(args.runs))
+    changed_at: dict[str, int] = {}
+    for share in args.change_share:
+        # Keys move one by one (the stand-in's model: the worst case for skipping whole rows).
+        market = DemoScanner(seed=3, universe=universe)
+        market.config.update({"change_share": share})
+        before = bodies_of(market)
+        market.step()
+        after = bodies_of(market)
+        # Whole tickers move, every timeframe at once (TradingView's: each timeframe's current
+        # bar moves with the price), the others stand still to the byte.
+        moving = set(random.Random(7).sample(tickers, round(share * len(tickers))))
+        whole_tickers = bodies_of(_Partly(universe, moving))
+        for name, replies in ((f"{share:.0%} of keys", after),
+                              (f"{share:.0%} of tickers", whole_tickers)):
+            hub, collector, _ = _primed(keys, profiles, results(before))
+            changed_at[name] = hub.apply(collector.compose(keys, results(replies)))
+            figures[f"whole step, {name} change"] = statistics.median(
+                publish_once(before, replies) for _ in range(args.runs))
+    if args.json:
+        print(json.dumps(figures))
+        return
     changed = sum(1 for change in changes if change)
     cells = sum(r.cells for r in requests)
     print(f"tick cost: {len(tickers)} tickers x {len(TIMEFRAMES)} timeframes = {len(keys)} keys, "
           f"profile {args.profile} ({len(profile.columns)} columns), {len(requests)} requests, "
-          f"{cells} cells, {changed} keys changed; medians of {args.runs} runs (CPU time)")
+          f"{cells} cells, {changed} keys changed in the phases; keys whose data changed in "
+          f"the whole step: " + ", ".join(f"{n} at {name}" for name, n in changed_at.items())
+          + f"; medians of {args.runs} runs (CPU time)")
     print()
     print("| phase | ms per tick | us per key |")
     print("|---|---|---|")
+    phases = {name: ms for name, ms in figures.items() if not name.startswith("whole")}
     for phase, ms in figures.items():
         print(f"| {phase} | {ms:.1f} | {ms * 1000 / len(keys):.2f} |")
-    print(f"| sum of phases | {sum(figures.values()):.1f} | "
-          f"{sum(figures.values()) * 1000 / len(keys):.2f} |")
-    print(f"| whole publish step (parse + compute + diff + encode + fan-out) | {whole:.1f} | "
-          f"{whole * 1000 / len(keys):.2f} |")
+    print(f"| sum of phases (parse, compute and diff all keys, encode) | "
+          f"{sum(phases.values()):.1f} | {sum(phases.values()) * 1000 / len(keys):.2f} |")
     print()
     print(f"body size: {sum(map(len, second)) / 1e6:.1f} MB; "
           f"update frames: {sum(len(orjson.dumps(c)) for c in changes) / 1e6:.1f} MB of data")
     if args.ticks:
         _steady(args.ticks, keys, profiles, [results, first, second])
+
+
+class _Partly(DemoScanner):
+    """The stand-in one step on for ``moving`` tickers (every key of theirs), as it was for
+    the others."""
+
+    def __init__(self, universe: Any, moving: set[str]) -> None:
+        super().__init__(seed=3, universe=universe)
+        self.moving = moving
+        self.before = DemoScanner(seed=3, universe=universe)
+        self.after = DemoScanner(seed=3, universe=universe)
+        self.after.step(change_share=1.0)
+
+    def values(self, ticker: str, timeframe: str) -> dict[str, Any]:
+        market = self.after if ticker in self.moving else self.before
+        return market.values(ticker, timeframe)
 
 
 def _primed(keys: list[Key], profiles: Any,

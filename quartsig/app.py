@@ -26,7 +26,7 @@ from quartsig.cluster.fingerprint import fingerprints
 from quartsig.config import Settings
 from quartsig.domain.symbols import SCREENERS
 from quartsig.feed.budget import RequestBudget
-from quartsig.feed.collector import Collector
+from quartsig.feed.collector import Collector, CollectorSettings
 from quartsig.ops import logs
 from quartsig.plugins.loader import describe, get_plugin_manager, inventory, load_screeners
 from quartsig.state import EXTENSION, Component, State
@@ -114,11 +114,10 @@ class FeedComponent:
             state.profiles,
             state.scanner,
             state.screener_of,
-            interval=settings.interval,
+            CollectorSettings(interval=settings.interval, backoff_max=settings.backoff_max,
+                              quarantine=settings.plugin_quarantine),
             budget=RequestBudget(settings.early_fetch_budget),
-            backoff_max=settings.backoff_max,
             metrics=state.metrics,
-            quarantine=settings.plugin_quarantine,
         )
         state.collector.unknown_symbols = state.unknown_symbols  # one cache for both
         state.outbox.start()

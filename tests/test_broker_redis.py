@@ -24,7 +24,7 @@ from quartsig.domain.protocol import Vocabulary
 from quartsig.domain.symbols import SCREENERS, screener_for
 from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub, Piece
-from quartsig.feed.collector import Collector
+from quartsig.feed.collector import Collector, CollectorSettings
 from quartsig.ops.metrics import Metrics
 from quartsig.plugins.loader import get_plugin_manager, load_profiles
 from quartsig.upstream.scanner import ScannerClient
@@ -114,8 +114,9 @@ async def cluster(prefix: str, size: int, *, interval: float = 1.0,
             client = ScannerClient(url, retry_delays=(0.05,), timeout=5.0,
                                    headers={"User-Agent": f"node{number}"})
             await client.start()
-            collector = Collector(broker, PROFILES, client, screener_for, interval=interval,
-                                  batch_delay=0.05, metrics=metrics)
+            collector = Collector(broker, PROFILES, client, screener_for,
+                                  CollectorSettings(interval=interval, batch_delay=0.05),
+                                  metrics=metrics)
             node = Node(hub, broker, collector, client, metrics)
             await broker.start()
             node.tasks.append(asyncio.create_task(collector.run()))

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quartsig.domain.columns import FULL_COLUMNS
+from quartsig.fanout.hub import diff
 from quartsig.plugins.builtins import full, summary
 from quartsig.plugins.loader import DEFAULT_PLUGINS, get_plugin_manager, load_profiles
 from quartsig.testing import check_contract, rows_strategy
@@ -126,6 +127,26 @@ def test_full_compute_values_is_compute_on_any_row(values) -> None:
     by_position = full.compute_values(tuple(values))
     assert list(by_position.items()) == list(by_name.items())
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in by_position.values())
+
+
+@settings(max_examples=400)
+@given(st.lists(_value, min_size=len(FULL_COLUMNS), max_size=len(FULL_COLUMNS)),
+       st.lists(st.one_of(st.none(), _value), min_size=len(FULL_COLUMNS),
+                max_size=len(FULL_COLUMNS)))
+def test_full_compute_changes_is_compute_then_the_hubs_diff(before, moves) -> None:
+    """From one row to the next (``moves``: None keeps a value, anything else replaces it):
+    the changes are exactly the hub's diff of the two whole computes, key order and value
+    objects included, and the data equals the second compute, updated in place."""
+    after = tuple(old if move is None else move for old, move in zip(before, moves,
+                                                                     strict=True))
+    previous, expected = full.compute_values(tuple(before)), full.compute_values(after)
+    expected_changes = diff(previous, expected)
+    data, changes = full.compute_changes(after, previous)
+    assert list(changes.items()) == list(expected_changes.items())
+    assert all(changes[name] is expected[name] or expected[name] is None
+               or type(expected[name]) is not float for name in changes)
+    assert data is previous  # updated in place: no copy of 126 values
+    assert list(data) == list(expected) and all(data[k] == expected[k] for k in expected)
 
 
 def test_full_compute_values_on_a_real_looking_row_and_an_empty_one() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,9 @@ from quartsig.domain.timeframes import split_column
 from quartsig.fanout.connection import Connection
 from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub
-from quartsig.feed.collector import Collector
+from quartsig.feed.clock import LoopClock, ManualClock
+from quartsig.feed.collector import Collector, CollectorSettings
+from quartsig.feed.composer import Composer
 from quartsig.plugins.loader import get_plugin_manager, load_profiles
 from quartsig.plugins.profiles import Profile
 from quartsig.upstream.scanner import ScannerClient
@@ -124,18 +125,35 @@ def collector(
     client: ScannerClient | None = None,
     **options: Any,
 ) -> Collector:
+    """A collector publishing into its own hub. ``options``: the collector's keywords, any
+    field of :class:`CollectorSettings`, ``clock``/``wall`` (time functions) or a ``loop``
+    (:class:`LoopClock`), and ``perf`` (the composer's CPU clock)."""
     unknown: list[str] = options.pop("unknown", [])
     hub = Hub()
+    settings = CollectorSettings(**{name: options.pop(name) for name in list(options)
+                                    if name in CollectorSettings.__dataclass_fields__})
+    loop = options.pop("loop", None) or LoopClock(options.pop("clock", time.monotonic),
+                                                  options.pop("wall", time.time))
+    perf = options.pop("perf", None)
 
     def deliver(batch: Batch) -> int:
         unknown.extend(sorted({key.symbol for key, _, _ in batch.rejected}))
         return hub.apply(batch)
 
+    broker = MemoryBroker(HubHandler(hub, deliver))
+    profiles = dict(PROFILES if profiles is None else profiles)
+    if perf is not None:
+        options["composer"] = Composer(
+            broker, profiles, screener_for, metrics=options.get("metrics"),
+            clock=loop.monotonic, wall=loop.wall, quarantine=settings.quarantine,
+            compute_budget=settings.compute_budget, perf=perf)
     return Collector(
-        MemoryBroker(HubHandler(hub, deliver)),
-        dict(PROFILES if profiles is None else profiles),
+        broker,
+        profiles,
         client or ScannerClient("http://127.0.0.1:9"),  # compose() never fetches
         screener_for,
+        settings,
+        clock=loop,
         **options,
     )
 
@@ -214,44 +232,53 @@ async def wait_for(predicate: Any, within: float, step: float = 0.01) -> float:
     return time.monotonic() - started
 
 
-async def test_run_ticks_every_interval():
-    async with running(interval=0.3, batch_delay=0.05) as (col, standin):
-        conn = attach(hub_of(col), Key("summary", USDJPY, "1m"))
-        await wait_for(lambda: hub_of(col).entries[Key("summary", USDJPY, "1m")].data, 2.0)
-        messages(conn)
-        standin.clear_log()
-        started = time.monotonic()
-        ticks = col.ticks
-        await wait_for(lambda: col.ticks >= ticks + 4, 30.0)  # it keeps ticking
-        elapsed = time.monotonic() - started
-        times = [entry.time for entry in standin.log]
-        # Never faster than the interval (a late tick may be followed by a short catch-up gap,
-        # never by a burst): one-sided bounds, which a busy machine cannot break.
-        assert len(times) <= elapsed / 0.3 + 2, (len(times), elapsed)
-        gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert all(gap >= 0.3 / 10 - 0.01 for gap in gaps), gaps
+async def settle(col: Collector, clock: ManualClock, ticks: int) -> None:
+    """Wait (a bounded real time) until ``col`` has made ``ticks`` ticks and its loop sleeps."""
+    await wait_for(lambda: col.ticks >= ticks and clock.sleeping > 0, 30.0)
+    for _ in range(20):  # let anything else that is ready run: nothing may tick meanwhile
+        await asyncio.sleep(0)
+
+
+async def test_run_ticks_every_interval_of_its_clock():
+    clock = ManualClock()
+    async with running(interval=20.0, loop=clock.loop_clock()) as (col, standin):
+        attach(hub_of(col), Key("summary", USDJPY, "1m"))
+        await settle(col, clock, 1)  # the first tick, at once
+        assert (col.ticks, len(standin.log)) == (1, 1)
+        await clock.advance(19.9)
+        await settle(col, clock, 1)
+        assert (col.ticks, len(standin.log)) == (1, 1)  # not before the interval
+        await clock.advance(0.1)
+        await settle(col, clock, 2)
+        assert (col.ticks, len(standin.log)) == (2, 2)  # exactly at it
+        # Far behind (the loop was starved for three intervals): one tick, then a short
+        # catch-up gap (a tenth of the interval), never a burst of the missed ones.
+        await clock.advance(60.0)
+        await settle(col, clock, 3)
+        assert (col.ticks, len(standin.log)) == (3, 3)
+        await clock.advance(1.9)
+        await settle(col, clock, 3)
+        assert col.ticks == 3
+        await clock.advance(0.1)
+        await settle(col, clock, 4)
+        assert (col.ticks, len(standin.log)) == (4, 4)
 
 
 async def test_a_new_key_is_fetched_early_not_at_the_next_tick():
-    async with running(interval=30.0, batch_delay=0.2) as (col, standin):
-        full_ticks: list[set[Key]] = []  # what each full tick starts with, counted, not timed
-        tick_starting = col.early.tick_starting
-
-        def counted(keys: set[Key]) -> None:
-            full_ticks.append(set(keys))
-            tick_starting(keys)
-
-        col.early.tick_starting = counted  # type: ignore[method-assign]
-        await wait_for(lambda: col.ticks >= 1, 20.0)  # the first (empty) tick has passed
-        assert full_ticks == [set()]
+    clock = ManualClock()
+    async with running(interval=30.0, batch_delay=0.2, loop=clock.loop_clock()) as (
+        col, standin,
+    ):
+        await settle(col, clock, 1)  # the first (empty) tick has passed; the next is 30 s away
         first, second = Key("summary", USDJPY, "5m"), Key("full", BTC, "1h")
         conn = attach(hub_of(col), first)
-        await asyncio.sleep(0.05)
-        other = attach(hub_of(col), second, user=2)  # same burst: same early fetch
-        # Bounded below the 30 s interval, and no full tick has started: an early fetch.
-        await wait_for(lambda: hub_of(col).entries[second].data is not None, 20.0)
-        assert full_ticks == [set()]
-        assert len(standin.log) == 2  # both screeners' requests fetched together, once
+        await clock.advance(0.05)
+        other = attach(hub_of(col), second, user=2)  # close behind: may be gathered a while
+        await clock.advance(0.5)  # past any gathering window; the next tick is 29.45 s away
+        await wait_for(lambda: all(hub_of(col).entries[key].data is not None
+                                   for key in (first, second)), 30.0)
+        assert clock.sleeping and clock.now < 1000.0 + 30.0  # early fetches, not the tick
+        assert len(standin.log) == 2  # one request for each screener's key, once
         assert {t for e in standin.log for t in e.tickers} == {USDJPY, BTC}
         assert [m["type"] for m in messages(conn)] == ["snapshot"]
         assert [m["type"] for m in messages(other)] == ["snapshot"]
@@ -259,7 +286,8 @@ async def test_a_new_key_is_fetched_early_not_at_the_next_tick():
         # A cached key needs no fetch at all: its snapshot is there at subscribe time.
         late = attach(hub_of(col), first, user=3)
         assert [m["type"] for m in messages(late)] == ["snapshot"]
-        await asyncio.sleep(0.5)
+        await clock.advance(1.0)
+        await settle(col, clock, 2)
         assert len(standin.log) == 2
 
 

@@ -180,7 +180,7 @@ def collector_for(url: str, **client_options: Any) -> tuple[Any, Any, Sink]:
     from quartsig.domain.symbols import screener_for
     from quartsig.fanout.handler import HubHandler
     from quartsig.fanout.hub import Hub
-    from quartsig.feed.collector import Collector
+    from quartsig.feed.collector import Collector, CollectorSettings
     from quartsig.plugins.loader import get_plugin_manager, load_profiles
     from quartsig.upstream.scanner import ScannerClient
 
@@ -188,7 +188,7 @@ def collector_for(url: str, **client_options: Any) -> tuple[Any, Any, Sink]:
     client = ScannerClient(url, **client_options)
     collector = Collector(MemoryBroker(HubHandler(hub)), load_profiles(get_plugin_manager(None)),
                           client,
-                          partial(screener_for), interval=1.0)
+                          partial(screener_for), CollectorSettings(interval=1.0))
     sink = Sink()
     hub.attach(sink, 42)
     for symbol, tf, profile in [("FX_IDC:EURUSD", "1h", "summary"), ("FX_IDC:USDJPY", "5m", "full"),

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quartsig.domain.model import Key
+from quartsig.domain.model import Batch, Key
 from quartsig.domain.protocol import ErrorCode
 from quartsig.fanout.connection import Connection
 from quartsig.fanout.hub import SHAPED_MAX_KEYS, Hub, TooManySubscriptions, diff, shaped_diff
@@ -115,6 +115,30 @@ async def test_a_profile_whose_keys_vary_still_gets_exact_updates():
     assert [(f["symbol"], f["data"]) for f in frames(conn)] == [
         (KEY.symbol, {"b": 3, "a": 4}), (OTHER.symbol, {"a": 5})
     ]
+
+
+async def test_changes_the_collector_knows_are_sent_only_from_the_data_they_were_taken_from():
+    """A batch's changes are trusted only when the hub holds the very data they were taken
+    from; against anything else (another node's value, a resync) the hub diffs itself."""
+    hub = Hub()
+    conn = connection()
+    hub.attach(conn, 1)
+    hub.subscribe(conn, KEY)
+    first = {"Recommend.All": 0.2, "rec.all": "BUY"}
+    hub.apply(Batch(values=[(KEY, first, 1)]))
+    frames(conn)
+    # Trusted: the entry holds ``first`` itself, so the hub does not look at the values.
+    hub.apply(Batch(values=[(KEY, {"Recommend.All": 0.6, "rec.all": "BUY"}, 2)],
+                    changes={KEY: (first, {"Recommend.All": 0.6, "marker": True})}))
+    [update] = frames(conn)
+    assert update["data"] == {"Recommend.All": 0.6, "marker": True}
+    # Not trusted: an equal dict is not the data the hub holds.
+    held = hub.entries[KEY].data
+    assert held is not None
+    hub.apply(Batch(values=[(KEY, {"Recommend.All": -0.6, "rec.all": "SELL"}, 3)],
+                    changes={KEY: (dict(held), {"marker": True})}))
+    [update] = frames(conn)
+    assert update["data"] == {"Recommend.All": -0.6, "rec.all": "SELL"}
 
 
 async def test_first_data_is_a_snapshot_then_only_changes():

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from quartsig import __version__
 from quartsig.domain.model import Layout, Row, ScanError, ScanRequest, ScanResult
 from quartsig.upstream.scanner import (
+    RowCache,
     ScannerClient,
     backoff_delay,
     build_body,
@@ -446,3 +448,74 @@ async def test_after_a_429_no_request_of_the_same_scan_all_starts(standin, stick
         assert len(standin.state.log) == 2 and not any(result.ok for result in again)
     else:
         assert len(standin.state.log) == 4 and all(result.ok for result in again)
+
+
+# ------------------------------------------------------------------------ the row cache
+
+_TICKERS = ("FX_IDC:EURUSD", "FX_IDC:USDJPY", "FX_IDC:GBPUSD", "BINANCE:BTCUSDT")
+_CELLS = st.one_of(st.none(), st.sampled_from([0.5, 1.0, -2.25, 70.0]), st.integers(-3, 3),
+                   st.text(max_size=6), st.just({"s": "FX_IDC:EURUSD", "d": [1.0]}),
+                   st.just([{"s": "X"}]))
+#: One reply's rows: (ticker, cells); tickers outside the request, twice, or with too few
+#: cells now and then, and cells that hold ``{"s":`` themselves.
+_ROWS = st.lists(st.tuples(st.sampled_from((*_TICKERS, "FX_IDC:ZZZ")),
+                           st.lists(_CELLS, min_size=1, max_size=3)), max_size=5)
+
+
+def _body(rows: list[tuple[str, list[Any]]], shape: str) -> bytes:
+    data = [{"s": ticker, "d": cells} for ticker, cells in rows]
+    if shape == "extra":
+        return orjson.dumps({"totalCount": len(data), "data": data, "more": 1})
+    if shape == "spaced":
+        return orjson.dumps({"totalCount": len(data), "data": data}, option=orjson.OPT_INDENT_2)
+    return orjson.dumps({"totalCount": len(data), "data": data})
+
+
+def _plain(parsed: Any) -> Any:
+    if isinstance(parsed, ScanError):
+        return parsed
+    rows, missing = parsed
+    return {ticker: list(row.cells) for ticker, row in rows.items()}, missing
+
+
+@given(st.lists(st.tuples(_ROWS, st.sampled_from(["plain", "plain", "extra", "spaced"])),
+                min_size=1, max_size=4),
+       st.integers(1, 3))
+def test_the_row_cache_parses_exactly_what_parse_body_does(replies, width) -> None:
+    """Reply after reply to one request, the cache's rows are parse_body's (or its error), and
+    a row whose bytes did not move since the last reply is the very same object."""
+    request = ScanRequest("forex", _TICKERS[:3], tuple(f"c{i}" for i in range(width)))
+    cache = RowCache()
+    last: dict[str, tuple[bytes, Row]] = {}
+    for rows, shape in replies:
+        rows = [(ticker, (cells * width)[:width] if len(cells) > 1 else cells)
+                for ticker, cells in rows]
+        body = _body(rows, shape)
+        got, expected = cache.parse(request, body), parse_body(request, body)
+        assert _plain(got) == _plain(expected)
+        if isinstance(got, ScanError):
+            last = {}
+            continue
+        # The cache's own path: the compact shape, each ticker once, no row object nested in
+        # a cell (else parse_body decides, and nothing is reused).
+        fast = (shape == "plain" and len({ticker for ticker, _ in rows}) == len(rows)
+                and body.count(b'{"s":') == len(rows))
+        for ticker, row in got[0].items():
+            piece = orjson.dumps({"s": ticker, "d": list(row.cells)})
+            if fast and ticker in last and last[ticker][0] == piece:
+                assert row is last[ticker][1]  # not parsed again
+        last = {ticker: (orjson.dumps({"s": ticker, "d": list(row.cells)}), row)
+                for ticker, row in got[0].items()} if fast else {}
+
+
+def test_the_row_cache_parses_only_rows_whose_bytes_moved() -> None:
+    request = ScanRequest("forex", _TICKERS[:3], ("a", "b"))
+    cache = RowCache()
+    first = cache.parse(request, _body([(t, [1.0, 2.0]) for t in _TICKERS[:3]], "plain"))
+    second = cache.parse(request, _body([(_TICKERS[2], [1.0, 2.5]), (_TICKERS[0], [1.0, 2.0]),
+                                         (_TICKERS[1], [1.0, 2.0])], "plain"))
+    assert not isinstance(first, ScanError) and not isinstance(second, ScanError)
+    assert (cache.parsed, cache.reused) == (4, 2)
+    assert second[0][_TICKERS[0]] is first[0][_TICKERS[0]]
+    assert second[0][_TICKERS[2]] is not first[0][_TICKERS[2]]
+    assert list(second[0][_TICKERS[2]].cells) == [1.0, 2.5]

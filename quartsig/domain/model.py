@@ -176,6 +176,13 @@ class Batch:
     deferred: list[tuple[Key, str, int]] = field(default_factory=list)
     #: With ``status``: when the collector, backing off from throttling, tries next (Unix ms).
     retry_at: int | None = None
+    #: Key -> (the data its value replaces, what changed from it): the items of the new data
+    #: that differ (``!=``) from the collector's previous data for the key, known from the
+    #: compute itself. A hub still holding that very data object sends ``changes`` without
+    #: diffing again; after a publication these are the keys whose outputs changed (an empty
+    #: dict: inputs moved, outputs did not). Only this process's collector knows them: the
+    #: Redis broker does not carry them, and its nodes diff as before.
+    changes: dict[Key, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.values or self.rejected or self.failed or self.deferred

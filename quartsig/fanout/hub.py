@@ -243,8 +243,14 @@ class Hub:
     def apply(self, batch: Batch) -> int:
         """Everything a tick brought, in one synchronous step; how many keys changed."""
         changed = 0
-        for key, data, ts in batch.values:
-            changed += self.publish(key, data, ts)
+        changes = batch.changes
+        if changes:
+            get = changes.get
+            for key, data, ts in batch.values:
+                changed += self.publish(key, data, ts, get(key))
+        else:
+            for key, data, ts in batch.values:
+                changed += self.publish(key, data, ts)
         for key, code, message in batch.rejected:
             self.reject(key, code, message)
         for key, code, message in batch.failed:
@@ -255,8 +261,18 @@ class Hub:
             self.set_status(*batch.status, retry_at=batch.retry_at)
         return changed
 
-    def publish(self, key: Key, data: dict[str, Any], ts: int) -> bool:
-        """Store ``data`` for ``key`` and send subscribers what changed. True if anything did."""
+    def publish(
+        self,
+        key: Key,
+        data: dict[str, Any],
+        ts: int,
+        known: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    ) -> bool:
+        """Store ``data`` for ``key`` and send subscribers what changed. True if anything did.
+
+        ``known``: the data the collector computed ``data``'s changes against, and those
+        changes (:attr:`Batch.changes`); used only if the entry holds that very object, since
+        anything else (a resync, another node's value) makes them a diff from the wrong base."""
         entry = self.entries.get(key)
         if entry is None:
             return False  # nobody watches it any more
@@ -269,10 +285,13 @@ class Hub:
                 for sink in entry.subscribers:
                     sink.deliver(key, piece)
             return True
-        differ = self._diffs.get(key.profile)
-        if differ is None:
-            differ = self._diffs[key.profile] = shaped_diff(tuple(data))
-        changes = differ(entry.data, data)
+        if known is not None and known[0] is entry.data:
+            changes = known[1]
+        else:
+            differ = self._diffs.get(key.profile)
+            if differ is None:
+                differ = self._diffs[key.profile] = shaped_diff(tuple(data))
+            changes = differ(entry.data, data)
         entry.data, entry.ts = data, ts
         if not changes:
             return False

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from quartsig.cluster.broker import Broker
@@ -35,6 +36,7 @@ from quartsig.domain.expiring import Expiring
 from quartsig.domain.model import Batch, Key, ScanRequest, ScanResult
 from quartsig.domain.protocol import ErrorCode
 from quartsig.feed.budget import Backoff, RequestBudget
+from quartsig.feed.clock import LoopClock
 from quartsig.feed.composer import REFETCH_ROUNDS, Composer, is_refused
 from quartsig.feed.earlyfetch import EarlyFetches
 from quartsig.plugins.guard import COMPUTE_BUDGET, QUARANTINE
@@ -48,6 +50,32 @@ log = logging.getLogger(__name__)
 THROTTLED = frozenset({"throttled", "blocked"})
 
 
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    """How the collector paces itself and how much it forgives a plugin: one object, so the
+    app's settings reach it by name (their defaults are in :mod:`quartsig.config`)."""
+
+    #: Seconds between full ticks.
+    interval: float = 20.0
+    #: How the planner may cut requests.
+    limits: Limits = field(default_factory=Limits)
+    #: Seconds a burst of new keys is gathered into one early fetch.
+    batch_delay: float = 0.03
+    #: Longest back-off step while upstream throttles us, in seconds.
+    backoff_max: float = 300.0
+    #: Seconds a refused column stays quarantined.
+    quarantine: float = QUARANTINE
+    #: CPU seconds a plugin's compute may take for one key.
+    compute_budget: float = COMPUTE_BUDGET
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "batch_delay", "backoff_max", "quarantine", "compute_budget"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"collector setting {name} must be a positive number, "
+                                 f"not {value!r}")
+
+
 class Collector:
     def __init__(
         self,
@@ -55,43 +83,44 @@ class Collector:
         profiles: Mapping[str, Profile],
         client: ScannerClient,
         screener_of: Callable[[str], str],
+        settings: CollectorSettings | None = None,
         *,
-        interval: float = 20.0,
-        limits: Limits | None = None,
-        batch_delay: float = 0.03,
         budget: RequestBudget | None = None,
         backoff: Backoff | None = None,
-        backoff_max: float = 300.0,
         metrics: Any = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-        quarantine: float = QUARANTINE,
-        compute_budget: float = COMPUTE_BUDGET,
-        perf: Callable[[], float] = time.thread_time,
+        clock: LoopClock | None = None,
+        composer: Composer | None = None,
     ) -> None:
+        """``composer``: what rows become, built outside when a caller needs its own (a test's
+        CPU clock); by default one from ``profiles`` and ``settings``."""
+        settings = settings or CollectorSettings()
+        clock = clock or LoopClock()
+        self.settings = settings
         self.broker = broker
         self.profiles = profiles
         self.client = client
         self.screener_of = screener_of
-        self.interval = interval
-        self.limits = limits or Limits()
-        self.batch_delay = batch_delay
+        self.interval = settings.interval
+        self.limits = settings.limits
+        self.batch_delay = settings.batch_delay
         self.metrics = metrics
-        self.clock = clock
-        self.wall = wall
+        self.loop_clock = clock
+        self.clock = clock.monotonic
+        self.wall = clock.wall
         self.ticks = 0
         #: The schedule of early fetches (``batch_delay``: how long a burst is gathered).
-        self.early = EarlyFetches(window=batch_delay, max_window=max(0.25, batch_delay),
-                                  clock=clock)
+        self.early = EarlyFetches(window=self.batch_delay,
+                                  max_window=max(0.25, self.batch_delay), clock=self.clock)
         #: Upstream requests early fetches may make; None: no limit.
         self.budget = budget
         #: Consecutive throttled attempts push the next one back.
-        self.backoff = backoff or Backoff(interval, backoff_max, clock=clock)
+        self.backoff = backoff or Backoff(self.interval, settings.backoff_max, clock=self.clock)
         self._backoff_stepped = -float("inf")
-        self._next_tick = clock()
+        self._next_tick = self.clock()
         self._fetches: set[asyncio.Task[None]] = set()
         #: Symbols TradingView does not have; the app hands over its state's (one cache).
-        self.unknown_symbols: Expiring[str, str] = Expiring(UNKNOWN_SYMBOL_TTL, clock=clock)
+        self.unknown_symbols: Expiring[str, str] = Expiring(UNKNOWN_SYMBOL_TTL,
+                                                            clock=self.clock)
         #: Set after every tick, full or early: tests and tools wait on it instead of sleeping.
         self.ticked = asyncio.Event()
         #: Set by :meth:`stop`.
@@ -101,9 +130,9 @@ class Collector:
         #: Keys collected even when nobody watches them (the keys of the alert rules).
         self.standing: Callable[[], set[Key]] | None = None
         #: What rows become, and which profile each failure is charged to.
-        self.composer = Composer(
-            broker, profiles, screener_of, metrics=metrics, clock=clock, wall=wall,
-            quarantine=quarantine, compute_budget=compute_budget, perf=perf,
+        self.composer = composer or Composer(
+            broker, profiles, screener_of, metrics=metrics, clock=self.clock, wall=self.wall,
+            quarantine=settings.quarantine, compute_budget=settings.compute_budget,
         )
 
     # -- the loop ------------------------------------------------------------------------
@@ -120,7 +149,7 @@ class Collector:
         """Collect whenever this node leads, until cancelled or stopped."""
         while not self.stopping:
             await self.broker.leadership()
-            self.composer.sources.clear()  # a new term: what others published meanwhile is unknown
+            self.composer.forget()  # a new term: what others published meanwhile is unknown
             await self._lead()
 
     async def _lead(self) -> None:
@@ -144,7 +173,8 @@ class Collector:
             now = self.clock()
             wake = max(self._next_tick, self.backoff.until)
             if now < wake:
-                await asyncio.sleep(min(wake - now, self.interval))  # leadership checked often
+                # Leadership is checked often; the loop clock's sleep, so a test's time drives it.
+                await self.loop_clock.sleep(min(wake - now, self.interval))
                 continue
             probe = self.backoff.active()
             demand = await self.broker.demand()
@@ -176,7 +206,7 @@ class Collector:
                     continue
                 except Exception:  # the broker's trouble: the full ticks still serve every key
                     log.exception("waiting for new keys failed")
-                    await asyncio.sleep(1.0)
+                    await self.loop_clock.sleep(1.0)
                     continue
                 early.add(keys)
                 continue
@@ -245,6 +275,11 @@ class Collector:
         self.composer.owed |= keys  # the next full tick publishes them, changed or not
         if self.metrics is not None:
             self.metrics.early_deferred.labels(reason=why).inc(len(keys))
+
+    def _upstream(self, deadline: float) -> float:
+        """``deadline`` (loop clock) as the scanner client reads it (``time.monotonic``): the
+        client waits on the network in real time, whatever clock drives the loop."""
+        return time.monotonic() + (deadline - self.clock())
 
     def _wall_ms(self, instant: float) -> int:
         return int((self.wall() + max(0.0, instant - self.clock())) * 1000)
@@ -331,9 +366,10 @@ class Collector:
         if probe:
             requests = requests[:1]
         if probe:  # one attempt: a probe must not knock again
-            results = await self.client.scan_all(requests, deadline=deadline, retry=False)
+            results = await self.client.scan_all(requests, deadline=self._upstream(deadline),
+                                                 retry=False)
         else:
-            results = await self.client.scan_all(requests, deadline=deadline)
+            results = await self.client.scan_all(requests, deadline=self._upstream(deadline))
         self._throttle_check(results, started)
         if not probe and not _throttled(results):  # after a 429, nothing more this tick
             results = await self._refetch(keys, results, deadline)
@@ -350,7 +386,7 @@ class Collector:
             owed.difference_update(key for key, _, _ in batch.values)
             owed.difference_update(key for key, _, _ in batch.failed)  # told, nothing owed
         else:
-            self.composer.sources.clear()  # fenced: nothing of it reached anyone
+            self.composer.forget()  # fenced: nothing of it reached anyone
         if self.metrics is not None:
             self.metrics.tick.observe(self.clock() - started)
         self.ticks += 1
@@ -391,7 +427,7 @@ class Collector:
             requests += self.plan(again)
             results = [result for result in results if not is_refused(result)]
             if requests:
-                results += await self.client.scan_all(requests, deadline=deadline)
+                results += await self.client.scan_all(requests, deadline=self._upstream(deadline))
         return results
 
 

@@ -25,6 +25,7 @@ from quartsig.cluster.broker import Broker
 from quartsig.domain.model import Batch, Key, Layout, Row, ScanRequest, ScanResult
 from quartsig.domain.protocol import ErrorCode
 from quartsig.domain.timeframes import column
+from quartsig.fanout.hub import Diff, shaped_diff
 from quartsig.ops.logs import Sparse
 from quartsig.plugins.guard import COMPUTE_BUDGET, QUARANTINE, Failure, Quarantine, run_compute
 from quartsig.plugins.profiles import Profile
@@ -102,6 +103,14 @@ class Composer:
         self._pairs: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         #: The inputs each key's data was last computed from: an unchanged row is skipped.
         self.sources: dict[Key, tuple[Any, ...]] = {}
+        #: The row each key's inputs were last found unchanged in or computed from: the
+        #: scanner client hands back the very same row while its bytes do not move
+        #: (:class:`~quartsig.upstream.scanner.RowCache`), so such a key costs one look-up.
+        self.settled: dict[Key, Row] = {}
+        #: The data each key was last published with: what its next changes are taken from.
+        self.outputs: dict[Key, dict[str, Any]] = {}
+        #: Each profile's diff, for profiles without ``compute_changes`` (:func:`shaped_diff`).
+        self._diffs: dict[str, Diff] = {}
         #: Keys asked for by a newcomer and not published since: published even if unchanged
         #: (the newcomer's node has nothing for them, whatever this collector last computed).
         self.owed: set[Key] = set()
@@ -133,7 +142,9 @@ class Composer:
         # when its inputs changed, a compute.
         charges, owed, told = quarantine.charges, self.owed, self._told
         rows, unknown, incomplete = outcome.rows, outcome.unknown, outcome.incomplete
-        sources, profiles = self.sources, self.profiles
+        sources, outputs, profiles = self.sources, self.outputs, self.profiles
+        settled = self.settled
+        changes = batch.changes
         shapes: dict[tuple[Layout, str, str], _Shape] = {}
         for key in keys:
             profile, symbol, tf = key
@@ -146,6 +157,10 @@ class Composer:
                 if symbol in unknown:
                     rejected.setdefault(symbol, []).append(key)
                 continue
+            if settled.get(key) is row and (not owed or key not in owed):
+                if reason is not None:
+                    self._tell(batch, key, reason)
+                continue  # the very row it settled from: the same inputs, as below
             shape = shapes.get((row.layout, profile, tf))
             if shape is None:
                 shape = shapes[(row.layout, profile, tf)] = self._shape(row, profile, tf)
@@ -158,17 +173,22 @@ class Composer:
                 continue  # part of its columns failed: keep the last good data
             values = row.pick(columns) if pick is None else pick(row.cells)
             if sources.get(key) == values and (not owed or key not in owed):
+                settled[key] = row
                 if reason is not None:
                     self._tell(batch, key, reason)
                 continue  # same inputs as last time: same data, nothing to compute or send
-            data = run_compute(
-                profiles[profile], bases, values, budget=self.compute_budget, perf=self.perf
-            )
-            if isinstance(data, Failure):
-                self._compute_failed(batch, key, data)
+            previous = outputs.get(key)
+            made = self._compute(profiles[profile], bases, values, previous)
+            if isinstance(made, Failure):
+                self._compute_failed(batch, key, made)
                 continue
+            data, delta = made
             sources[key] = values
+            settled[key] = row
+            outputs[key] = data
             batch.values.append((key, data, ts))
+            if previous is not None and delta is not None:
+                changes[key] = (previous, delta)
             if reason is not None:
                 self._tell(batch, key, reason)
             elif told:
@@ -177,10 +197,42 @@ class Composer:
             message = f"TradingView has no symbol {symbol}"
             for key in symbol_keys:
                 self.sources.pop(key, None)
+                self.outputs.pop(key, None)
+                self.settled.pop(key, None)
                 self.owed.discard(key)
                 batch.rejected.append((key, str(ErrorCode.UNKNOWN_SYMBOL), message))
         batch.status = self._report(results, outcome)
         return batch
+
+    def _compute(
+        self, profile: Profile, bases: tuple[str, ...], values: tuple[Any, ...],
+        previous: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None] | Failure:
+        """A key's data and its changes from ``previous`` (None: nothing to change from).
+
+        A built-in profile with ``compute_changes`` recomputes only what its moved inputs
+        feed; any other profile computes the whole data, diffed here rather than in the hub,
+        so every batch says which keys' outputs changed."""
+        kernel = profile.compute_changes
+        if previous is not None and kernel is not None and profile.checked:
+            try:
+                return kernel(values, previous)
+            except Exception as error:  # as run_compute would report it
+                return Failure("exception", f"compute raised {type(error).__name__}: {error}")
+        data = run_compute(profile, bases, values, budget=self.compute_budget, perf=self.perf)
+        if isinstance(data, Failure) or previous is None:
+            return data if isinstance(data, Failure) else (data, None)
+        differ = self._diffs.get(profile.name)
+        if differ is None:
+            differ = self._diffs[profile.name] = shaped_diff(tuple(data))
+        return data, differ(previous, data)
+
+    def forget(self) -> None:
+        """Forget every key's inputs and data: the next tick computes and publishes all anew
+        (a new term, or a publication that was fenced and reached nobody)."""
+        self.sources.clear()
+        self.outputs.clear()
+        self.settled.clear()
 
     # -- charging failures to their profile ---------------------------------------------
 
@@ -249,6 +301,10 @@ class Composer:
         """Drop what this collector remembers of keys nobody watches any more."""
         for key in [key for key in self.sources if key not in demand]:
             del self.sources[key]
+        for key in [key for key in self.outputs if key not in demand]:
+            del self.outputs[key]
+        for key in [key for key in self.settled if key not in demand]:
+            del self.settled[key]
         for key in [key for key in self._told if key not in demand]:
             del self._told[key]
         self.owed &= demand

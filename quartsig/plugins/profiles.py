@@ -16,6 +16,7 @@ NAME_PATTERN: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 Compute = Callable[[Mapping[str, Any]], dict[str, Any]]
 ComputeValues = Callable[[Sequence[Any]], dict[str, Any]]
+ComputeChanges = Callable[[Sequence[Any], dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
 
 
 class ProfileError(ValueError):
@@ -42,6 +43,12 @@ class Profile:
         the collector may skip checking each one every tick (the built-ins: ~7 µs a ``full``
         row, 70 ms of a 10 000-key tick). A plugin leaves it False; its exceptions and slow
         calls are caught either way.
+    :param compute_changes: optional, for a ``checked`` profile: ``(values, previous data) ->
+        (data, changes)``, where ``changes`` holds the items of ``data`` that differ (``!=``)
+        from ``previous``, in ``data``'s order; ``data`` may be ``previous`` updated in place
+        (``previous.update(changes)``) and nothing else. It recomputes only outputs whose
+        inputs moved, so a tick costs what changed; the collector uses it when it has the
+        key's previous data, and hands the hub ``changes`` so the hub need not diff again.
     """
 
     name: str
@@ -50,6 +57,7 @@ class Profile:
     compute: Compute
     compute_values: ComputeValues | None = None
     checked: bool = False
+    compute_changes: ComputeChanges | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
+from typing import Final
 
 import aiohttp
 import orjson
@@ -128,6 +129,110 @@ def layout_for(columns: tuple[str, ...]) -> Layout:
     pickers a tick, about 3 % of it). Layouts change only by filling that cache. The 256 most
     recent are kept (one of ``full`` over ten timeframes, its biggest, is about 50 KB)."""
     return Layout(columns)
+
+
+#: Where each row of a reply starts. It cannot occur inside a JSON string (the quote would be
+#: escaped there), so splitting a reply on it cuts only at objects whose first key is ``s``.
+_ROW: Final = b'{"s":'
+#: What comes before the first row in TradingView's replies (and the stand-in's).
+_HEAD: Final = re.compile(rb'\{"totalCount":\d+,"data":\[')
+#: Replies whose rows :class:`RowCache` keeps (oldest dropped first).
+CACHED_REPLIES: Final = 64
+
+
+class RowCache:
+    """The rows of the last reply to each request, with their bytes: a row whose bytes did not
+    move since then is not parsed again and comes back as the very same :class:`Row`.
+
+    On a 20 s tick most tickers stand still, and parsing is most of what an unchanged row
+    costs (orjson makes a float object per cell); comparing its bytes is one ``memcmp``, and
+    the composer skips the keys of a row it has already settled from (``is``). Kept per
+    request (columns and tickers): an early fetch of a few tickers does not evict a full
+    tick's rows. Holds about one tick of reply bytes and rows."""
+
+    def __init__(self, replies: int = CACHED_REPLIES) -> None:
+        self.replies = replies
+        self._rows: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, tuple[bytes, Row]]]
+        self._rows = {}
+        #: Rows parsed and rows reused, for tests and tools.
+        self.parsed = 0
+        self.reused = 0
+
+    def parse(
+        self, request: ScanRequest, body: bytes
+    ) -> tuple[dict[str, Row], frozenset[str]] | ScanError:
+        """:func:`parse_body`, reusing the rows whose bytes did not move; the whole body is
+        parsed by :func:`parse_body` whenever it is not exactly the shape this expects."""
+        place = (request.columns, request.tickers)
+        found = _reusing(request, body, self._rows.get(place, {}))
+        if found is None:
+            self._rows.pop(place, None)
+            return parse_body(request, body)
+        rows, missing, kept, parsed = found
+        self._rows.pop(place, None)
+        self._rows[place] = kept  # newest last
+        while len(self._rows) > self.replies:
+            del self._rows[next(iter(self._rows))]
+        self.parsed += parsed
+        self.reused += len(kept) - parsed
+        return rows, missing
+
+
+def _reusing(
+    request: ScanRequest, body: bytes, known: dict[str, tuple[bytes, Row]]
+) -> tuple[dict[str, Row], frozenset[str], dict[str, tuple[bytes, Row]], int] | None:
+    """Rows of ``body`` split on :data:`_ROW`, parsing only those whose bytes are not in
+    ``known``; None when the body is not exactly ``{"totalCount":N,"data":[rows]}`` with
+    every row an object whose ``s`` is a plain string, or a row is not what
+    :func:`parse_body` would accept (it then parses the whole body and says why)."""
+    head, *pieces = body.split(_ROW)
+    if not pieces or not _HEAD.fullmatch(head) or not pieces[-1].endswith(b"}]}"):
+        return None
+    pieces[-1] = pieces[-1][:-2] + b","
+    kept: dict[str, tuple[bytes, Row]] = {}
+    order: list[tuple[str, bytes]] = []
+    fresh: list[tuple[str, bytes]] = []
+    for piece in pieces:
+        end = piece.find(b'"', 1)
+        if not piece.startswith(b'"') or end < 0 or not piece.endswith(b"},"):
+            return None
+        name = piece[1:end]
+        if b"\\" in name or not name.isascii():
+            return None
+        ticker = name.decode()
+        order.append((ticker, piece))
+        old = known.get(ticker)
+        if old is None or old[0] != piece:
+            fresh.append((ticker, piece))
+    if len({ticker for ticker, _ in order}) != len(order):
+        return None  # a ticker twice: the whole parse keeps the later one
+    try:
+        items = orjson.loads(b"[" + b",".join(_ROW + piece[:-1] for _, piece in fresh) + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    wanted = set(request.tickers)
+    width = len(request.columns)
+    layout = layout_for(request.columns)
+    parsed: dict[str, Row] = {}
+    for (ticker, _), item in zip(fresh, items, strict=True):
+        if not isinstance(item, dict) or item.get("s") != ticker:
+            return None  # e.g. a second "s" key: the whole parse decides
+        values = item.get("d")
+        if ticker not in wanted:
+            parsed[ticker] = Row(layout, [])  # not asked for: only its shape was checked
+        elif isinstance(values, list) and len(values) == width:
+            parsed[ticker] = Row(layout, values)
+        else:
+            return None
+    rows: dict[str, Row] = {}
+    for ticker, piece in order:
+        row = parsed.get(ticker)
+        if row is None:
+            row = known[ticker][1]
+        kept[ticker] = (piece, row)
+        if ticker in wanted:
+            rows[ticker] = row
+    return rows, frozenset(wanted - rows.keys()), kept, len(parsed)
 
 
 def parse_body(
@@ -261,6 +366,8 @@ class ScannerClient:
         self._semaphore: asyncio.Semaphore | None = None
         self._gate: asyncio.Lock | None = None
         self._next_start = 0.0
+        #: The last replies' rows: an unchanged row is neither parsed nor picked again.
+        self.rows = RowCache()
 
     @property
     def slots(self) -> list[ProxySlot]:
@@ -448,7 +555,7 @@ class ScannerClient:
         )
         if status != 200:
             return classify_status(status, raw, retry_after)
-        return parse_body(request, raw)
+        return self.rows.parse(request, raw)
 
     async def _wait_turn(self) -> None:
         """Space attempt starts by ``min_start_interval``, across all concurrent scans."""

@@ -112,6 +112,79 @@ def _compile_kernel() -> Callable[[Sequence[Any]], dict[str, Any]]:
 compute_values: Final = _compile_kernel()
 
 
+def _compile_changes() -> Callable[
+    [Sequence[Any], dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]
+]:
+    """``compute_values`` and the diff against the previous data in one pass, recomputing
+    only what moved: ``(values, previous) -> (data, changes)``.
+
+    On a 20 s tick most of a key's inputs stand still, and a rule whose inputs did not move
+    gives the same action, so its previous output is kept rather than recomputed; the diff the
+    hub would have made (``!=``, in the data's key order) falls out of the same comparisons.
+    A clean value is compared with the previous clean value (what ``previous`` holds), which
+    is what the rules see: equal inputs (``==``) give equal actions and labels. ``data`` is
+    ``previous`` itself, updated in place with ``changes``: no copy of 126 values, no old dict
+    to free. Walking the values of 10 000 keys' data is memory-bound (py-spy put a fifth of a
+    tick on unpacking and copying old data), so every pass saved counts. It equals what
+    :func:`compute_values` returns, value for value (``==``) and in key order; a value equal to
+    its previous one keeps the previous object (``1`` for ``1.0``, ``0.0`` for ``-0.0``), as
+    the hub always has (it stores nothing for a key whose inputs are all equal). Updating in
+    place is safe for the hub's readers: a snapshot is encoded when it is made, and a pending
+    snapshot merged with a later update becomes previous + changes, which this is.
+    tests/test_builtins.py checks both against :func:`compute_values` and the hub's diff.
+    ``previous`` must be data of this profile (its keys in ``KEYS`` order).
+    """
+    names = {name: f"v{i}" for i, name in enumerate(FULL_COLUMNS)}
+    olds = {key: f"p{i}" for i, key in enumerate(KEYS)}
+    scope: dict[str, Any] = {"number": number, "label": label,
+                             "BUY": BUY, "SELL": SELL, "NEUTRAL": NEUTRAL}
+    lines = ["def compute_changes(values, previous):",
+             f"    {', '.join(names.values())}, = values",
+             f"    {', '.join(olds.values())}, = previous.values()",
+             "    out = {}"]
+    for name, v in names.items():
+        lines += [f"    if type({v}) is not float or {v} - {v} != 0.0:",
+                  f"        {v} = None if {v} is None else number({v})",
+                  f"    c{v} = {v} != {olds[name]}",
+                  f"    if c{v}: out[{name!r}] = {v}"]
+    for key, column in (("rec.all", "Recommend.All"), ("rec.ma", "Recommend.MA"),
+                        ("rec.other", "Recommend.Other")):
+        v, p = names[column], olds[key]
+        lines += [f"    if c{v}:",
+                  f"        r = label({v})",
+                  f"        if r != {p}: out[{key!r}] = r"]
+    actions: dict[str, list[str]] = {"osc": [], "ma": []}
+    for group, table, keys in (("osc", OSCILLATORS, _OSCILLATOR_KEYS),
+                               ("ma", MOVING_AVERAGES, _AVERAGE_KEYS)):
+        for index, (rule, key) in enumerate(zip(table.values(), keys, strict=True)):
+            decide, action, p = f"decide_{group}{index}", f"{group}{index}", olds[key]
+            scope[decide] = rule.decide
+            args = [names[column] for column in rule.inputs]
+            moved = " or ".join(f"c{arg}" for arg in args)
+            nulls = " or ".join(f"{arg} is None" for arg in args)
+            lines += [f"    if {moved}:",
+                      f"        {action} = None if {nulls} else {decide}({', '.join(args)})",
+                      f"        if {action} != {p}: out[{key!r}] = {action}",
+                      "    else:",
+                      f"        {action} = {p}"]
+            actions[group].append(action)
+    for group, members in actions.items():
+        lines.append(f"    {group} = ({', '.join(members)},)")
+        for side in ("BUY", "SELL", "NEUTRAL"):
+            key = f"{group}.{side.lower()}"
+            lines += [f"    n = {group}.count({side})",
+                      f"    if n != {olds[key]}: out[{key!r}] = n"]
+    lines.append("    previous.update(out)")
+    lines.append("    return previous, out")
+    exec(compile("\n".join(lines), "<quartsig.plugins.builtins.full changes>", "exec"), scope)
+    kernel: Callable[[Sequence[Any], dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
+    kernel = scope["compute_changes"]
+    return kernel
+
+
+compute_changes: Final = _compile_changes()
+
+
 PROFILE = Profile(
     name="full",
     description=(
@@ -122,6 +195,7 @@ PROFILE = Profile(
     compute=compute,
     compute_values=compute_values,
     checked=True,  # tests/test_builtins.py runs it over arbitrary rows (quartsig.testing)
+    compute_changes=compute_changes,
 )
 
 
