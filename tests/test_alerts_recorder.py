@@ -22,7 +22,7 @@ from quartsig.domain.model import Batch, Key, Row, ScanRequest, ScanResult
 from quartsig.domain.symbols import screener_for
 from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub
-from quartsig.feed.collector import Collector
+from quartsig.feed.collector import Collector, CollectorSettings
 from quartsig.plugins.builtins.summary import PROFILE as SUMMARY
 
 OWNER = 2002
@@ -183,7 +183,7 @@ async def test_the_rules_keys_are_collected_with_no_board_open(recorder: Recorde
     hub = Hub()  # nobody subscribes to anything
     scanner = _Recording()
     col = Collector(MemoryBroker(HubHandler(hub)), {"summary": SUMMARY}, scanner,  # type: ignore[arg-type]
-                    screener_for, interval=3600)
+                    screener_for, CollectorSettings(interval=3600))
     col.standing = recorder.standing
     task = asyncio.create_task(col.run())
     try:
