@@ -7,7 +7,9 @@ never after Telegram was called. A malformed update is logged and answered 200: 
 anything else for a day, and retrying cannot mend it.
 
 ``GET /bot.json``: ``{"username": ..., "link": "https://t.me/..."}`` (nulls without a bot), so
-the board can say "Get a new link from @<bot>" when a token expires or is refused.
+the board can say "Get a new link from @<bot>" when a token expires or is refused; with the
+board's token as a bearer, also ``"unreachable"``: the bot got a 403 for this account (shown on
+the board until the user writes to the bot again).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from aiogram.types import Update
 from pydantic import ValidationError
 from quart import Blueprint, current_app, request
 
+from quartsig.access import chats
+from quartsig.access.tokens import TokenError
 from quartsig.ops.logs import Sparse
+from quartsig.state import current_state
 from quartsig.telegram.service import EXTENSION, BotService
 
 log = logging.getLogger(__name__)
@@ -76,4 +81,21 @@ async def bot_json() -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(USERNAME_WAIT):
                     username = await service.identity.username()
-    return {"username": username, "link": f"https://t.me/{username}" if username else None}
+    body: dict[str, Any] = {"username": username,
+                            "link": f"https://t.me/{username}" if username else None}
+    tg_id = _bearer_account()
+    if service is not None and tg_id is not None:  # the board asks about its own account
+        with contextlib.suppress(Exception):
+            body["unreachable"] = await chats.is_unreachable(tg_id)
+    return body
+
+
+def _bearer_account() -> int | None:
+    """The account of the request's ``Authorization: Bearer <token>``, if valid."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    try:
+        return current_state().tokens.verify(token.strip())
+    except TokenError:
+        return None
