@@ -54,10 +54,11 @@ async def app(make_app: Callable[..., Quart]) -> AsyncIterator[Quart]:
 async def _hook(app: Quart, update: Any, headers: dict[str, str] | None = None,
                 path: str = HOOK) -> int:
     client = app.test_client()
+    headers = SECRET if headers is None else headers
     if isinstance(update, bytes):
-        response = await client.post(path, data=update, headers=SECRET if headers is None else headers)
+        response = await client.post(path, data=update, headers=headers)
     else:
-        response = await client.post(path, json=update, headers=SECRET if headers is None else headers)
+        response = await client.post(path, json=update, headers=headers)
     return response.status_code
 
 
@@ -211,10 +212,10 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def _until(check: Callable[[], Any], timeout: float = 30.0) -> None:
-    """Wait (bounded, generous) until the async ``check()`` is true."""
+async def _until(check: Callable[[], Any]) -> None:
+    """Wait (bounded, generous: 30 s) until the async ``check()`` is true."""
     import asyncio
 
-    async with asyncio.timeout(timeout):
-        while not await check():
+    async with asyncio.timeout(30.0):
+        while not await check():  # noqa: ASYNC110 (the worker has no event to wait on)
             await asyncio.sleep(0.02)

@@ -66,8 +66,8 @@ async def _loop(service: BotService, stop: asyncio.Event) -> None:
     assert service.bot is not None
     offset: int | None = None
     while not stop.is_set():
-        fetch = asyncio.ensure_future(service.bot.get_updates(offset=offset,
-                                                              timeout=POLL_TIMEOUT))
+        fetch = asyncio.ensure_future(service.bot.get_updates(
+            offset=offset, timeout=POLL_TIMEOUT, request_timeout=POLL_TIMEOUT + 10))
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
