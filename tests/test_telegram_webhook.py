@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from quart import Quart
 
 from quartsig.access import accounts, chats, invites
-from quartsig.app import DatabaseComponent, create_app
+from quartsig.app import DatabaseComponent, create_app, state_of
 from quartsig.config import Settings
 from quartsig.telegram.client import webhook_path, webhook_secret
 from quartsig.telegram.service import BotService
@@ -171,9 +171,19 @@ async def test_a_blocked_user_is_unreachable_until_they_write_again(
     telegram.script(509, ["403"])
     assert await _hook(app, telegram.message(509, "/board")) == 200
     await _until(lambda: chats.is_unreachable(509))
+    assert await _reachability(app, 509) is True  # what the board shows
+    assert await _reachability(app, 510) is False
     assert await _hook(app, telegram.message(509, "/board")) == 200
     await telegram.await_sent(509)
     assert not await chats.is_unreachable(509)
+    assert await _reachability(app, 509) is False
+
+
+async def _reachability(app: Quart, tg_id: int) -> Any:
+    token = state_of(app).tokens.issue(tg_id).token
+    response = await app.test_client().get("/bot.json",
+                                           headers={"Authorization": f"Bearer {token}"})
+    return (await response.get_json()).get("unreachable")
 
 
 async def test_stop_turns_alerts_off_and_start_back_on(
