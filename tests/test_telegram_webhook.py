@@ -229,3 +229,12 @@ async def _until(check: Callable[[], Any]) -> None:
     async with asyncio.timeout(30.0):
         while not await check():  # noqa: ASYNC110 (the worker has no event to wait on)
             await asyncio.sleep(0.02)
+
+
+def test_the_bot_token_and_the_webhook_path_are_redacted_from_logs() -> None:
+    from quartsig.ops.logs import redact
+
+    line = f"POST {HOOK} 200 bot 123456789:AAEhBOweik9ai2o0aVzxAqxZbbbbbbbbbbb"
+    assert webhook_path(TOKEN) not in redact(line)
+    assert "AAEhBOweik9ai2o0aVzxAqxZ" not in redact(line)
+    assert redact(line) == "POST /telegram/[redacted] 200 bot [redacted]"
