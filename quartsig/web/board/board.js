@@ -281,11 +281,11 @@ class Board {
       const answer = await fetch("/bot.json", { headers, cache: "no-store" });
       if (!answer.ok) return;
       const bot = await answer.json();
-      if (!bot.username) return;
+      if (!bot.username || !bot.link || new URL(bot.link).protocol !== "https:") return;
       this.bot = bot;
       document.body.dataset.bot = bot.username;
       for (const link of document.querySelectorAll(".bot-link")) {
-        link.href = `https://t.me/${encodeURIComponent(bot.username)}`;
+        link.href = bot.link; // t.me, from the server: the board names no other origin itself
         link.textContent = `Get a new link from @${bot.username}`;
         link.hidden = false;
       }
