@@ -25,6 +25,8 @@ LEASE = "bot:poller"
 LEASE_TTL = 30.0
 #: Seconds one ``getUpdates`` long poll waits on Telegram's side.
 POLL_TIMEOUT = 25
+#: 409 answers in a row after which polling stops (one could be our own earlier poll).
+CONFLICTS = 3
 
 
 class BotError(RuntimeError):
@@ -65,6 +67,7 @@ async def _renew(service: BotService, stop: asyncio.Event) -> None:
 async def _loop(service: BotService, stop: asyncio.Event) -> None:
     assert service.bot is not None
     offset: int | None = None
+    conflicts = 0
     while not stop.is_set():
         fetch = asyncio.ensure_future(service.bot.get_updates(
             offset=offset, timeout=POLL_TIMEOUT, request_timeout=POLL_TIMEOUT + 10))
@@ -77,12 +80,19 @@ async def _loop(service: BotService, stop: asyncio.Event) -> None:
         try:
             updates = fetch.result()
         except TelegramConflictError:
-            raise BotError("Telegram answered 409: another poller (or a webhook) takes this "
-                           "bot's updates") from None
+            # Our own long poll cut short (a timeout, a restart) is still open at Telegram's
+            # for a while and conflicts too: give up only when it goes on.
+            conflicts += 1
+            if conflicts >= CONFLICTS:
+                raise BotError("Telegram answered 409: another poller (or a webhook) takes "
+                               "this bot's updates") from None
+            await asyncio.sleep(5)
+            continue
         except Exception as error:
             log.warning("bot: getUpdates failed (%s); trying again", error)
             await asyncio.sleep(5)
             continue
+        conflicts = 0
         for update in updates:
             offset = update.update_id + 1
             await service.accept(update)
