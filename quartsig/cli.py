@@ -130,15 +130,10 @@ def _bot_settings() -> tuple[Settings, str]:
 
 def _telegram(work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work``; any Telegram or network failure becomes one line (exit 2)."""
-    from aiogram.exceptions import AiogramError
-
-    from quartsig.telegram.polling import BotError
+    from quartsig.telegram.client import plainly
 
     async def run() -> T:
-        try:
-            return await work()
-        except (AiogramError, OSError, TimeoutError) as error:
-            raise BotError(f"Telegram: {error}") from None
+        return await plainly(work())
 
     return asyncio.run(run())
 
@@ -353,7 +348,7 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _bot_error() -> type[Exception]:
-    from quartsig.telegram.polling import BotError
+    from quartsig.telegram.client import BotError
 
     return BotError
 

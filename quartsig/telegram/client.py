@@ -14,15 +14,33 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiogram import Bot
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
+from aiogram.exceptions import AiogramError
 
 #: Seconds one Bot API call may take: a hung Telegram must not hold a worker for long.
 REQUEST_TIMEOUT = 15.0
+
+T = TypeVar("T")
+
+
+class BotError(RuntimeError):
+    """The bot cannot do what the command line asked (Telegram refused or is unreachable,
+    another poller runs, a webhook is set); the message says which, in one line."""
+
+
+async def plainly(work: Awaitable[T]) -> T:
+    """Await ``work``; any Telegram or network failure becomes a one-line :class:`BotError`."""
+    try:
+        return await work
+    except (AiogramError, OSError, TimeoutError) as error:
+        raise BotError(f"Telegram: {error}") from None
 
 
 def _derive(token: str, purpose: str) -> str:

@@ -16,6 +16,7 @@ import logging
 from aiogram.exceptions import TelegramConflictError
 
 from quartsig.state import State
+from quartsig.telegram.client import BotError
 from quartsig.telegram.service import BotService
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,6 @@ LEASE_TTL = 30.0
 POLL_TIMEOUT = 25
 #: 409 answers in a row after which polling stops (one could be our own earlier poll).
 CONFLICTS = 3
-
-
-class BotError(RuntimeError):
-    """Polling is refused (another poller, a webhook set); the message says which, in a line."""
 
 
 async def poll(service: BotService, stop: asyncio.Event) -> None:
