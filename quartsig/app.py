@@ -30,6 +30,9 @@ from quartsig.feed.collector import Collector, CollectorSettings
 from quartsig.ops import logs
 from quartsig.plugins.loader import describe, get_plugin_manager, inventory, load_screeners
 from quartsig.state import EXTENSION, Component, State
+from quartsig.telegram import webhook
+from quartsig.telegram.service import EXTENSION as BOT_EXTENSION
+from quartsig.telegram.service import BotService
 from quartsig.upstream.scanner import ScannerClient
 from quartsig.web import alerts, api, board, stream
 
@@ -42,7 +45,7 @@ MAX_HTTP_BODY = 16 * 1024
 """Bytes an HTTP body may have: the only body we accept is a tiny JSON object."""
 
 BLUEPRINTS: tuple[Blueprint, ...] = (api.blueprint, stream.blueprint, board.blueprint,
-                                      alerts.blueprint)
+                                      alerts.blueprint, webhook.blueprint)
 
 
 @dataclass
@@ -188,8 +191,10 @@ class AlertsComponent:
                 await close()
 
 
-def default_components() -> list[Component]:
-    return [DatabaseComponent(), FeedComponent(), AlertsComponent()]
+def default_components(settings: Settings | None = None) -> list[Component]:
+    """The database, the feed and the alerts; the bot too when ``QUARTSIG_BOT_TOKEN`` is set."""
+    bot = [BotService()] if settings is not None and settings.bot_token else []
+    return [DatabaseComponent(), FeedComponent(), AlertsComponent(), *bot]
 
 
 def build_state(
@@ -212,7 +217,7 @@ def build_state(
         screeners=load_screeners(manager, SCREENERS),
         channels=load_channels(manager, (webhooks,)),
         gate=Gate(accounts.is_active, accounts.inactive_among, accounts.disable),
-        components=list(default_components() if components is None else components),
+        components=list(default_components(settings) if components is None else components),
         demo=demo,
     )
 
@@ -238,6 +243,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
     state = build_state(settings, demo=demo, components=components)
     app.extensions[EXTENSION] = state
+    for component in state.components:  # the webhook route finds the bot here
+        if isinstance(component, BotService):
+            app.extensions[BOT_EXTENSION] = component
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     app.while_serving(state.lifespan)

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from quartsig import __version__, server
 from quartsig.access import accounts, database
@@ -96,7 +96,146 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--link", action="store_true",
                        help="print the board link BASE_URL/#token=... instead")
     issue.set_defaults(handler=_token_issue)
+    _add_bot_commands(commands)
     return parser
+
+
+# -- the Telegram bot (quartsig.telegram; docs/bot.md) --------------------------------------
+
+DEMO_TG_ID = 1
+"""The account ``serve --demo`` prints a board link for."""
+
+
+def _add_bot_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bot = commands.add_parser("bot", help="the Telegram bot (QUARTSIG_BOT_TOKEN; docs/bot.md)")
+    bot_commands = bot.add_subparsers(dest="action", required=True, metavar="ACTION")
+    webhook = bot_commands.add_parser(
+        "webhook", help="register (set), show (info) or remove (delete) the bot's webhook")
+    webhook.add_argument("operation", choices=("set", "info", "delete"))
+    webhook.set_defaults(handler=_bot_webhook)
+    bot_commands.add_parser(
+        "poll", help="take updates by long polling (no public URL); one poller per bot"
+    ).set_defaults(handler=_bot_poll)
+    invite = commands.add_parser(
+        "invite", help="mint one-time invite links (QUARTSIG_SIGNUP=invite)")
+    invite.add_argument("--count", type=int, default=1, help="how many (default: 1)")
+    invite.set_defaults(handler=_invite)
+
+
+def _bot_settings() -> tuple[Settings, str]:
+    settings = Settings.from_env()
+    if not settings.bot_token:
+        raise ConfigError("QUARTSIG_BOT_TOKEN: must be set (the token @BotFather gave)")
+    return settings, settings.bot_token
+
+
+def _telegram(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work``; any Telegram or network failure becomes one line (exit 2)."""
+    from quartsig.telegram.client import plainly
+
+    async def run() -> T:
+        return await plainly(work())
+
+    return asyncio.run(run())
+
+
+def _bot_webhook(args: argparse.Namespace) -> int:
+    from quartsig.telegram.client import make_bot, webhook_secret, webhook_url
+
+    settings, token = _bot_settings()
+    if args.operation == "set" and not settings.base_url:
+        raise ConfigError("QUARTSIG_BASE_URL: must be set to the public https:// URL Telegram "
+                          "will call (or use `quartsig bot poll`)")
+
+    async def work() -> str:
+        bot = make_bot(token, settings.bot_api_url)
+        try:
+            if args.operation == "set":
+                assert settings.base_url is not None
+                url = webhook_url(settings.base_url, token)
+                await bot.set_webhook(url, secret_token=webhook_secret(token),
+                                      allowed_updates=["message", "callback_query"])
+                return f"webhook set: {settings.base_url}/telegram/..."
+            if args.operation == "delete":
+                await bot.delete_webhook()
+                return "webhook deleted"
+            info = await bot.get_webhook_info()
+            error = f"\tlast error: {info.last_error_message}" if info.last_error_message else ""
+            shown = info.url.split("/telegram/")[0] + "/telegram/..." if info.url else "(none)"
+            return f"url: {shown}\tpending: {info.pending_update_count}{error}"
+        finally:
+            await bot.session.close()
+
+    print(_telegram(work))
+    return 0
+
+
+def _bot_poll(args: argparse.Namespace) -> int:
+    import signal
+
+    from quartsig.app import DatabaseComponent
+    from quartsig.telegram import polling
+    from quartsig.telegram.service import BotService
+
+    settings, _ = _bot_settings()
+    service = BotService(fallback_url=_local_url())
+    state = build_state(settings, components=[DatabaseComponent(), service])
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await polling.run(state, service, stop)
+
+    _telegram(work)
+    return 0
+
+
+def _invite(args: argparse.Namespace) -> int:
+    from quartsig.access import invites
+
+    settings = Settings.from_env()
+    if not 1 <= args.count <= 1000:
+        raise ConfigError("--count: must be from 1 to 1000")
+    codes = _with_database(settings, lambda: _mint(invites.mint, args.count))
+    username = None
+    if settings.bot_token:
+        from quartsig.telegram.client import BotIdentity, make_bot
+
+        async def name() -> str:
+            bot = make_bot(settings.bot_token or "", settings.bot_api_url)
+            try:
+                return await BotIdentity(bot).username()
+            finally:
+                await bot.session.close()
+
+        username = _telegram(name)
+    for code in codes:
+        print(f"https://t.me/{username}?start={code}" if username else code)
+    return 0
+
+
+async def _mint(mint: Callable[[], Awaitable[str]], count: int) -> list[str]:
+    return [await mint() for _ in range(count)]
+
+
+def _local_url(config_path: Path = Path(HYPERCORN_CONFIG)) -> str | None:
+    """Where ``quartsig serve`` listens (``--bind``, ``$PORT``, hypercorn.toml, the default),
+    as a URL this machine can open: the link base when ``QUARTSIG_BASE_URL`` is unset."""
+    try:
+        bind = server.hypercorn_config(config_path, None, os.environ).bind[0]
+    except (ConfigError, IndexError):
+        return None
+    return _url_of_bind(bind)
+
+
+def _url_of_bind(bind: str) -> str | None:
+    if bind.startswith(("unix:", "fd://")):
+        return None
+    host, _, port = bind.rpartition(":")
+    if host in {"0.0.0.0", "[::]", "::", ""}:
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
 
 
 def _with_database(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
@@ -154,13 +293,14 @@ def _account(args: argparse.Namespace) -> int:
 
 def _token_issue(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    if args.link and not settings.base_url:
+    base_url = settings.base_url or (_local_url() if args.link else None)
+    if args.link and not base_url:
         raise ConfigError("QUARTSIG_BASE_URL: must be set to print a link")
     authority = TokenAuthority.from_settings(settings)
     tg_id: int = args.tg_id
     _with_database(settings, lambda: accounts.require_active(tg_id))
     token = authority.issue(tg_id).token
-    print(board_link(settings.base_url, token) if settings.base_url and args.link else token)
+    print(board_link(base_url, token) if base_url and args.link else token)
     return 0
 
 
@@ -176,11 +316,26 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings, demo=args.demo)  # a broken plugin fails here, before forking
     # Fail before binding, with one clean line, if the database is unreachable.
     asyncio.run(database.prepare_schema(settings))
+    _introduce_demo(app, settings, args.demo, config.bind[0] if config.bind else "")
     if config.workers > 1:
         return server.run_workers(server.WorkerSpec(args.demo, args.bind, args.config),
                                   config.workers)
     server.run(app, config)
     return 0
+
+
+def _introduce_demo(app: Any, settings: Settings, demo: bool, bind: str) -> None:
+    """Without ``QUARTSIG_BASE_URL``, links point where this server listens; with ``--demo``,
+    print a ready board link for a demo account at start."""
+    from quartsig.telegram.service import EXTENSION as BOT
+
+    local = settings.base_url or _url_of_bind(bind)
+    if BOT in app.extensions:
+        app.extensions[BOT].fallback_url = local
+    if demo and local:
+        _with_database(settings, lambda: accounts.add(DEMO_TG_ID))
+        token = TokenAuthority.from_settings(settings).issue(DEMO_TG_ID).token
+        print(f"demo board (account {DEMO_TG_ID}): {board_link(local, token)}", flush=True)
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -196,12 +351,18 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bot_error() -> type[Exception]:
+    from quartsig.telegram.client import BotError
+
+    return BotError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(logging.INFO if args.command == "serve" else logging.WARNING)
     try:
         return int(args.handler(args))
-    except (ConfigError, database.DatabaseError, PluginError) as error:
+    except (ConfigError, database.DatabaseError, PluginError, _bot_error()) as error:
         print(f"quartsig: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except accounts.AccountError as error:

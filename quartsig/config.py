@@ -173,6 +173,26 @@ def _bot_secret(value: str) -> str:
     return value
 
 
+# -- the Telegram bot (quartsig.telegram) --------------------------------------------------
+
+SIGNUP_MODES = ("open", "invite", "closed")
+
+
+def _bot_token(value: str) -> str:
+    bot_id, colon, secret = value.strip().partition(":")
+    if not (bot_id.isdigit() and colon and secret
+            and secret.replace("_", "").replace("-", "").isalnum()):
+        raise ValueError("must look like 123456789:AA... (the token @BotFather gave)")
+    return value.strip()
+
+
+def _signup(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in SIGNUP_MODES:
+        raise ValueError(f"must be one of {', '.join(SIGNUP_MODES)}")
+    return mode
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse_optional(value: str) -> Any:
         return parse(value) if value.strip() else None
@@ -373,6 +393,19 @@ class Settings:
     )
     alerts_storm_window: float = _setting(
         180.0, _positive_float, "Seconds over which QUARTSIG_ALERTS_STORM_COUNT is counted."
+    )
+    # -- the Telegram bot (quartsig.telegram; docs/bot.md) --------------------------------
+    bot_token: str | None = _setting(
+        None, _optional(_bot_token), "The bot's token from @BotFather; turns the bot on "
+        "(unset: no bot, nothing changes)."
+    )
+    bot_api_url: str | None = _setting(
+        None, _optional(_url), "Bot API server base URL (unset: https://api.telegram.org); "
+        "a local Bot API server or the tests' stand-in."
+    )
+    signup: str = _setting(
+        "closed", _signup, "Who /start lets in: open (anyone), invite (a one-time code from "
+        "`quartsig invite`) or closed (accounts the operator adds)."
     )
 
     @classmethod

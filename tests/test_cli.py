@@ -88,7 +88,11 @@ def test_unknown_accounts_are_refused(run: Run) -> None:
 
 def test_link_needs_a_base_url(run: Run) -> None:
     run("account", "add", "42")
-    refused = run("token", "issue", "42", "--link")
+    # (issue 21) without it, the link points where `quartsig serve` would listen...
+    assert run("token", "issue", "42", "--link").stdout.startswith(
+        "http://127.0.0.1:8000/#token=")
+    # ...and when that cannot be told either, it is refused in one line
+    refused = run("token", "issue", "42", "--link", PORT="not-a-port")
     assert (refused.returncode, refused.stdout) == (2, "")
     assert "QUARTSIG_BASE_URL" in refused.stderr
     linked = run("token", "issue", "42", "--link", QUARTSIG_BASE_URL="https://b.example/")

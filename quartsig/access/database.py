@@ -42,7 +42,8 @@ from tortoise.context import TortoiseContext
 
 from quartsig.config import Settings, make_private_dir
 
-MODEL_MODULES = ("quartsig.access.accounts", "quartsig.alerts.storage")
+MODEL_MODULES = ("quartsig.access.accounts", "quartsig.access.chats", "quartsig.access.invites",
+                 "quartsig.alerts.storage")
 """Every module holding Tortoise models; a new models module is added here."""
 
 APP_LABEL = "quartsig"

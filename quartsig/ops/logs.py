@@ -22,6 +22,9 @@ _PATTERNS = (
     (re.compile(r"(?i)(\btoken=)[^&\s\"'#;,]+"), rf"\1{REDACTED}"),
     # the bot's bearer secret
     (re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+"), rf"\1{REDACTED}"),
+    # a Telegram bot token, and the webhook's path derived from it (quartsig.telegram)
+    (re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}"), REDACTED),
+    (re.compile(r"(/telegram/)[0-9a-f]{32}"), rf"\1{REDACTED}"),
 )
 
 HYPERCORN_LOGGERS = ("hypercorn.error", "hypercorn.access")

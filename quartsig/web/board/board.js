@@ -269,6 +269,34 @@ class Board {
     if (token) this.client.connect();
     else this.showTokenPanel(true);
     this.renderConnection();
+    this.bot = null;
+    this.loadBot(token);
+  }
+
+  // ---- the bot: "Get a new link from @<bot>" (GET /bot.json; nulls without a bot)
+
+  async loadBot(token) {
+    try {
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const answer = await fetch("/bot.json", { headers, cache: "no-store" });
+      if (!answer.ok) return;
+      const bot = await answer.json();
+      if (!bot.username || !bot.link || new URL(bot.link).protocol !== "https:") return;
+      this.bot = bot;
+      document.body.dataset.bot = bot.username;
+      for (const link of document.querySelectorAll(".bot-link")) {
+        link.href = bot.link; // t.me, from the server: the board names no other origin itself
+        link.textContent = `Get a new link from @${bot.username}`;
+        link.hidden = false;
+      }
+      const notice = $('[data-testid="unreachable"]');
+      notice.hidden = !bot.unreachable;
+      notice.textContent = bot.unreachable
+        ? `Telegram cannot reach you: alerts are paused until you write to @${bot.username} again.`
+        : "";
+    } catch {
+      // No bot link then: the token form still works.
+    }
   }
 
   listen() {
@@ -300,6 +328,7 @@ class Board {
       this.showTokenPanel(false);
       this.client.setToken(token);
       this.client.connect();
+      this.loadBot(token);
     });
   }
 

@@ -1,0 +1,1 @@
+"""The Telegram bot: the path a user walks is Telegram first, board second (docs/bot.md)."""
