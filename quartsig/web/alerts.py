@@ -245,7 +245,8 @@ _ws_tasks: set[asyncio.Task[None]] = set()
 
 
 def is_alert_op(raw: object) -> TypeGuard[dict[str, Any]]:
-    return isinstance(raw, dict) and raw.get("op") in WS_OPS
+    op = raw.get("op") if isinstance(raw, dict) else None
+    return isinstance(op, str) and op in WS_OPS  # a hostile op may be a list or an object
 
 
 def obey_ws(state: State, connection: Connection, raw: dict[str, Any]) -> None:
