@@ -76,11 +76,15 @@ class Alerts {
     });
     document.addEventListener("visibilitychange", () => this.schedule());
     this.decorateAll(false);
+    // The API takes the token only once /ws accepted it: look as soon as it has.
+    window.quartsigClient?.addEventListener("authed", () => this.schedule());
     this.schedule();
   }
 
   get token() {
-    return window.quartsigClient ? window.quartsigClient.token : null;
+    // Only a token /ws accepted: a refused or expired one would only earn 401s here.
+    const client = window.quartsigClient;
+    return client && client.acceptedToken === client.token ? client.token : null;
   }
 
   async call(method, path, body) {

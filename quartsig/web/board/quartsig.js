@@ -310,6 +310,7 @@ export class QuartsigClient extends EventTarget {
     this._authedAt = 0;
     if (FATAL_CODES.has(code)) {
       this._started = false;
+      this.acceptedToken = null;
       this._setState(STATES.FATAL);
       this._emit("close", { code, reason, retry: false });
       this._emit("fatal", { code, reason });
@@ -493,6 +494,7 @@ export class QuartsigClient extends EventTarget {
 
   _authed(message) {
     this.tgId = message.tg_id;
+    this.acceptedToken = this.token; // what other callers (the alerts API) may present
     this._authedAt = Date.now();
     this._tokens = this.opsBurst;
     this._refilledAt = Date.now();
