@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(logging.INFO if args.command == "serve" else logging.WARNING)
     try:
         return int(args.handler(args))
-    except (ConfigError, database.DatabaseError, PluginError) as error:
+    except (ConfigError, database.DatabaseError, PluginError, server.StartError) as error:
         print(f"quartsig: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except accounts.AccountError as error:

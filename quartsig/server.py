@@ -15,13 +15,15 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config, Sockets
+from hypercorn.utils import LifespanFailureError, wrap_app
 from quart import Quart
 
 from quartsig.app import state_of
@@ -29,10 +31,34 @@ from quartsig.config import ConfigError, Settings
 from quartsig.hosting import decline_permessage_deflate
 from quartsig.state import State
 
-__all__ = ["DEFAULT_BIND", "apply_stream_settings", "decline_permessage_deflate",
-           "hypercorn_config", "run", "serve_until_signalled"]
+__all__ = ["DEFAULT_BIND", "StartError", "apply_stream_settings", "decline_permessage_deflate",
+           "hypercorn_config", "listen", "run", "serve_until_signalled"]
 
 DEFAULT_BIND = "127.0.0.1:8000"
+
+#: A worker's exit code when it cannot start: the parent stops them all instead of respawning.
+EXIT_START = 2
+
+
+class StartError(Exception):
+    """The server cannot start (its port is taken, a component failed): one line, exit 2."""
+
+
+def listen(config: Config) -> Sockets:
+    """Bind and listen on every address of ``config``, before anything else starts.
+
+    A node that cannot listen must not join its cluster: it would campaign for the lease,
+    win it when the leader stops, and publish nothing while holding it (issue #24.1). So
+    the sockets come first, and the app's lifespan (the broker, the collector) only after.
+    """
+    try:
+        sockets = config.create_sockets()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise StartError(f"cannot listen on {', '.join(config.bind)}: {reason}") from None
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(config.backlog)
+    return sockets
 
 
 def hypercorn_config(path: Path, bind: str | None, environ: Mapping[str, str]) -> Config:
@@ -90,12 +116,16 @@ def apply_stream_settings(config: Config, settings: Settings) -> Config:
     return config
 
 
-async def serve_until_signalled(app: Quart, config: Config) -> None:
+async def serve_until_signalled(app: Quart, config: Config,
+                                sockets: Sockets | None = None) -> None:
     """Serve until SIGTERM/SIGINT; then close every client with 1001 before Hypercorn stops.
 
     Hypercorn would otherwise wait out ``graceful_timeout`` for websocket handlers
-    that never end on their own, then cut them without a close frame.
+    that never end on their own, then cut them without a close frame. ``sockets`` come
+    from :func:`listen` (made here when not given), so nothing starts before they exist.
     """
+    if sockets is None:
+        sockets = listen(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -110,8 +140,24 @@ async def serve_until_signalled(app: Quart, config: Config) -> None:
                 while state.close_all():  # noqa: ASYNC110 (shutdown only; a poll is simplest)
                     await asyncio.sleep(0.02)
 
-    await serve(app, config, shutdown_trigger=shutdown_trigger)
+    try:
+        await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config,
+                           sockets=sockets, shutdown_trigger=shutdown_trigger)
+    except LifespanFailureError as error:
+        raise StartError(f"start-up failed: {error.args[-1] if error.args else error}") from None
+    finally:
+        release_signals(loop)
 
+
+def release_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Give SIGTERM and SIGINT back to the process once serving is over.
+
+    What is left to do (tasks ending, the loop closing) must not outlive a signal: a task
+    that swallows its cancellation would otherwise keep a process that answers no signal.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, RuntimeError):
+            loop.remove_signal_handler(signum)
 
 
 async def run_until_signalled(state: State) -> None:
@@ -121,12 +167,17 @@ async def run_until_signalled(state: State) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     lifespan = state.lifespan()
-    await anext(lifespan)
+    try:
+        await anext(lifespan)
+    except Exception as error:
+        release_signals(loop)
+        raise StartError(f"start-up failed: {error}") from None
     try:
         await stop.wait()
     finally:
         with contextlib.suppress(StopAsyncIteration):
             await anext(lifespan)
+        release_signals(loop)
 
 
 @dataclass(frozen=True)
@@ -148,7 +199,11 @@ def _worker(spec: WorkerSpec, workers: int) -> None:
     config = apply_stream_settings(hypercorn_config(spec.config, spec.bind, os.environ),
                                    settings)
     config.workers = workers  # each worker binds with SO_REUSEPORT: the kernel spreads clients
-    run(create_app(settings, demo=spec.demo), config)
+    try:
+        run(create_app(settings, demo=spec.demo), config)
+    except StartError as error:
+        logging.getLogger(__name__).error("worker %s: %s", os.getpid(), error)
+        sys.exit(EXIT_START)
 
 
 def run_workers(spec: WorkerSpec, workers: int) -> int:
@@ -177,9 +232,14 @@ def run_workers(spec: WorkerSpec, workers: int) -> int:
     processes = [spawn() for _ in range(workers)]
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    failed = False
     while True:
         multiprocessing.connection.wait([process.sentinel for process in processes])
         if stopping:
+            break
+        if any(process.exitcode == EXIT_START for process in processes):
+            failed = True  # it would fail again: stop them all, as one process would
+            forward(signal.SIGTERM, None)
             break
         for index, process in enumerate(processes):
             if not process.is_alive():
@@ -188,7 +248,7 @@ def run_workers(spec: WorkerSpec, workers: int) -> int:
                 processes[index] = spawn()
     for process in processes:
         process.join()
-    return 0
+    return EXIT_START if failed else 0
 
 
 def run(app: Quart, config: Config) -> None:
@@ -196,9 +256,10 @@ def run(app: Quart, config: Config) -> None:
 
     ``app`` comes from ``create_app()``, which has applied :func:`quartsig.hosting.harden`.
     """
+    sockets = listen(config)  # before the loop and the app's lifespan: see listen()
     with (asyncio.Runner(loop_factory=event_loop_factory(config.worker_class)) as runner,
           warnings.catch_warnings()):
         # A worker of run_workers() keeps ``workers`` > 1 so that it binds with SO_REUSEPORT;
         # Hypercorn's serve() warns that it runs one process, which is the point.
         warnings.filterwarnings("ignore", message="The config `workers` has no affect")
-        runner.run(serve_until_signalled(app, config))
+        runner.run(serve_until_signalled(app, config, sockets))
