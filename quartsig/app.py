@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 #: Seconds the feed's tasks get to end on shutdown before they are left behind.
 STOP_TIMEOUT = 10.0
 
+#: The collector's task name under the supervisor (a leader steps down while it keeps failing).
+COLLECTOR = "collector"
+
 MAX_HTTP_BODY = 16 * 1024
 """Bytes an HTTP body may have: the only body we accept is a tiny JSON object."""
 
@@ -61,7 +64,11 @@ def open_broker(state: State) -> Broker:
     if state.settings.redis_url:
         from quartsig.cluster.redis import RedisBroker
 
-        return RedisBroker.from_settings(state.settings, state.hub, state.apply, state.metrics)
+        broker = RedisBroker.from_settings(state.settings, state.hub, state.apply, state.metrics)
+        broker.spawn = state.supervisor.spawn  # its loops run supervised (issue #20.1)
+        # A node whose collector keeps failing must not hold the lease: another may collect.
+        broker.eligible = lambda: not state.supervisor.is_failing(COLLECTOR)
+        return broker
     return MemoryBroker(state.hub, state.apply)
 
 
@@ -108,12 +115,11 @@ class FeedComponent:
             quarantine=settings.plugin_quarantine,
         )
         state.outbox.start()
-        self.tasks = [asyncio.create_task(state.collector.run(), name="quartsig-collector")]
+        spawn = state.supervisor.spawn
+        self.tasks = [spawn(COLLECTOR, state.collector.run), spawn("health", state.watch_health)]
         if self.accounts:  # the clients' side: disabled accounts and expired tokens
-            self.tasks.append(
-                asyncio.create_task(state.watch_accounts(), name="quartsig-accounts"))
-            self.tasks.append(
-                asyncio.create_task(state.watch_sessions(), name="quartsig-sessions"))
+            self.tasks.append(spawn("accounts", state.watch_accounts))
+            self.tasks.append(spawn("sessions", state.watch_sessions))
 
     async def stop(self, state: State) -> None:
         state.close_all()

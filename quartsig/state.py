@@ -32,8 +32,10 @@ from quartsig.domain.symbols import screener_for
 from quartsig.fanout.connection import Outbox
 from quartsig.fanout.hub import Hub, Sink
 from quartsig.feed.budget import KeyQuota
+from quartsig.ops import health
 from quartsig.ops.logs import Sparse
 from quartsig.ops.metrics import Metrics
+from quartsig.ops.supervisor import Supervisor
 from quartsig.plugins.profiles import Profile
 
 if TYPE_CHECKING:
@@ -97,6 +99,14 @@ class State:
     started_at: float = field(default_factory=time.monotonic)
     #: Distinct new keys per account per minute (early, then next tick, then refused).
     new_keys: KeyQuota = field(init=False)
+    #: Every long-lived task runs under it: ``state.supervisor.spawn(name, factory)``.
+    supervisor: Supervisor = field(init=False)
+    #: When (monotonic) this node last applied a publication of the collector.
+    published_at: float = field(default_factory=time.monotonic)
+    #: The upstream status the collector last published, and what this node told its clients
+    #: itself (data stale, a task failing) while that status said ``ok``.
+    upstream_status: tuple[str, str] = ("ok", "")
+    told: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,
@@ -116,6 +126,13 @@ class State:
             on_refused=lambda cap: self.metrics.refused.labels(cap=cap).inc(),
         )
         self.metrics.pending.set_function(lambda: self.caps.pending)
+        self.supervisor = Supervisor(
+            on_failure=lambda name: self.metrics.task_failures.labels(task=name).inc(),
+            on_change=self.review_health,
+        )
+        self.metrics.tasks_failing.set_function(lambda: len(self.supervisor.failing()))
+        self.metrics.data_age.set_function(self.data_age)
+        self.metrics.ready.set_function(lambda: float(not self.readiness()))
         self.vocabulary = Vocabulary(
             profiles=frozenset(self.profiles),
             screeners=self.screeners,
@@ -133,12 +150,66 @@ class State:
         TradingView does not have are remembered so that asking again costs nothing upstream.
         """
         started = time.perf_counter()
+        if not self._local_note(batch):
+            self.published_at = time.monotonic()
+            if batch.status is not None:
+                self.upstream_status = batch.status
         for key, _, message in batch.rejected:
             self.unknown_symbols.add(key.symbol, message)
         with self.outbox.batch():
             changed = self.hub.apply(batch)
         self.metrics.fanout.observe(time.perf_counter() - started)
         return changed
+
+    # -- health (issue #24.2) ------------------------------------------------------------------
+
+    def _local_note(self, batch: Batch) -> bool:
+        """Whether ``batch`` is this node's own word (Redis lost) rather than a publication:
+        a leader's batches carry its term, or are values or an ``ok`` (an idle tick)."""
+        return (bool(self.settings.redis_url) and not batch.term and not batch.values
+                and batch.status is not None and batch.status[0] != "ok")
+
+    def data_age(self) -> float:
+        """Seconds since the last publication applied here (since start before the first)."""
+        return max(0.0, time.monotonic() - self.published_at)
+
+    def readiness(self) -> dict[str, str]:
+        """The checks that fail now, each with why: empty when this node serves fresh data.
+
+        The database is not among them: the users a node already serves keep their data
+        through its outage (new logins get their documented refusal).
+        """
+        broker = self.broker.health() if self.broker is not None else {}
+        return health.failures(
+            redis=str(broker.get("redis", "ok")),
+            data_age=self.data_age() if self.collector is not None else 0.0,
+            stale_after=health.stale_after(self.settings.interval, self.settings.lease_ttl,
+                                           clustered=bool(self.settings.redis_url)),
+            failing=self.supervisor.failing(),
+        )
+
+    def review_health(self) -> None:
+        """Tell clients ``degraded`` while this node's data is stale or a task keeps failing,
+        whatever the upstream status says; give them that status back once it is over."""
+        trouble = health.degraded_reason(self.readiness())
+        if trouble is not None:
+            if self.hub.status[0] == "ok" or self.hub.status == self.told:
+                self.told = ("degraded", trouble)
+                self._tell(self.told)
+        elif self.told is not None:
+            if self.hub.status == self.told:
+                self._tell(self.upstream_status)
+            self.told = None
+
+    def _tell(self, status: tuple[str, str]) -> None:
+        if self.hub.status != status:
+            with self.outbox.batch():
+                self.hub.apply(Batch(status=status))
+
+    async def watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(SESSION_CHECK)
+            self.review_health()
 
     async def lifespan(self) -> AsyncGenerator[None, None]:
         started: list[Component] = []

@@ -42,7 +42,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import orjson
@@ -251,6 +251,12 @@ class RedisBroker:
         self._publish = client.register_script(_PUBLISH)
         self._advertise = client.register_script(_ADVERTISE)
         self._demand = client.register_script(_DEMAND)
+        #: How the node's loops are started (the app's supervisor restarts a loop that dies),
+        #: and whether this node may lead (not while its collector keeps failing).
+        self.spawn: Callable[[str, Callable[[], Coroutine[Any, Any, None]]],
+                            asyncio.Task[None]] = (
+            lambda name, factory: asyncio.create_task(factory(), name=f"quartsig-{name}"))
+        self.eligible: Callable[[], bool] = lambda: True
 
     @classmethod
     def from_settings(cls, settings: Any, hub: Hub, deliver: Deliver,
@@ -269,11 +275,11 @@ class RedisBroker:
     async def start(self) -> None:
         """Start the node's loops; Redis need not be up (they wait for it)."""
         self._tasks = [
-            asyncio.create_task(self._campaign(), name="quartsig-lease"),
-            asyncio.create_task(self._follow(), name="quartsig-changes"),
-            asyncio.create_task(self._advertise_loop(), name="quartsig-demand"),
-            asyncio.create_task(self._newcomers(), name="quartsig-newcomers"),
-            asyncio.create_task(self._listen_wanted(), name="quartsig-wanted"),
+            self.spawn("lease", self._campaign),
+            self.spawn("changes", self._follow),
+            self.spawn("demand", self._advertise_loop),
+            self.spawn("newcomers", self._newcomers),
+            self.spawn("wanted", self._listen_wanted),
         ]
 
     async def stop(self) -> None:
@@ -307,7 +313,10 @@ class RedisBroker:
         while not self._stopping:
             try:
                 if self.token is None:
-                    await self._try_acquire(ttl_ms)
+                    if self.eligible():
+                        await self._try_acquire(ttl_ms)
+                elif not self.eligible():
+                    self._step_down("this node's collector keeps failing")
                 else:
                     sent = self.clock()
                     renewed = await self._renew(keys=[self.keys["lease"]],

@@ -104,6 +104,24 @@ class Metrics:
         )
         self.tasks = Gauge("quartsig_tasks", "asyncio tasks alive (leak watch)", registry=r)
         self.tasks.set_function(_tasks_alive)
+        # -- operations (issue #24): what an operator alerts on --------------------------------
+        self.task_failures = Counter(
+            "quartsig_task_failures",
+            "Failures of a supervised long-lived task, by task (each one restarted)",
+            ["task"], registry=r,
+        )
+        self.tasks_failing = Gauge(
+            "quartsig_tasks_failing", "Supervised tasks that keep failing (health: 503)",
+            registry=r,
+        )
+        self.data_age = Gauge(
+            "quartsig_data_age_seconds",
+            "Seconds since this node last applied a publication of the collector", registry=r,
+        )
+        self.ready = Gauge(
+            "quartsig_ready", "1 while /readyz answers 200 (this node serves fresh data)",
+            registry=r,
+        )
 
     def frame_sent(self, frames: int, size: int) -> None:
         self.frames_sent += frames
