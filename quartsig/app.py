@@ -25,7 +25,7 @@ from quartsig.domain.symbols import SCREENERS
 from quartsig.feed.budget import RequestBudget
 from quartsig.feed.collector import Collector
 from quartsig.ops import logs
-from quartsig.plugins.loader import describe, get_plugin_manager, inventory, load_screeners
+from quartsig.plugins.loader import get_plugin_manager, inventory, load_screeners
 from quartsig.state import EXTENSION, Component, State
 from quartsig.upstream.scanner import ScannerClient
 from quartsig.web import api, board, stream
@@ -149,14 +149,16 @@ def build_state(
     *,
     demo: bool = False,
     components: Sequence[Component] | None = None,
+    log_plugins: bool = True,
 ) -> State:
     """Load the plugins (a broken one stops start-up here, named), log them, build the state."""
     plugins_dir = settings.plugins_dir if settings.plugins_dir.is_dir() else None
     manager = get_plugin_manager(plugins_dir)
     plugins = inventory(manager)
-    log.info("plugins, their sources, profiles and columns:")
-    for line in describe(plugins):
-        log.info("  %s", line)
+    if log_plugins:  # a worker's parent has said it: once per process tree
+        for info in plugins:  # one line each; `quartsig plugins` lists their columns
+            log.info("plugin %s (%s): %s", info.name, info.source, ", ".join(
+                f"{profile.name} ({len(profile.columns)} columns)" for profile in info.profiles))
     return State(
         settings=settings,
         tokens=TokenAuthority.from_settings(settings),
@@ -173,6 +175,7 @@ def create_app(
     *,
     demo: bool = False,
     components: Sequence[Component] | None = None,
+    log_plugins: bool = True,
     **overrides: Any,
 ) -> Quart:
     """Build the app; ``overrides`` are typed ``Settings`` fields (tests: ``data_dir=tmp``).
@@ -187,7 +190,7 @@ def create_app(
     hosting.harden(settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
-    state = build_state(settings, demo=demo, components=components)
+    state = build_state(settings, demo=demo, components=components, log_plugins=log_plugins)
     app.extensions[EXTENSION] = state
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)

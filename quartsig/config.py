@@ -115,8 +115,20 @@ def _url(value: str) -> str:
 
 
 def _redis_url(value: str) -> str:
-    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+    parts = urlsplit(value)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix":  # checked here, or redis-py fails later with a traceback
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0 or not parts.hostname:
+            raise ValueError("must look like redis://[user:password@]host[:port][/db], "
+                             "the port a number from 1 to 65535")
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError("the database (after the last /) must be a number such as 0")
     return value
 
 
@@ -165,6 +177,15 @@ def _bot_secret(value: str) -> str:
     if len(value.strip()) < MIN_BOT_SECRET:
         raise ValueError(f"must be at least {MIN_BOT_SECRET} characters (try `quartsig keygen`)")
     return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse_choice(value: str) -> str:
+        if value.strip().lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value.strip().lower()
+
+    return parse_choice
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -302,6 +323,13 @@ class Settings:
     lease_ttl: float = _setting(
         3.0, _positive_float, "Seconds the collector's lease lasts unless renewed (cluster mode)."
     )
+    # -- operations (issue #24): logs and the collector's own health endpoint ----------------
+    log_format: str = _setting(
+        "text", _choice("text", "json"), "Log lines as text, or one JSON object per line."
+    )
+    log_probes: bool = _setting(
+        False, _boolean, "Write /livez, /readyz, /healthz and /metrics hits to the access log."
+    )
 
     @classmethod
     def from_env(
@@ -317,11 +345,13 @@ class Settings:
         values: dict[str, Any] = {}
         for item in dataclasses.fields(cls):
             name = PREFIX + item.name.upper()
-            if name not in environ and environ.get(fallbacks.get(item.name, ""), "").strip():
+            # An empty variable counts as unset (``QUARTSIG_DATA_DIR=`` must not mean ".").
+            if not environ.get(name, "").strip() and \
+                    environ.get(fallbacks.get(item.name, ""), "").strip():
                 name = fallbacks[item.name]
             if item.name in overrides:
                 values[item.name] = overrides[item.name]
-            elif name in environ:
+            elif environ.get(name, "").strip():
                 try:
                     values[item.name] = item.metadata["parse"](environ[name])
                 except (ValueError, TypeError) as error:

@@ -196,11 +196,12 @@ def _worker(spec: WorkerSpec, workers: int) -> None:
 
     logs.configure(logging.INFO)
     settings = Settings.from_env()
+    logs.setup(settings.log_format, settings.log_probes)
     config = apply_stream_settings(hypercorn_config(spec.config, spec.bind, os.environ),
                                    settings)
     config.workers = workers  # each worker binds with SO_REUSEPORT: the kernel spreads clients
     try:
-        run(create_app(settings, demo=spec.demo), config)
+        run(create_app(settings, demo=spec.demo, log_plugins=False), config)
     except StartError as error:
         logging.getLogger(__name__).error("worker %s: %s", os.getpid(), error)
         sys.exit(EXIT_START)

@@ -274,6 +274,7 @@ class RedisBroker:
 
     async def start(self) -> None:
         """Start the node's loops; Redis need not be up (they wait for it)."""
+        log.info("joining the cluster as %s", self.node)
         self._tasks = [
             self.spawn("lease", self._campaign),
             self.spawn("changes", self._follow),
@@ -351,7 +352,7 @@ class RedisBroker:
         self.token, self.term = token, int(term)
         self._lease_until = sent + self.lease_ttl
         self.role = "leader"
-        log.warning("leading the cluster as %s (term %d)", self.node, self.term)
+        log.info("leading the cluster as %s (term %d)", self.node, self.term)
         if self.metrics is not None:
             self.metrics.lease.set(1)
             self.metrics.term.set(self.term)
@@ -362,7 +363,7 @@ class RedisBroker:
     def _step_down(self, why: str) -> None:
         if self.token is None:
             return
-        log.warning("stepping down as leader (term %d): %s", self.term, why)
+        log.info("stepping down as leader (term %d): %s", self.term, why)
         self.token = None
         self._lease_until = 0.0
         self.role = "follower"
