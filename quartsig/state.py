@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from quart import current_app
 
+from quartsig import __version__
 from quartsig.access.admission import Gate
 from quartsig.access.caps import Caps
 from quartsig.access.expiries import Sessions
@@ -133,6 +135,10 @@ class State:
         self.metrics.tasks_failing.set_function(lambda: len(self.supervisor.failing()))
         self.metrics.data_age.set_function(self.data_age)
         self.metrics.ready.set_function(lambda: float(not self.readiness()))
+        self.metrics.build.info({"version": __version__, "python": platform.python_version()})
+        self.metrics.upstream_up.set_function(lambda: float(self.upstream_status[0] == "ok"))
+        self.metrics.redis_up.set_function(self._redis_up)
+        self.metrics.term.set_function(lambda: self.broker.term if self.broker else 0)
         self.vocabulary = Vocabulary(
             profiles=frozenset(self.profiles),
             screeners=self.screeners,
@@ -162,6 +168,10 @@ class State:
         return changed
 
     # -- health (issue #24.2) ------------------------------------------------------------------
+
+    def _redis_up(self) -> float:
+        broker = self.broker.health() if self.broker is not None else {}
+        return float(broker.get("redis", "ok") == "ok")
 
     def _local_note(self, batch: Batch) -> bool:
         """Whether ``batch`` is this node's own word (Redis lost) rather than a publication:

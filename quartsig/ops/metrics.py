@@ -5,9 +5,18 @@ The ``/metrics`` route that serves them lives in :mod:`quartsig.web.api`."""
 from __future__ import annotations
 
 import asyncio
+import platform
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -122,6 +131,17 @@ class Metrics:
             "quartsig_ready", "1 while /readyz answers 200 (this node serves fresh data)",
             registry=r,
         )
+        self.upstream_up = Gauge(
+            "quartsig_upstream_up", "1 while the upstream status clients hear is ok", registry=r
+        )
+        self.redis_up = Gauge(
+            "quartsig_redis_up", "1 while Redis answers (cluster mode; 1 standalone)", registry=r
+        )
+        #: Filled by the state with the version (``quartsig_build_info``).
+        self.build = Info("quartsig_build", "The running version", registry=r)
+        self.build.info({"version": "unknown", "python": platform.python_version()})
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     def frame_sent(self, frames: int, size: int) -> None:
         self.frames_sent += frames
@@ -151,7 +171,7 @@ class _Sent(Collector):
             "quartsig_frames_sent", "WebSocket frames sent", value=self.metrics.frames_sent
         )
         yield CounterMetricFamily(
-            "quartsig_bytes_sent", "Characters of frames sent", value=self.metrics.chars_sent
+            "quartsig_bytes_sent", "Bytes (UTF-8) of frames sent", value=self.metrics.chars_sent
         )
 
 
