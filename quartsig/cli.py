@@ -229,8 +229,8 @@ def _collect(args: argparse.Namespace) -> int:
     _check_redis(settings)
     state = build_state(settings, demo=args.demo, components=[FeedComponent(accounts=False)])
     log = logging.getLogger("quartsig")
-    log.info("%s", _startup_line(settings, "a collector"))
-    asyncio.run(server.run_until_signalled(state))
+    log.info("%s", _startup_line(settings, "a collector", probes=settings.collect_bind))
+    asyncio.run(server.run_until_signalled(state, settings.collect_bind))
     log.info("quartsig stopped")
     return 0
 

@@ -179,6 +179,13 @@ def _bot_secret(value: str) -> str:
     return value
 
 
+def _bind(value: str) -> str:
+    host, _, port = value.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must look like HOST:PORT, e.g. 127.0.0.1:9151")
+    return value.strip()
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse_choice(value: str) -> str:
         if value.strip().lower() not in choices:
@@ -329,6 +336,10 @@ class Settings:
     )
     log_probes: bool = _setting(
         False, _boolean, "Write /livez, /readyz, /healthz and /metrics hits to the access log."
+    )
+    collect_bind: str = _setting(
+        "127.0.0.1:9151", _bind,
+        "HOST:PORT where `quartsig collect` serves /livez, /readyz and /metrics."
     )
 
     @classmethod

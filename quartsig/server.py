@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -24,11 +25,14 @@ from pathlib import Path
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
 from hypercorn.utils import LifespanFailureError, wrap_app
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from quart import Quart
 
 from quartsig.app import state_of
 from quartsig.config import ConfigError, Settings
 from quartsig.hosting import decline_permessage_deflate
+from quartsig.ops import health, probes
 from quartsig.state import State
 
 __all__ = ["DEFAULT_BIND", "StartError", "apply_stream_settings", "decline_permessage_deflate",
@@ -160,12 +164,43 @@ def release_signals(loop: asyncio.AbstractEventLoop) -> None:
             loop.remove_signal_handler(signum)
 
 
-async def run_until_signalled(state: State) -> None:
-    """Live ``state`` (its components) until SIGTERM/SIGINT: ``quartsig collect``."""
+def probe_routes(state: State) -> dict[str, probes.Route]:
+    """``quartsig collect``'s own ``/livez``, ``/readyz`` and ``/metrics`` (as the web app's)."""
+
+    def readyz() -> probes.Answer:
+        found = state.readiness()
+        body = {"status": "error" if found else "ok", **health.report(found)}
+        return 503 if found else 200, "application/json", json.dumps(body).encode()
+
+    return {
+        "/livez": lambda: (200, "application/json", b'{"status": "ok"}'),
+        "/readyz": readyz,
+        "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(state.metrics.registry)),
+    }
+
+
+async def run_until_signalled(state: State, probe_bind: str | None = None) -> None:
+    """Live ``state`` (its components) until SIGTERM/SIGINT: ``quartsig collect``, with its
+    probes on ``probe_bind``, listening before anything joins the cluster."""
+    try:
+        prober = None if probe_bind is None else await probes.serve(probe_bind,
+                                                                      probe_routes(state))
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise StartError(f"cannot listen on {probe_bind}: {reason}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    try:
+        await _live(state, stop, loop)
+    finally:
+        if prober is not None:
+            prober.close()
+
+
+async def _live(state: State, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+    """The lifespan of ``state`` until ``stop``; a failure to start is one line (exit 2)."""
     lifespan = state.lifespan()
     try:
         await anext(lifespan)
