@@ -117,6 +117,8 @@ class FeedComponent:
         state.outbox.start()
         spawn = state.supervisor.spawn
         self.tasks = [spawn(COLLECTOR, state.collector.run), spawn("health", state.watch_health)]
+        if state.metrics_dir is not None:  # one of several workers: share the metrics
+            self.tasks.append(spawn("metrics", state.share_metrics))
         if self.accounts:  # the clients' side: disabled accounts and expired tokens
             self.tasks.append(spawn("accounts", state.watch_accounts))
             self.tasks.append(spawn("sessions", state.watch_sessions))

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -222,6 +225,8 @@ class WorkerSpec:
     demo: bool
     bind: str | None
     config: Path
+    #: The run's directory where every worker writes its metrics (one scrape sees them all).
+    metrics_dir: Path | None = None
 
 
 def _worker(spec: WorkerSpec, workers: int) -> None:
@@ -235,8 +240,10 @@ def _worker(spec: WorkerSpec, workers: int) -> None:
     config = apply_stream_settings(hypercorn_config(spec.config, spec.bind, os.environ),
                                    settings)
     config.workers = workers  # each worker binds with SO_REUSEPORT: the kernel spreads clients
+    app = create_app(settings, demo=spec.demo, log_plugins=False)
+    state_of(app).metrics_dir = spec.metrics_dir
     try:
-        run(create_app(settings, demo=spec.demo, log_plugins=False), config)
+        run(app, config)
     except StartError as error:
         logging.getLogger(__name__).error("worker %s: %s", os.getpid(), error)
         sys.exit(EXIT_START)
@@ -252,6 +259,8 @@ def run_workers(spec: WorkerSpec, workers: int) -> int:
     """
     context = multiprocessing.get_context("spawn")
     stopping = False
+    metrics_dir = Path(tempfile.mkdtemp(prefix="quartsig-metrics-"))
+    spec = dataclasses.replace(spec, metrics_dir=metrics_dir)
 
     def spawn() -> multiprocessing.process.BaseProcess:
         process = context.Process(target=_worker, args=(spec, workers), daemon=False)
@@ -284,6 +293,7 @@ def run_workers(spec: WorkerSpec, workers: int) -> int:
                 processes[index] = spawn()
     for process in processes:
         process.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return EXIT_START if failed else 0
 
 

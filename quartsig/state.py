@@ -17,8 +17,10 @@ import platform
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from prometheus_client import generate_latest
 from quart import current_app
 
 from quartsig import __version__
@@ -34,7 +36,7 @@ from quartsig.domain.symbols import screener_for
 from quartsig.fanout.connection import Outbox
 from quartsig.fanout.hub import Hub, Sink
 from quartsig.feed.budget import KeyQuota
-from quartsig.ops import health
+from quartsig.ops import health, multiprocess
 from quartsig.ops.logs import Sparse
 from quartsig.ops.metrics import Metrics
 from quartsig.ops.supervisor import Supervisor
@@ -109,6 +111,10 @@ class State:
     #: itself (data stale, a task failing) while that status said ``ok``.
     upstream_status: tuple[str, str] = ("ok", "")
     told: tuple[str, str] | None = None
+    #: With ``workers`` > 1: the run's directory where each worker writes its metrics, and
+    #: this worker's file in it (:mod:`quartsig.ops.multiprocess`).
+    metrics_dir: Path | None = None
+    metrics_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,
@@ -215,6 +221,24 @@ class State:
         if self.hub.status != status:
             with self.outbox.batch():
                 self.hub.apply(Batch(status=status))
+
+    def scrape(self) -> bytes:
+        """``/metrics``: this process's series, or the whole process tree's with workers."""
+        if self.metrics_dir is None:
+            return generate_latest(self.metrics.registry)
+        if self.metrics_file is None:
+            self.metrics_file = self.metrics_dir / multiprocess.file_name()
+        return multiprocess.scrape(self.metrics.registry, self.metrics_dir, self.metrics_file)
+
+    async def share_metrics(self) -> None:
+        """Keep this worker's file fresh for the worker that is scraped next."""
+        try:
+            while True:
+                self.scrape()
+                await asyncio.sleep(multiprocess.EVERY)
+        finally:
+            if self.metrics_file is not None:
+                self.metrics_file.unlink(missing_ok=True)
 
     async def watch_health(self) -> None:
         while True:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, current_app, jsonify, request
 
@@ -228,5 +227,4 @@ async def healthz() -> tuple[Response, int]:
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    body = generate_latest(current_state().metrics.registry)
-    return Response(body, content_type=CONTENT_TYPE_LATEST)
+    return Response(current_state().scrape(), content_type=CONTENT_TYPE_LATEST)
