@@ -307,10 +307,10 @@ class State:
             self.new_keys.prune()
             try:
                 await self.check_accounts()
-            except Exception:
+            except Exception as error:  # one line, not a driver's traceback every tick
                 if (held := self.check_failures.due()) is not None:
-                    log.warning("account check failed; connections kept (%d more since the "
-                                "last report)", held, exc_info=True)
+                    log.warning("account check failed; connections kept (%s: %s; %d more "
+                                "since the last report)", type(error).__name__, error, held)
 
 
 def current_state() -> State:

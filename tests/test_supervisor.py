@@ -258,3 +258,30 @@ async def test_a_collector_that_keeps_failing_fails_health_degrades_and_steps_do
 
     await eventually(ready, WAIT, what="ready again")
     await eventually(lambda: state.hub.status == ("ok", ""), WAIT, what="clients told ok")
+
+
+async def test_a_repeated_failure_is_one_line_with_a_count_and_one_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    calls = asyncio.Event()
+    runs: list[int] = []
+
+    async def broken() -> None:
+        runs.append(1)
+        if len(runs) >= 5:
+            calls.set()
+            await asyncio.Event().wait()
+        now[0] += 11.0  # past the report period: every failure is due a line
+        raise ConnectionError("database down")
+
+    supervisor = Supervisor(clock=lambda: now[0], backoff_base=0.001, backoff_max=0.001)
+    with caplog.at_level(logging.ERROR, "quartsig.ops.supervisor"):
+        task = supervisor.spawn("accounts", broken)
+        async with asyncio.timeout(WAIT):
+            await calls.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    lines = [r for r in caplog.records if "task accounts failed" in r.getMessage()]
+    assert len(lines) == 4
+    assert [bool(r.exc_info) for r in lines] == [True, False, False, False]
+    assert all("ConnectionError: database down" in r.getMessage() for r in lines)

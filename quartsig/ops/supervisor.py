@@ -136,9 +136,10 @@ class Supervisor:
                 record.fail(self.clock(), error, self.settle)
                 self.on_failure(name)
                 if (held := self._sparse[name].due()) is not None:
+                    # The traceback once per streak; a repeat is one line with a count.
                     log.error("task %s failed (failure %d in a row; %d more since the last "
-                              "report); restarting it", name, record.streak, held,
-                              exc_info=True)
+                              "report): %s; restarting it", name, record.streak, held,
+                              record.last_error, exc_info=record.streak == 1)
                 if record.streak >= self.failing_after:
                     self.on_change()
             else:
