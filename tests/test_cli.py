@@ -260,3 +260,23 @@ def test_an_empty_variable_counts_as_unset(tmp_path: Path) -> None:
     assert settings.data_dir.is_absolute()
     assert settings.redis_url == "redis://127.0.0.1:6379/1"  # the platform's, as if unset
     assert settings.interval == 20.0
+
+
+def test_started_elsewhere_the_start_up_line_says_what_was_not_found(
+        run: Run, tmp_path: Path) -> None:
+    """From a directory without hypercorn.toml or plugins/, serve says so instead of
+    silently serving without them; here it then stops on a taken port."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--bind", f"127.0.0.1:{port}")
+    [start] = [line for line in result.stderr.splitlines() if "starting as" in line]
+    assert f"bind 127.0.0.1:{port}" in start
+    assert "config none (Hypercorn defaults)" in start
+    assert "plugins dir none" in start
+    assert f"data dir {tmp_path / 'data'}" in start
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(f"quartsig: cannot listen on 127.0.0.1:{port}")
