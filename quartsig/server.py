@@ -135,8 +135,7 @@ async def serve_until_signalled(app: Quart, config: Config,
         sockets = listen(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    on_signal(loop, stop)
 
     async def shutdown_trigger() -> None:
         await stop.wait()
@@ -156,15 +155,32 @@ async def serve_until_signalled(app: Quart, config: Config,
         release_signals(loop)
 
 
-def release_signals(loop: asyncio.AbstractEventLoop) -> None:
-    """Give SIGTERM and SIGINT back to the process once serving is over.
+def on_signal(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The first SIGTERM or SIGINT stops gracefully; the next one ends the process at once.
 
-    What is left to do (tasks ending, the loop closing) must not outlive a signal: a task
-    that swallows its cancellation would otherwise keep a process that answers no signal.
+    A graceful stop waits for components and tasks; one that swallows its cancellation
+    (redis-py can) must not leave a process that answers no signal (issue #24.1).
+    """
+
+    def first() -> None:
+        stop.set()
+        release_signals(loop)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, first)
+
+
+def release_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Give SIGTERM and SIGINT their default action (end the process) back.
+
+    Called at the first signal and once serving is over: what is left to do (tasks ending,
+    the loop closing) must not outlive a second signal.
     """
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError, RuntimeError):
             loop.remove_signal_handler(signum)
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def probe_routes(state: State) -> dict[str, probes.Route]:
@@ -193,8 +209,7 @@ async def run_until_signalled(state: State, probe_bind: str | None = None) -> No
         raise StartError(f"cannot listen on {probe_bind}: {reason}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    on_signal(loop, stop)
     try:
         await _live(state, stop, loop)
     finally:

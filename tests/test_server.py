@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -129,3 +130,46 @@ async def test_a_node_on_a_taken_port_exits_2_and_the_cluster_keeps_publishing(
         finally:
             for node in nodes:
                 node.stop()
+
+
+HANGING = '''
+import asyncio, sys
+from hypercorn.config import Config
+from quartsig import server
+from quartsig.app import create_app
+
+class Hangs:
+    """Stops never, as a task that swallows its cancellation would."""
+    name = "hangs"
+    async def start(self, state): pass
+    async def stop(self, state):
+        print("stopping, forever", flush=True)
+        await asyncio.Event().wait()
+
+config = Config()
+config.bind = [sys.argv[1]]
+server.run(create_app(components=[Hangs()]), config)
+'''
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_ends_a_process_whose_shutdown_hangs(
+        tmp_path: Path, signum: signal.Signals) -> None:
+    port = free_port()
+    env = quartsig_env(tmp_path / "data", "http://127.0.0.1:9")
+    process = subprocess.Popen([sys.executable, "-c", HANGING, f"127.0.0.1:{port}"],
+                               env=env, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{port}/livez", timeout=1)[0] == 200,
+                   WAIT, what="/livez")
+        process.send_signal(signum)
+        assert process.stdout is not None
+        for line in process.stdout:  # until the shutdown hangs
+            if "stopping, forever" in line:
+                break
+        process.send_signal(signum)
+        assert process.wait(WAIT) == -signum  # ended by the signal, not by a timeout
+    finally:
+        stop_process(process)
