@@ -222,19 +222,27 @@ class State:
             with self.outbox.batch():
                 self.hub.apply(Batch(status=status))
 
-    def scrape(self) -> bytes:
+    async def scrape(self) -> bytes:
         """``/metrics``: this process's series, or the whole process tree's with workers."""
+        body = generate_latest(self.metrics.registry)  # on the loop: it reads the state
         if self.metrics_dir is None:
-            return generate_latest(self.metrics.registry)
+            return body
+        # Reading and merging the workers' files takes tens of ms: off the loop.
+        return await asyncio.to_thread(multiprocess.scrape, body, self.metrics_dir,
+                                       self._own_file())
+
+    def _own_file(self) -> Path:
+        assert self.metrics_dir is not None
         if self.metrics_file is None:
             self.metrics_file = self.metrics_dir / multiprocess.file_name()
-        return multiprocess.scrape(self.metrics.registry, self.metrics_dir, self.metrics_file)
+        return self.metrics_file
 
     async def share_metrics(self) -> None:
         """Keep this worker's file fresh for the worker that is scraped next."""
         try:
             while True:
-                self.scrape()
+                body = generate_latest(self.metrics.registry)
+                await asyncio.to_thread(multiprocess.write, body, self._own_file())
                 await asyncio.sleep(multiprocess.EVERY)
         finally:
             if self.metrics_file is not None:

@@ -49,13 +49,13 @@ def test_a_scrape_merges_every_live_workers_file_and_drops_a_dead_ones(tmp_path:
     first, second = Metrics(), Metrics()
     first.connections.set_function(lambda: 2)
     second.connections.set_function(lambda: 3)
-    multiprocess.write(second.registry, tmp_path / multiprocess.file_name())
+    multiprocess.write(generate_latest(second.registry), tmp_path / multiprocess.file_name())
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     gone = tmp_path / multiprocess.file_name(int(dead.stdout))
-    multiprocess.write(second.registry, gone)
+    multiprocess.write(generate_latest(second.registry), gone)
     own = tmp_path / multiprocess.file_name()
-    merged = _values(multiprocess.scrape(first.registry, tmp_path, own))
+    merged = _values(multiprocess.scrape(generate_latest(first.registry), tmp_path, own))
     assert merged["quartsig_connections"] == 5  # not 8: the dead worker's share is gone
     assert not gone.exists() and own.exists()
 

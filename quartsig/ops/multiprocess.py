@@ -41,10 +41,12 @@ def file_name(pid: int | None = None) -> str:
     return f"{pid or os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
 
 
-def write(registry: CollectorRegistry, path: Path) -> None:
-    """Write ``registry``'s exposition to ``path`` atomically (readers never see half)."""
+def write(body: bytes, path: Path) -> None:
+    """Write an exposition (``generate_latest``) to ``path`` atomically (readers never see
+    half). Only this and :func:`scrape` may run off the event loop: the exposition itself
+    reads the state's gauges, which only the loop may touch."""
     partial = path.with_suffix(".tmp")
-    partial.write_bytes(generate_latest(registry))
+    partial.write_bytes(body)
     partial.replace(path)
 
 
@@ -104,9 +106,9 @@ def merge(texts: Iterable[str]) -> bytes:
     return generate_latest(registry)
 
 
-def scrape(registry: CollectorRegistry, directory: Path, own: Path) -> bytes:
-    """This worker's series, fresh, merged with every live worker's last file."""
-    write(registry, own)
+def scrape(body: bytes, directory: Path, own: Path) -> bytes:
+    """This worker's exposition ``body``, fresh, merged with every live worker's last file."""
+    write(body, own)
     texts = []
     for path in live_files(directory):
         with contextlib.suppress(OSError):

@@ -227,4 +227,4 @@ async def healthz() -> tuple[Response, int]:
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    return Response(current_state().scrape(), content_type=CONTENT_TYPE_LATEST)
+    return Response(await current_state().scrape(), content_type=CONTENT_TYPE_LATEST)
