@@ -173,3 +173,5 @@ def test_a_second_signal_ends_a_process_whose_shutdown_hangs(
         assert process.wait(WAIT) == -signum  # ended by the signal, not by a timeout
     finally:
         stop_process(process)
+        if process.stdout is not None:
+            process.stdout.close()
