@@ -114,6 +114,7 @@ class FeedComponent:
             metrics=state.metrics,
             quarantine=settings.plugin_quarantine,
         )
+        state.collector.unknown_symbols = state.unknown_symbols  # one cache for both
         state.outbox.start()
         spawn = state.supervisor.spawn
         self.tasks = [spawn(COLLECTOR, state.collector.run), spawn("health", state.watch_health)]
@@ -189,8 +190,8 @@ def create_app(
         settings = Settings.from_env(**overrides)
     elif overrides:
         settings = settings.replace(**overrides)
-    hosting.harden(settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app = Quart(__name__)
+    hosting.harden(app, settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
     state = build_state(settings, demo=demo, components=components, log_plugins=log_plugins)
     app.extensions[EXTENSION] = state

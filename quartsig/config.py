@@ -13,13 +13,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from quartsig.domain.addresses import Network, parse_networks
 
 PREFIX = "QUARTSIG_"
 
 FALLBACKS = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+#: Seconds TradingView's "no such symbol" is remembered (one cache, the state's, shared with the
+#: collector): a client retrying one gets its error at once, and an early fetch of it costs no
+#: request.
+UNKNOWN_SYMBOL_TTL = 600.0
 """Settings read from a platform's own variable (its database and Redis add-ons, as Heroku
 and its kin name them) when their ``QUARTSIG_*`` one is unset."""
 
@@ -176,6 +180,8 @@ MIN_BOT_SECRET = 32
 def _bot_secret(value: str) -> str:
     if len(value.strip()) < MIN_BOT_SECRET:
         raise ValueError(f"must be at least {MIN_BOT_SECRET} characters (try `quartsig keygen`)")
+    if value != value.strip():  # the Authorization header is read stripped: it never matched
+        raise ValueError("has whitespace at its start or end (a pasted newline?): remove it")
     return value
 
 
@@ -202,8 +208,36 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_optional
 
 
-def _setting(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "doc": doc})
+def _setting(default: Any, parse: Callable[[str], Any], doc: str,
+             shown: Callable[[Any], Any] | None = None) -> Any:
+    """A field of :class:`Settings`; ``shown`` is what its ``repr`` prints instead of a secret."""
+    return field(default=default, metadata={"parse": parse, "doc": doc, "shown": shown})
+
+
+HIDDEN = "<hidden>"
+
+
+def _hidden(value: Any) -> Any:
+    return value if not value else HIDDEN
+
+
+def _without_password(url: str | None) -> str | None:
+    """``url`` with its password (if any) hidden: a repr ends up in logs and tracebacks."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{HIDDEN}@{netloc[2]}"))
+
+
+def _urls_without_passwords(urls: tuple[str, ...]) -> tuple[str | None, ...]:
+    return tuple(_without_password(url) for url in urls)
+
+
+def _header_names(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, HIDDEN) for name, _ in headers)
 
 
 @dataclass(frozen=True)
@@ -215,10 +249,11 @@ class Settings:
         "Where the SQLite file and a generated key live (created on first run, mode `0700`).",
     )
     database_url: str = _setting(
-        None, _database_url, "sqlite://... (default: DATA_DIR/quartsig.sqlite3) or postgres://..."
+        None, _database_url, "sqlite://... (default: DATA_DIR/quartsig.sqlite3) or postgres://...",
+        _without_password,
     )
     secret_keys: tuple[str, ...] = _setting(
-        (), _split, "Comma-separated Fernet keys; the first encrypts, all decrypt."
+        (), _split, "Comma-separated Fernet keys; the first encrypts, all decrypt.", _hidden
     )
     token_ttl: int = _setting(86400, _positive_int, "Seconds a token stays valid.")
     scanner_url: str = _setting(
@@ -226,7 +261,8 @@ class Settings:
     )
     interval: float = _setting(20.0, _positive_float, "Collector period in seconds.")
     proxies: tuple[str, ...] = _setting(
-        (), _proxies, "Comma-separated socks5:// proxy URLs; empty means direct."
+        (), _proxies, "Comma-separated socks5:// proxy URLs; empty means direct.",
+        _urls_without_passwords,
     )
     allowed_origins: tuple[str, ...] = _setting(
         (), _origins, "Origins allowed to open /ws besides the server's own; * allows any."
@@ -234,6 +270,7 @@ class Settings:
     bot_secret: str | None = _setting(
         None, _optional(_bot_secret),
         "Bearer secret (32+ characters) for POST /api/tokens; the route is off when unset.",
+        _hidden,
     )
     default_exchange: str = _setting(
         "FX_IDC", _exchange, "Exchange prefix given to a bare ticker such as USDJPY."
@@ -274,8 +311,14 @@ class Settings:
         "beyond it the handshake gets HTTP 503 (0: no cap)."
     )
     max_connections_per_address: int = _setting(
-        64, _non_negative_int, "Sockets open at once from one public client address, "
-        "authenticated or not; beyond it the handshake gets HTTP 429 (0: no cap)."
+        64, _non_negative_int, "Sockets open at once from one public client address (an IPv6 "
+        "/64 counts as one), authenticated or not; beyond it the handshake gets HTTP 429 "
+        "(0: no cap)."
+    )
+    max_pending_connections: int = _setting(
+        2500, _non_negative_int, "Sockets not yet authenticated open at once: their own share "
+        "of QUARTSIG_MAX_CONNECTIONS, so they cannot take the room of authenticated ones; "
+        "beyond it the handshake gets HTTP 503 (0: no share)."
     )
     max_connections_per_account: int = _setting(
         20, _non_negative_int, "Authenticated sockets one account may hold; the next is "
@@ -295,7 +338,7 @@ class Settings:
         0.0, _non_negative_float, "Seconds between scanner request starts (0: no pacing)."
     )
     scanner_headers: tuple[tuple[str, str], ...] = _setting(
-        (), _headers, "Extra scanner request headers, as a JSON object."
+        (), _headers, "Extra scanner request headers, as a JSON object.", _header_names
     )
     tor_isolation: bool = _setting(
         False, _boolean, "Give each proxy slot its own SOCKS credentials (Tor: its own circuit)."
@@ -322,7 +365,8 @@ class Settings:
     )
     redis_url: str | None = _setting(
         None, _optional(_redis_url), "redis://host:6379/0 turns on the cluster mode "
-        "(default: the platform's REDIS_URL; unset: one process, in memory)."
+        "(default: the platform's REDIS_URL; unset: one process, in memory).",
+        _without_password,
     )
     redis_prefix: str = _setting(
         "quartsig:", str, "Prefix of every Redis key, so deployments can share one Redis."
@@ -389,6 +433,16 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        """Every field, secrets hidden (keys, the bot secret, passwords in URLs, header
+        values): a repr ends up in logs, tracebacks and bug reports."""
+        shown = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            hide = item.metadata.get("shown")
+            shown.append(f"{item.name}={(hide(value) if hide is not None else value)!r}")
+        return f"Settings({', '.join(shown)})"
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

@@ -34,7 +34,8 @@ from quart import Quart
 
 from quartsig.app import state_of
 from quartsig.config import ConfigError, Settings
-from quartsig.hosting import decline_permessage_deflate
+from quartsig.hosting import StreamLimits
+from quartsig.hosting import install as decline_permessage_deflate
 from quartsig.ops import health, probes
 from quartsig.state import State
 
@@ -116,11 +117,7 @@ def apply_stream_settings(config: Config, settings: Settings) -> Config:
     task, a future and a timer held by every idle connection (1.4 KiB, tracemalloc) and
     made anew for each pong.
     """
-    config.websocket_ping_interval = settings.heartbeat_interval
-    config.websocket_max_message_size = min(
-        config.websocket_max_message_size, 4 * settings.max_frame_bytes
-    )
-    return config
+    return StreamLimits.from_settings(settings).apply(config)  # the rule: quartsig.hosting.limits
 
 
 async def serve_until_signalled(app: Quart, config: Config,

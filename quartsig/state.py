@@ -24,18 +24,17 @@ from prometheus_client import generate_latest
 from quart import current_app
 
 from quartsig import __version__
-from quartsig.access.admission import Gate
-from quartsig.access.caps import Caps
-from quartsig.access.expiries import Sessions
+from quartsig.access.admission import Caps, Gate, KeyQuota
+from quartsig.access.expiries import Expiries
 from quartsig.access.tokens import TokenAuthority
 from quartsig.cluster.broker import Broker
+from quartsig.config import UNKNOWN_SYMBOL_TTL
 from quartsig.domain.expiring import Expiring
 from quartsig.domain.model import Batch
 from quartsig.domain.protocol import Close, Vocabulary
 from quartsig.domain.symbols import screener_for
 from quartsig.fanout.connection import Outbox
 from quartsig.fanout.hub import Hub, Sink
-from quartsig.feed.budget import KeyQuota
 from quartsig.ops import health, multiprocess
 from quartsig.ops.logs import Sparse
 from quartsig.ops.metrics import Metrics
@@ -53,9 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSION = "quartsig"
-#: Seconds TradingView's "no such symbol" is remembered: a client retrying one gets its error
-#: at once instead of costing a request per tick.
-UNKNOWN_SYMBOL_TTL = 600.0
 #: Seconds between two looks for expired tokens: a session outlives its token by at most this.
 SESSION_CHECK = 1.0
 
@@ -84,7 +80,7 @@ class State:
     hub: Hub = field(init=False)
     caps: Caps = field(init=False)
     #: Each connection's token expiry (the token authority's clock).
-    sessions: Sessions[Sink] = field(default_factory=Sessions)
+    expiries: Expiries[Sink] = field(default_factory=Expiries)
     outbox: Outbox = field(default_factory=Outbox)
     metrics: Metrics = field(default_factory=Metrics)
     vocabulary: Vocabulary = field(init=False)
@@ -131,6 +127,7 @@ class State:
             total=settings.max_connections,
             per_address=settings.max_connections_per_address,
             per_account=settings.max_connections_per_account,
+            pending_share=settings.max_pending_connections,
             on_refused=lambda cap: self.metrics.refused.labels(cap=cap).inc(),
         )
         self.metrics.pending.set_function(lambda: self.caps.pending)
@@ -297,7 +294,7 @@ class State:
 
     def expire_sessions(self) -> int:
         """Close, with 4401, every connection whose token has expired; how many."""
-        sinks = self.sessions.due(self.tokens.now())
+        sinks = self.expiries.due(self.tokens.now())
         for sink in sinks:
             sink.close(Close.BAD_TOKEN, "token expired")
         if sinks:

@@ -157,3 +157,51 @@ async def test_disabling_through_the_gate_forgets_at_once():
     await gate.disable(42)
     assert disabled == [42] and 42 not in gate.admitted
     assert not await gate.admit(42)
+
+
+# -- new keys -----------------------------------------------------------------------------
+
+
+def _admit(quota: Any, key: str, **facts: Any) -> str:
+    from quartsig.access.admission import admit_new_key
+
+    given = {"free": False, "watched": False, "held": 0, "count_watched": lambda: 0,
+             "max_keys": 10, "cluster_keys": 0, **facts}
+    return admit_new_key(quota, "alice", key, id=7, **given)
+
+
+def test_a_new_key_meets_the_key_cap_then_the_accounts_quota() -> None:
+    from quartsig.access.admission import KeyQuota
+    from quartsig.domain.protocol import ProtocolError
+
+    now = [0.0]
+    quota = KeyQuota(limit=2, early=1, clock=lambda: now[0])
+    assert _admit(quota, "a") == "early"
+    assert _admit(quota, "b") == "tick"
+    with pytest.raises(ProtocolError) as refused:
+        _admit(quota, "c")
+    assert (refused.value.code, refused.value.id) == ("quota_exceeded", 7)
+    assert "at most 2 new keys" in refused.value.message
+    # Free keys (data, or held already) cost nothing, whatever the quota says.
+    assert _admit(quota, "d", free=True, cluster_keys=99) == "early"
+    with pytest.raises(ProtocolError) as full:  # the cluster is full: refused before the quota
+        _admit(KeyQuota(limit=5), "e", cluster_keys=10)
+    assert full.value.code == "key_limit"
+    assert _admit(KeyQuota(limit=5), "e", cluster_keys=10, watched=True) == "early"
+
+
+def test_this_nodes_key_cap_counts_watched_keys_only_when_it_holds_enough() -> None:
+    from quartsig.access.admission import KeyQuota
+    from quartsig.domain.protocol import ProtocolError
+
+    counted: list[int] = []
+
+    def count(watched: int) -> Any:
+        return lambda: counted.append(watched) or watched
+
+    assert _admit(KeyQuota(limit=5), "a", held=9, count_watched=count(9)) == "early"
+    assert counted == []  # far from the cap: no walk over every key
+    assert _admit(KeyQuota(limit=5), "a", held=10, count_watched=count(3)) == "early"
+    with pytest.raises(ProtocolError):  # held and watched at the cap: cached ones can't go
+        _admit(KeyQuota(limit=5), "a", held=10, count_watched=count(10))
+    assert counted == [3, 10]

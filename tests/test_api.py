@@ -286,3 +286,35 @@ async def test_repeated_401s_get_429_with_retry_after_and_are_logged_sparsely(
     other = await client.post("/api/tokens", json={"tg_id": 42}, headers=AUTH,
                               scope_base={"client": ("192.0.2.7", 1234)})
     assert other.status_code == 200
+
+
+# -- issue 20, point 5: the failure limiter counts clients as the connection caps do ----------
+
+
+async def test_the_failure_limiter_sees_clients_through_trusted_proxies_and_ipv6_by_64(
+    make_app: Callable[..., Quart],
+) -> None:
+    """It keyed on the peer: behind a router every client was one address, so one attacker
+    kept the bot at 429; and each /128 of a /64 had a budget of its own."""
+    from quartsig.domain.addresses import parse_networks
+
+    app = make_app(trusted_proxies=parse_networks("10.0.0.1"))
+    async with app.test_app():
+        app.extensions[api.AUTH_FAILURES] = api.AuthFailures(burst=2, per=30.0,
+                                                             clock=lambda: 0.0)
+        await accounts.add(42)
+        client = app.test_client()
+        router = {"client": ("10.0.0.1", 1234)}
+
+        async def post(behind: str, secret: dict[str, str]) -> int:
+            response = await client.post(
+                "/api/tokens", json={"tg_id": 42}, scope_base=router,
+                headers={**secret, "X-Forwarded-For": behind})
+            return response.status_code
+
+        wrong = {"Authorization": "Bearer wrong"}
+        attacker, bot = "2001:db8:1:2::66", "198.51.100.9"
+        assert [await post(attacker, wrong) for _ in range(3)] == [401, 401, 429]
+        assert await post(bot, AUTH) == 200  # the bot behind the same router is not held back
+        assert await post("2001:db8:1:2:ffff::1", AUTH) == 429  # same /64: same budget
+        assert await post("2001:db8:1:3::1", AUTH) == 200  # the next /64 is someone else

@@ -31,3 +31,18 @@ def test_each_benchmark_imports_and_parses_its_command_line(name: str) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage" in done.stdout.lower()
+
+
+#: What the test extra adds beyond the bench extra; a benchmark must import without any of it.
+TEST_ONLY = ("pytest", "_pytest", "pytest_asyncio", "pytest_timeout", "hypothesis", "playwright")
+
+
+def test_every_benchmark_imports_without_the_test_extra() -> None:
+    """A clean clone installed with ``.[bench]`` has no pytest: bench imported ``tests.support``,
+    which imported it, and ``python -m bench.fanout --help`` failed there. Blocking the modules in
+    ``sys.modules`` makes any import of them raise, as their absence would."""
+    blocked = "".join(f"sys.modules[{name!r}] = None\n" for name in TEST_ONLY)
+    imports = "".join(f"importlib.import_module('bench.{name}')\n" for name in MODULES)
+    done = subprocess.run([sys.executable, "-c", f"import importlib, sys\n{blocked}{imports}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]

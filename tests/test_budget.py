@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from quartsig.feed.budget import Backoff, KeyQuota, RequestBudget
+from quartsig.access.admission import KeyQuota
+from quartsig.feed.budget import Backoff, RequestBudget
 
 
 class Clock:

@@ -11,7 +11,7 @@ import pytest
 from quart.testing.connections import WebsocketDisconnectError, WebsocketResponseError
 
 from quartsig.access import accounts
-from quartsig.access.caps import Caps, Refused
+from quartsig.access.admission import Caps, Refused
 from quartsig.app import create_app
 from quartsig.config import ConfigError, Settings
 from quartsig.domain.addresses import client_of, parse_networks
@@ -99,6 +99,34 @@ def test_caps_count_pending_sockets_and_release_once():
         ticket.release()
     assert (caps.open, caps.pending, caps.addresses, caps.accounts) == (0, 0, {}, {})
     assert refused == ["address", "total", "account"]
+
+
+def test_an_ipv6_64_is_one_address_for_the_cap():
+    """Issue 20, point 5: each /128 had its own 64 sockets, and a home line holds a /64."""
+    caps = Caps(total=0, per_address=2, per_account=0)
+    for address in ("2606:4700:1:2::1", "2606:4700:1:2:ffff:1:2:3"):
+        caps.enter(client_of(address, [], ()))
+    with pytest.raises(Refused) as caught:
+        caps.enter(client_of("2606:4700:1:2::99", [], ()))
+    assert caught.value.cap == "address"
+    caps.enter(client_of("2606:4700:1:3::1", [], ()))  # the next /64: someone else
+    assert caps.addresses == {"2606:4700:1:2::/64": 2, "2606:4700:1:3::/64": 1}
+    assert client_of(PUBLIC, [], ()).group == PUBLIC  # IPv4: the address itself
+
+
+def test_unauthenticated_sockets_get_their_own_share_of_the_total():
+    """Sockets that never authenticate, from however many addresses, fill only their share:
+    an authenticated socket's room is not theirs to take."""
+    refused: list[str] = []
+    caps = Caps(total=4, per_address=0, per_account=0, pending_share=2,
+                on_refused=refused.append)
+    waiting = [caps.enter(client_of(f"1.2.3.{n}", [], ())) for n in (1, 2)]
+    with pytest.raises(Refused) as caught:
+        caps.enter(client_of("1.2.3.3", [], ()))
+    assert (caught.value.cap, caught.value.status) == ("pending", 503)
+    waiting[0].authenticated(42)  # it leaves the share: room for one more to authenticate
+    caps.enter(client_of("1.2.3.3", [], ()))
+    assert (caps.open, caps.pending, refused) == (3, 2, ["pending"])
 
 
 def test_zero_turns_a_cap_off():

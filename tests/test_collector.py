@@ -233,15 +233,23 @@ async def test_run_ticks_every_interval():
 
 async def test_a_new_key_is_fetched_early_not_at_the_next_tick():
     async with running(interval=30.0, batch_delay=0.2) as (col, standin):
-        await asyncio.sleep(0.3)  # the first (empty) tick has passed; the next is 30 s away
+        full_ticks: list[set[Key]] = []  # what each full tick starts with, counted, not timed
+        tick_starting = col.early.tick_starting
+
+        def counted(keys: set[Key]) -> None:
+            full_ticks.append(set(keys))
+            tick_starting(keys)
+
+        col.early.tick_starting = counted  # type: ignore[method-assign]
+        await wait_for(lambda: col.ticks >= 1, 20.0)  # the first (empty) tick has passed
+        assert full_ticks == [set()]
         first, second = Key("summary", USDJPY, "5m"), Key("full", BTC, "1h")
-        started = time.monotonic()
         conn = attach(hub_of(col), first)
         await asyncio.sleep(0.05)
         other = attach(hub_of(col), second, user=2)  # same burst: same early fetch
-        await wait_for(lambda: hub_of(col).entries[second].data is not None, 3.0)
-        elapsed = time.monotonic() - started
-        assert elapsed < 15  # an early fetch: the next tick is 30 s away
+        # Bounded below the 30 s interval, and no full tick has started: an early fetch.
+        await wait_for(lambda: hub_of(col).entries[second].data is not None, 20.0)
+        assert full_ticks == [set()]
         assert len(standin.log) == 2  # both screeners' requests fetched together, once
         assert {t for e in standin.log for t in e.tickers} == {USDJPY, BTC}
         assert [m["type"] for m in messages(conn)] == ["snapshot"]

@@ -172,3 +172,40 @@ def test_operations_settings_parse() -> None:
     assert (settings.log_format, settings.log_probes, settings.collect_bind) == (
         "json", True, "0.0.0.0:9200")
     assert settings.redis_url == "rediss://u:p@redis.example:6380/2"
+
+
+# -- issue 20, point 7 ----------------------------------------------------------------------
+
+
+def test_the_repr_hides_every_secret_and_keeps_the_rest() -> None:
+    """A repr ends up in logs and tracebacks; it printed the keys, the bot secret and every
+    password in full."""
+    key, bot = "k" * 44, "b" * 40
+    settings = Settings.from_env({
+        "QUARTSIG_SECRET_KEYS": key,
+        "QUARTSIG_BOT_SECRET": bot,
+        "QUARTSIG_DATABASE_URL": "postgres://quartsig:dbpass@db:5432/q",
+        "QUARTSIG_REDIS_URL": "redis://:redispass@cache:6379/0",
+        "QUARTSIG_PROXIES": "socks5://user:proxypass@proxy:1080",
+        "QUARTSIG_SCANNER_HEADERS": '{"Cookie": "sessionid=cookiepass"}',
+    })
+    shown = repr(settings)
+    for secret in (key, bot, "dbpass", "redispass", "proxypass", "cookiepass"):
+        assert secret not in shown, secret
+    assert "postgres://quartsig:<hidden>@db:5432/q" in shown
+    assert "socks5://user:<hidden>@proxy:1080" in shown and "'Cookie'" in shown
+    assert "max_connections=10000" in shown  # the rest as it is
+    assert settings.bot_secret == bot  # hidden from the repr only
+
+
+@pytest.mark.parametrize("padding", [" ", "\n", "\t", "\r\n"])
+def test_a_bot_secret_with_whitespace_at_its_ends_is_refused_at_start(padding: str) -> None:
+    """The Authorization header is read stripped, so such a secret never matched: the bot got
+    401 for ever. One line says why, without the secret."""
+    secret = "s" * 40
+    for value in (secret + padding, padding + secret):
+        with pytest.raises(ConfigError) as error:
+            Settings.from_env({"QUARTSIG_BOT_SECRET": value})
+        message = str(error.value)
+        assert message.startswith("QUARTSIG_BOT_SECRET:") and "whitespace" in message
+        assert "\n" not in message and secret not in message

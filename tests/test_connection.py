@@ -5,6 +5,7 @@ import orjson
 from quartsig.domain.model import Key
 from quartsig.fanout.connection import TOO_SLOW, YIELD_EVERY, Connection, Outbox
 from quartsig.fanout.hub import UPDATE, Piece
+from tests.support.clocks import ManualClock
 
 KEY = Key("summary", "FX_IDC:USDJPY", "1m")
 OTHER = Key("summary", "FX_IDC:EURUSD", "1m")
@@ -144,7 +145,10 @@ async def test_the_outbox_lets_the_loop_run_between_sends_that_never_yield():
 
 
 async def test_a_stuck_connection_does_not_hold_up_the_others_and_catches_up_alone():
-    outbox = Outbox(inline_timeout=0.05)
+    """The watchdog's time is a hand-moved clock: the stuck send holds the tick exactly until
+    the watchdog has looked twice (``inline_timeout`` to twice that), never by luck."""
+    clock = ManualClock()
+    outbox = Outbox(inline_timeout=0.05, clock=clock)
     outbox.start()
     stuck, fine = Peer(), Peer()
     stuck.flowing.clear()
@@ -154,17 +158,19 @@ async def test_a_stuck_connection_does_not_hold_up_the_others_and_catches_up_alo
         with outbox.batch():
             slow.deliver(KEY, update(1))
             quick.deliver(KEY, update(1))
-        await asyncio.sleep(0.15)
-        assert len(fine.frames) == 1 and slow.congested
+        await clock.advance(0.05)
+        assert fine.frames == [] and not slow.congested  # held up: its send has had one look
+        await clock.advance(0.05)
+        assert len(fine.frames) == 1 and slow.congested  # the second look interrupts it
         for value in range(2, 6):  # more ticks while it is stuck: its own task takes them
             with outbox.batch():
                 slow.deliver(KEY, update(value))
                 quick.deliver(KEY, update(value))
-            await asyncio.sleep(0.01)
-        assert len(fine.frames) == 5
+            await settle()
+        assert len(fine.frames) == 5  # no tick waited for the watchdog again
         assert not slow.queued  # congested: never waited for by the outbox
         stuck.flowing.set()
-        await asyncio.sleep(0.05)
+        await settle()
         assert stuck.messages()[-1]["data"] == {"a": 5}
         assert not slow.congested  # it took frames again
     finally:

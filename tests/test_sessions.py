@@ -15,7 +15,7 @@ import pytest
 from quart.testing.connections import WebsocketDisconnectError
 
 from quartsig.access import accounts
-from quartsig.access.expiries import Sessions
+from quartsig.access.expiries import Expiries
 from quartsig.access.tokens import ExpiredToken, TokenAuthority
 from quartsig.app import create_app
 from tests.test_accounts import database_url  # noqa: F401 (the SQLite/PostgreSQL fixture)
@@ -25,7 +25,7 @@ from tests.test_stream import KEY, authed, closed_with, standin_server
 
 
 def test_due_returns_each_session_once_in_expiry_order_and_never_one_removed():
-    sessions: Sessions[str] = Sessions()
+    sessions: Expiries[str] = Expiries()
     sessions.add("late", 30.0)
     sessions.add("early", 10.0)
     sessions.add("gone", 5.0)
@@ -38,7 +38,7 @@ def test_due_returns_each_session_once_in_expiry_order_and_never_one_removed():
 
 
 def test_a_heap_of_departed_sessions_is_rebuilt_not_kept():
-    sessions: Sessions[int] = Sessions()
+    sessions: Expiries[int] = Expiries()
     for n in range(10_000):  # a day's churn of connections that left long before expiry
         sessions.add(n, 86_400.0 + n)
         sessions.remove(n)
@@ -95,7 +95,7 @@ async def test_a_connected_socket_is_closed_4401_when_its_token_expires(tmp_path
             assert orjson.loads(await ws.receive()) == {"type": "pong", "id": 1}
             clock.now += 2  # past the 5 s TTL: the once-a-second loop closes it
             assert await closed_with_in(ws, 30) == 4401
-        assert len(state.sessions) == 0
+        assert len(state.expiries) == 0
         assert state.metrics.expired._value.get() == 1
 
 

@@ -16,6 +16,9 @@ from quart.testing.connections import WebsocketDisconnectError, WebsocketRespons
 
 from quartsig.access import accounts
 from quartsig.app import create_app
+from quartsig.domain.protocol import MAX_BATCH
+from quartsig.domain.ratelimit import TokenBucket
+from quartsig.web import stream
 from tests.support.standin import Standin, create_standin_app, standin_state
 
 KEY = Fernet.generate_key().decode()
@@ -207,6 +210,30 @@ async def test_flooding_is_rate_limited(stack: Stack):
         assert types.count("pong") == 10  # burst of twice the 5/s rate
         assert types.count("error") == 20
         assert {reply["code"] for reply in replies if reply["type"] == "error"} == {"rate_limited"}
+
+
+async def test_garbage_costs_a_token_and_a_client_that_keeps_sending_it_is_closed_1008(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch,
+):
+    """Binary frames, invalid JSON, empty arrays and oversized batches were refused without a
+    token or a strike: one socket could make the server send thousands of errors a second. The
+    bucket's clock stands still here, so what it counts does not depend on the machine."""
+    monkeypatch.setattr(stream, "TokenBucket",
+                        lambda rate, burst: TokenBucket(rate, burst, clock=lambda: 0.0))
+    garbage = [b"\x00\x01", "{", "[]", "[" + ",".join(["{}"] * (MAX_BATCH + 1)) + "]"]
+    replies: list[dict[str, Any]] = []
+    async with stack.ws() as ws:
+        await authed(ws, stack.token)
+        for n in range(stream.MAX_STRIKES):
+            await ws.send(garbage[n % len(garbage)])
+            replies.extend(await receive(ws))  # each answered, one at a time
+        await ws.send(garbage[0])  # one refusal more: closed
+        assert await closed_with(ws) == 1008
+    codes = [reply["code"] for reply in replies]
+    assert len(codes) == stream.MAX_STRIKES  # one reply each, then the close: no more
+    burst = 2 * 5  # twice the stack's 5 ops a second
+    assert set(codes[:burst]) == {"bad_json", "bad_op"}  # while tokens last
+    assert set(codes[burst:]) == {"rate_limited"}  # then each costs a token it does not have
 
 
 async def test_unknown_symbol_is_reported_and_dropped(stack: Stack):

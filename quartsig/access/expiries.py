@@ -2,7 +2,7 @@
 
 A token is checked at the handshake, but a connection can outlive it by days; so every
 connection is entered here with its token's expiry, and one loop (``State.watch_sessions``)
-asks :meth:`Sessions.due` once a second and closes what it returns with 4401.
+asks :meth:`Expiries.due` once a second and closes what it returns with 4401.
 
 A connection that goes away first is only dropped from the map; its heap entry stays until it
 surfaces or until stale entries outnumber live ones, when the heap is rebuilt from the map. So
@@ -22,7 +22,7 @@ T = TypeVar("T")
 _SLACK = 64
 
 
-class Sessions(Generic[T]):
+class Expiries(Generic[T]):
     """``session -> expiry``; :meth:`due` hands over, once, every session past its expiry."""
 
     __slots__ = ("_expiry", "_heap", "_order")

@@ -6,6 +6,10 @@ trusted hops, and the first untrusted hop is the client: everything left of it w
 the client itself and is not believed. A peer that is not a public address (loopback, private,
 CGNAT, link-local: where a PaaS router or a local reverse proxy connects from) is not capped
 per address, since every user behind it would share one budget.
+
+What is counted per address is the client's *group* (:attr:`Client.group`): an IPv4 address,
+or the /64 an IPv6 address is in. A subscriber line gets a whole /64 (often more) and picks its
+addresses at will, so counted per /128 one home held 64 sockets per address it cared to use.
 """
 
 from __future__ import annotations
@@ -54,12 +58,25 @@ def _trusted(address: Address, proxies: Iterable[Network]) -> bool:
     return any(address in network for network in proxies)
 
 
+#: The IPv6 prefix one subscriber line is assumed to hold.
+IPV6_GROUP = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
-    """Where a socket comes from; ``capped`` says whether the per-address cap applies."""
+    """Where a socket or request comes from; ``capped`` says whether the per-address cap
+    applies; ``group`` is what per-address limits count (the address, or its IPv6 /64)."""
 
     address: str | None
     capped: bool
+    group: str | None = None
+
+
+def _client(address: Address, capped: bool) -> Client:
+    if isinstance(address, ipaddress.IPv6Address):
+        network = ipaddress.IPv6Network((address, IPV6_GROUP), strict=False)
+        return Client(str(address), capped, str(network))
+    return Client(str(address), capped, str(address))
 
 
 def client_of(
@@ -69,9 +86,9 @@ def client_of(
     when the peer is a trusted proxy (all hops trusted: the left-most)."""
     address = _address(peer)
     if address is None:
-        return Client(peer, False)
+        return Client(peer, False, peer)
     if not proxies or not _trusted(address, proxies):
-        return Client(str(address), address.is_global)
+        return _client(address, address.is_global)
     hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
     for hop in reversed(hops):
         parsed = _address(hop)
@@ -81,4 +98,4 @@ def client_of(
         if not _trusted(parsed, proxies):
             break
     # An address a trusted proxy vouched for is a client's, public or not.
-    return Client(str(address), not _trusted(address, proxies) or address.is_global)
+    return _client(address, not _trusted(address, proxies) or address.is_global)

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from quartsig.domain.model import Key
 from quartsig.domain.symbols import SymbolError, parse_symbol
 from quartsig.domain.timeframes import TimeframeError, parse_timeframe
 
@@ -216,6 +217,24 @@ def reply(type: str, id: Any = None, **fields: Any) -> str:
 
 def error(code: ErrorCode, message: str, id: Any = None) -> str:
     return reply("error", id, code=str(code), message=message)
+
+
+def key_error(key: Key, code: str, message: str) -> str:
+    """An ``error`` about one key (its profile failed): it names the key, not an op's id."""
+    return reply("error", code=str(code), message=message, **_key_fields(key))
+
+
+def deferred(key: Key, message: str, retry_at: int | None = None) -> str:
+    """The ``deferred`` notice: ``key``'s first data waits; ``retry_at`` (Unix ms) when the
+    next try is known (upstream throttling), absent when it is simply the next tick."""
+    if retry_at is None:
+        return reply("notice", code=DEFERRED, message=message, **_key_fields(key))
+    return reply("notice", code=DEFERRED, message=message, retry_at=retry_at,
+                 **_key_fields(key))
+
+
+def _key_fields(key: Key) -> dict[str, str]:
+    return {"symbol": key.symbol, "tf": key.tf, "profile": key.profile}
 
 
 def data_frame(

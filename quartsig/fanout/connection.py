@@ -34,7 +34,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Protocol
 
+from quartsig.config import Settings
 from quartsig.domain import protocol
 from quartsig.domain.model import Key
 from quartsig.domain.protocol import Close
@@ -47,11 +49,26 @@ TOO_SLOW = "too slow"
 YIELD_EVERY = 32
 
 
-class Outbox:
-    """Sends one tick's frames from a single task; see the module docstring."""
+class Timers(Protocol):
+    """What the outbox's watchdog needs of time: an event loop has it."""
 
-    def __init__(self, inline_timeout: float = 0.002) -> None:
+    def call_later(self, delay: float, callback: Callable[[], object], /) -> Timer: ...
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Outbox:
+    """Sends one tick's frames from a single task; see the module docstring.
+
+    ``clock`` keeps the watchdog's time (the running loop unless one is given: tests move a
+    clock by hand instead of hoping a busy machine keeps to 2 ms).
+    """
+
+    def __init__(self, inline_timeout: float = 0.002, clock: Timers | None = None) -> None:
         self.inline_timeout = inline_timeout
+        self.clock = clock
         self.batching = False
         self._dirty: list[Connection] = []
         self._ready = asyncio.Event()
@@ -62,7 +79,7 @@ class Outbox:
         self.sending: Connection | None = None
         self.sends = 0
         self._looked = -1  # ``sends`` when the watchdog last looked
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: Timer | None = None
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -102,7 +119,10 @@ class Outbox:
             self.sending = None  # expired once: the cancellation is on its way
             self.expire(sending)
         self._looked = self.sends
-        self._watchdog = asyncio.get_running_loop().call_later(self.inline_timeout, self._watch)
+        self._watchdog = self._timers().call_later(self.inline_timeout, self._watch)
+
+    def _timers(self) -> Timers:
+        return self.clock if self.clock is not None else asyncio.get_running_loop()
 
     async def _run(self) -> None:
         while True:
@@ -110,9 +130,7 @@ class Outbox:
             self._ready.clear()
             dirty, self._dirty = self._dirty, []
             self._looked = -1
-            self._watchdog = asyncio.get_running_loop().call_later(
-                self.inline_timeout, self._watch
-            )
+            self._watchdog = self._timers().call_later(self.inline_timeout, self._watch)
             try:
                 for count, connection in enumerate(dirty, 1):
                     connection.queued = False
@@ -138,7 +156,7 @@ class Connection:
         self,
         send: Callable[[str], Awaitable[None]],
         *,
-        send_timeout: float = 10.0,
+        send_timeout: float = Settings.send_timeout,  # the default lives in config, once
         max_replies: int = 1024,
         outbox: Outbox | None = None,
         on_frame: Callable[[int, int], None] | None = None,

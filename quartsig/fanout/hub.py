@@ -82,16 +82,7 @@ class Entry:
 
 
 def _error_text(key: Key, code: str, message: str) -> str:
-    return protocol.encode(
-        {
-            "type": "error",
-            "code": str(code),
-            "message": message,
-            "symbol": key.symbol,
-            "tf": key.tf,
-            "profile": key.profile,
-        }
-    )
+    return protocol.key_error(key, code, message)
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,23 +311,21 @@ class Hub:
         for sink in entry.subscribers:
             sink.send(text)
 
+    def standing(self, sink: Sink, key: Key) -> tuple[bool, bool]:
+        """``(free, watched)`` for admitting ``key`` to ``sink``: it costs nothing (it has
+        data, or ``sink`` holds it already); someone here subscribes to it."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return False, False
+        return entry.data is not None or sink in entry.subscribers, bool(entry.subscribers)
+
     def defer(self, key: Key, message: str, at: int) -> None:
         """Tell ``key``'s subscribers its first data waits until ``at`` (Unix ms); they keep
         the subscription. Nothing is said once the key has data."""
         entry = self.entries.get(key)
         if entry is None or entry.data is not None or not entry.subscribers:
             return
-        text = protocol.encode(
-            {
-                "type": "notice",
-                "code": protocol.DEFERRED,
-                "message": message,
-                "retry_at": at,
-                "symbol": key.symbol,
-                "tf": key.tf,
-                "profile": key.profile,
-            }
-        )
+        text = protocol.deferred(key, message, at)
         for sink in entry.subscribers:
             sink.send(text)
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from quartsig.cluster.broker import Broker
+from quartsig.config import UNKNOWN_SYMBOL_TTL
 from quartsig.domain.expiring import Expiring
 from quartsig.domain.model import Batch, Key, ScanRequest, ScanResult
 from quartsig.domain.protocol import ErrorCode
@@ -43,9 +44,6 @@ from quartsig.upstream.scanner import ScannerClient
 
 log = logging.getLogger(__name__)
 
-#: Seconds a symbol TradingView does not have is remembered by the collector (early fetches of
-#: it are answered ``unknown_symbol`` without a request).
-UNKNOWN_SYMBOL_TTL = 600.0
 #: Scanner error kinds that mean "this address is being throttled or blocked".
 THROTTLED = frozenset({"throttled", "blocked"})
 
@@ -92,7 +90,8 @@ class Collector:
         self._backoff_stepped = -float("inf")
         self._next_tick = clock()
         self._fetches: set[asyncio.Task[None]] = set()
-        self._unknown: Expiring[str, str] = Expiring(UNKNOWN_SYMBOL_TTL, clock=clock)
+        #: Symbols TradingView does not have; the app hands over its state's (one cache).
+        self.unknown_symbols: Expiring[str, str] = Expiring(UNKNOWN_SYMBOL_TTL, clock=clock)
         #: Set after every tick, full or early: tests and tools wait on it instead of sleeping.
         self.ticked = asyncio.Event()
         #: Set by :meth:`stop`.
@@ -203,7 +202,7 @@ class Collector:
         """Fetch new ``keys`` within the budget; returns those served (data or rejection)."""
         notes = Batch(term=self.broker.term)
         for key in keys:
-            message = self._unknown.get(key.symbol)
+            message = self.unknown_symbols.get(key.symbol)
             if message is not None:  # remembered: no request
                 notes.rejected.append((key, str(ErrorCode.UNKNOWN_SYMBOL), message))
         served = {key for key, _, _ in notes.rejected}
@@ -335,7 +334,7 @@ class Collector:
         batch = self.composer.compose(keys, results)
         for key, code, message in batch.rejected:
             if code == ErrorCode.UNKNOWN_SYMBOL:
-                self._unknown.add(key.symbol, message)
+                self.unknown_symbols.add(key.symbol, message)
         if batch.status is not None and self.backoff.active():
             batch.retry_at = self._wall_ms(self.backoff.until)
         if await self.broker.publish(batch):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,8 +26,10 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from quartsig import __version__
 from quartsig.access import accounts, database
 from quartsig.access.tokens import InvalidTelegramId, IssuedToken, board_link, check_tg_id
+from quartsig.domain import addresses
+from quartsig.domain.ratelimit import TokenBucket
 from quartsig.ops import health, logs
-from quartsig.state import current_state
+from quartsig.state import State, current_state
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("api", __name__)
@@ -107,24 +108,22 @@ class AuthFailures:
     def __init__(self, burst: int = 10, per: float = 6.0, capacity: int = 4096,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.burst, self.per, self.capacity, self.clock = burst, per, capacity, clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self.sparse = logs.Sparse(clock=clock)
 
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def _tokens(self, address: str) -> float:
-        now = self.clock()
-        tokens, stamp = self._buckets.get(address, (self.burst, now))
-        return min(self.burst, tokens + (now - stamp) / self.per)
-
     def retry_after(self, address: str) -> int | None:
         """Whole seconds until ``address`` may try again, or ``None`` if it may now."""
-        tokens = self._tokens(address)
-        return None if tokens >= 1 else max(1, math.ceil((1 - tokens) * self.per))
+        bucket = self._buckets.get(address)
+        return None if bucket is None else bucket.wait()
 
     def failed(self, address: str) -> None:
-        self._buckets[address] = (max(0.0, self._tokens(address) - 1), self.clock())
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = TokenBucket(1 / self.per, self.burst, self.clock)
+        bucket.drain()
         self._buckets.move_to_end(address)
         while len(self._buckets) > self.capacity:
             self._buckets.popitem(last=False)
@@ -135,6 +134,15 @@ def _auth_failures() -> AuthFailures:
     if failures is None:
         failures = current_app.extensions[AUTH_FAILURES] = AuthFailures()
     return failures
+
+
+def _client_group(state: State) -> str:
+    """Who failed, as the connection caps count them: the client through trusted proxies,
+    an IPv6 client by its /64. The peer alone was a router every client shared, so one
+    attacker behind it kept the bot at 429; and each /128 of a /64 had its own budget."""
+    client = addresses.client_of(request.remote_addr, request.headers.getlist("X-Forwarded-For"),
+                                 state.settings.trusted_proxies)
+    return client.group or "-"
 
 
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:
@@ -157,7 +165,7 @@ async def issue_token() -> tuple[Response, int] | Response:
     secret = state.settings.bot_secret
     if not secret:
         return _error(404, "not_found", "not found")  # off: look like any unknown route
-    failures, address = _auth_failures(), request.remote_addr or "-"
+    failures, address = _auth_failures(), _client_group(state)
     if (wait := failures.retry_after(address)) is not None:
         response, status = _error(429, "too_many_failures", "too many wrong secrets; retry later")
         response.headers["Retry-After"] = str(wait)

@@ -17,7 +17,8 @@ from urllib.parse import parse_qsl, urlsplit
 from quart import Blueprint, websocket
 
 from quartsig import hosting
-from quartsig.access import caps
+from quartsig.access import admission
+from quartsig.access.admission import KeyQuota
 from quartsig.access.tokens import ExpiredToken, TokenError
 from quartsig.domain import addresses, protocol
 from quartsig.domain.model import Key
@@ -25,7 +26,6 @@ from quartsig.domain.protocol import Close, ErrorCode, ProtocolError
 from quartsig.domain.ratelimit import TokenBucket
 from quartsig.fanout.connection import TOO_SLOW, Connection
 from quartsig.fanout.hub import TooManySubscriptions
-from quartsig.feed.budget import KeyQuota
 from quartsig.state import State, current_state
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ blueprint = Blueprint("stream", __name__)
 
 #: How long a deliberate close may take before the peer is abandoned.
 CLOSE_TIMEOUT = 2.0
-#: Ops refused in a row before a flooding client is closed with 1008.
+#: Frames and ops refused in a row (over the rate, or not JSON ops at all) before the client is
+#: closed with 1008.
 MAX_STRIKES = 100
 
 
@@ -100,9 +101,9 @@ async def ws() -> tuple[str, int] | None:
     ):
         state.metrics.closes.labels(code="403").inc()
         return "origin not allowed", 403
-    try:  # counted from here, authenticated or not (quartsig/access/caps.py)
+    try:  # counted from here, authenticated or not (quartsig/access/admission.py)
         ticket = state.caps.enter(_client(state))
-    except caps.Refused as refused:
+    except admission.Refused as refused:
         return refused.message, refused.status
     try:
         await websocket.accept()
@@ -136,7 +137,7 @@ def _client(state: State) -> addresses.Client:
                           state.settings.trusted_proxies)
 
 
-async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
+async def _serve(state: State, ticket: admission.Ticket) -> tuple[int, str]:
     """Run one connection to its end; return the close code and reason.
 
     The handler task itself reads. Whoever decides the connection must close (its
@@ -149,7 +150,7 @@ async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
         ticket.authenticated(user)
     except Closing as closing:
         return closing.code, closing.reason
-    except caps.Refused as refused:
+    except admission.Refused as refused:
         return Close.TOO_MANY, refused.message
     if state.shutting_down:  # it authenticated while the others were being told 1001
         return Close.GOING_AWAY, "server shutting down"
@@ -166,7 +167,7 @@ async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
     # precede authed (docs/protocol.md).
     connection.send(protocol.reply("authed", auth_id, tg_id=user))
     state.hub.attach(connection, user)
-    state.sessions.add(connection, expires_at)
+    state.expiries.add(connection, expires_at)
     try:
         await _read(state, connection)
     except Closing as closing:
@@ -175,7 +176,7 @@ async def _serve(state: State, ticket: caps.Ticket) -> tuple[int, str]:
         if connection.closing is None or handler.uncancel() > 0:
             raise
     finally:
-        state.sessions.remove(connection)
+        state.expiries.remove(connection)
         state.hub.detach(connection)
         await connection.dispose()
     code, reason = connection.closing or (Close.NORMAL, "")
@@ -269,20 +270,18 @@ async def _read(state: State, connection: Connection) -> None:
 
 def _handle(state: State, connection: Connection, frame: str | bytes,
             bucket: TokenBucket, strikes: int) -> int:
-    """Obey one client frame; returns the count of rate-limited ops in a row so far."""
-    if isinstance(frame, bytes):
-        connection.send(protocol.error(ErrorCode.BAD_JSON, "frames must be JSON text"))
-        return strikes
+    """Obey one client frame; returns the count of refusals in a row so far.
+
+    Every frame is metered: an op takes a token, and so does a frame refused whole (binary,
+    not JSON, an empty array, a batch over the limit), which is also a strike. Unmetered, one
+    socket sending garbage made the server answer thousands of errors a second, for ever."""
     try:
-        messages = protocol.decode(frame)
+        messages = _messages(frame)
     except ProtocolError as error:
-        connection.send(protocol.error(error.code, error.message))
-        return strikes
+        return _refuse(connection, bucket, strikes, error)
     for raw in messages:
         if not bucket.take():
-            strikes += 1
-            if strikes > MAX_STRIKES:
-                raise Closing(Close.POLICY, "rate limit")
+            strikes = _strike(strikes)
             connection.send(protocol.error(ErrorCode.RATE_LIMITED, "slow down", _id_of(raw)))
             continue
         strikes = 0
@@ -293,6 +292,30 @@ def _handle(state: State, connection: Connection, frame: str | bytes,
     return strikes
 
 
+def _messages(frame: str | bytes) -> list[object]:
+    if isinstance(frame, bytes):
+        raise ProtocolError(ErrorCode.BAD_JSON, "frames must be JSON text")
+    return protocol.decode(frame)
+
+
+def _refuse(connection: Connection, bucket: TokenBucket, strikes: int,
+            error: ProtocolError) -> int:
+    """A frame refused whole: a strike, and its error only while there are tokens for it."""
+    strikes = _strike(strikes)
+    if bucket.take():
+        connection.send(protocol.error(error.code, error.message))
+    else:
+        connection.send(protocol.error(ErrorCode.RATE_LIMITED, "slow down"))
+    return strikes
+
+
+def _strike(strikes: int) -> int:
+    """One more refusal in a row; past ``MAX_STRIKES`` the client is closed with 1008."""
+    if strikes >= MAX_STRIKES:
+        raise Closing(Close.POLICY, "rate limit")
+    return strikes + 1
+
+
 def _id_of(raw: object) -> object:
     try:
         return protocol.message_id(raw) if isinstance(raw, dict) else None
@@ -301,32 +324,17 @@ def _id_of(raw: object) -> object:
 
 
 def _admit_new_key(state: State, connection: Connection, key: Key, id: object) -> bool:
-    """Limits on keys nobody has data for; True when the key may be fetched early.
-
-    A key with data (or already subscribed by this connection) is free; a new one counts
-    against the cap of distinct keys (this node's, and the cluster's as last counted) and the
-    account's quota (refused beyond them)."""
+    """True when ``key`` may be fetched early (:func:`admission.admit_new_key` decides)."""
     hub = state.hub
-    entry = hub.entries.get(key)
-    if entry is not None and (entry.data is not None or connection in entry.subscribers):
-        return True
-    settings = state.settings
-    cap = settings.max_keys
-    cluster = state.broker.cluster_keys() if state.broker is not None else 0
-    if (entry is None or not entry.subscribers) and (
-        cluster >= cap or (len(hub.entries) >= cap and hub.watched() >= cap)
-    ):
-        state.metrics.refusals.labels(code=str(ErrorCode.KEY_LIMIT)).inc()
-        raise ProtocolError(
-            ErrorCode.KEY_LIMIT, f"this server watches {cap} keys already", id
-        )
-    verdict = state.new_keys.admit(hub.users.get(connection), key)
-    if verdict == KeyQuota.REFUSE:
-        state.metrics.refusals.labels(code=str(ErrorCode.QUOTA_EXCEEDED)).inc()
-        raise ProtocolError(
-            ErrorCode.QUOTA_EXCEEDED,
-            f"at most {settings.new_keys_per_minute} new keys a minute per account", id,
-        )
+    free, watched = hub.standing(connection, key)
+    try:
+        verdict = admission.admit_new_key(
+            state.new_keys, hub.users.get(connection), key, free=free, watched=watched,
+            held=len(hub.entries), count_watched=hub.watched, max_keys=state.settings.max_keys,
+            cluster_keys=state.broker.cluster_keys() if state.broker is not None else 0, id=id)
+    except ProtocolError as refused:
+        state.metrics.refusals.labels(code=str(refused.code)).inc()
+        raise
     if verdict == KeyQuota.TICK:
         state.metrics.early_deferred.labels(reason="quota").inc()
     return verdict == KeyQuota.EARLY
@@ -355,9 +363,9 @@ def _obey(state: State, connection: Connection, message: protocol.Message) -> No
             # Replies leave before pieces in the same frame, so this precedes the snapshot.
             connection.send(protocol.reply("subscribed", message.id, **target))
             if not early:
-                connection.send(protocol.reply(
-                    "notice", code=protocol.DEFERRED, message="over this account's early "
-                    "fetches for the minute: first data comes with the next tick", **target))
+                connection.send(protocol.deferred(
+                    key, "over this account's early fetches for the minute: first data comes "
+                    "with the next tick"))
         else:
             hub.unsubscribe(connection, key)
             connection.send(protocol.reply("unsubscribed", message.id, **target))

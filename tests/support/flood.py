@@ -71,9 +71,12 @@ class _Once(asyncio.Protocol):
 
 
 async def flood(port: int, token: str, seconds: float, concurrency: int, seed: int,
-                only: str | None = None, rate: float | None = None) -> dict[str, float]:
+                only: str | None = None, rate: float | None = None,
+                connections: int | None = None) -> dict[str, float]:
     """Closed loop (``rate`` None): ``concurrency`` workers, each starting its next
-    connection when the last is done, so the server's pace sets the rate. Open loop: a
+    connection when the last is done, so the server's pace sets the rate; with
+    ``connections`` they stop once that many were started (``seconds`` is then a cap, so a
+    busy machine takes longer instead of flooding less). Open loop: a
     new connection every ``1 / rate`` s whatever the server does (the excess waits in the
     listen backlog or is dropped by the kernel), at most ``concurrency`` in flight; the
     ones not started because of that cap count as ``skipped``."""
@@ -101,8 +104,13 @@ async def flood(port: int, token: str, seconds: float, concurrency: int, seed: i
         counts["connections"] += 1
         counts[outcome] = counts.get(outcome, 0) + 1
 
+    started_count = 0
+
     async def worker() -> None:
-        while time.monotonic() < stop_at:
+        nonlocal started_count
+        while time.monotonic() < stop_at and (connections is None
+                                               or started_count < connections):
+            started_count += 1
             await one()
 
     started = time.monotonic()
@@ -135,6 +143,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64,
                         help="workers (closed loop) or the cap on connections in flight")
     parser.add_argument("--rate", type=float, help="open loop: new connections per second")
+    parser.add_argument("--connections", type=int,
+                        help="closed loop: stop after this many connections (--seconds caps it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=[name for name, _ in STYLES],
                         help="every connection in this style (to cost one style at a time)")
@@ -142,7 +152,7 @@ def main() -> None:
     import uvloop
 
     counts = uvloop.run(flood(args.port, args.token, args.seconds, args.concurrency, args.seed,
-                                 args.only, args.rate))
+                                 args.only, args.rate, args.connections))
     print(json.dumps(counts), flush=True)
 
 

@@ -2,7 +2,8 @@
 
 Each helper starts a subprocess with its output in a log file (shown when it
 fails to start), waits until it answers, and stops it with SIGTERM, then
-SIGKILL. Use them directly or through the fixtures at the bottom::
+SIGKILL. No pytest here: the benchmarks import this module from a clone installed with only
+the bench extra (``tests/test_bench.py`` imports every benchmark with pytest blocked)::
 
     from tests.support.processes import Standin, QuartsigServer, quartsig_cli
 
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography.fernet import Fernet
 
 from tests.support.net import free_port, http, http_json, wait_until
@@ -223,24 +223,3 @@ class QuartsigServer:
                 with contextlib.suppress(ValueError):
                     values[name] = float(value)
         return values
-
-
-# ------------------------------------------------------------------------------ fixtures
-# Import these into a test module (``from tests.support.processes import standin, ...``).
-
-
-@pytest.fixture
-def standin(tmp_path: Path) -> Iterator[Standin]:
-    with Standin.start(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def server_env(tmp_path: Path, standin: Standin) -> dict[str, str]:
-    return quartsig_env(tmp_path / "data", standin.url)
-
-
-@pytest.fixture
-def server(tmp_path: Path, server_env: dict[str, str]) -> Iterator[QuartsigServer]:
-    with QuartsigServer.start(server_env, tmp_path) as running:
-        yield running

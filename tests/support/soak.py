@@ -18,7 +18,8 @@ import pytest
 class Sizes:
     slow_clients: int = 200  # clients reading beside one stalled client
     slow_rounds: int = 1  # reading+stalled window pairs
-    flood_seconds: float = 8.0
+    flood_seconds: float = 60.0  # a cap when flood_connections is set
+    flood_connections: int | None = 2000  # per flood process; None: flood for flood_seconds
     flood_processes: int = 1
     flood_rate: float | None = None  # None: closed loop, as fast as the server goes
     leak_ticks: int = 1000  # faulted collector ticks
