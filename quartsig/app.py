@@ -28,7 +28,7 @@ from quartsig.domain.symbols import SCREENERS
 from quartsig.feed.budget import RequestBudget
 from quartsig.feed.collector import Collector, CollectorSettings
 from quartsig.ops import logs
-from quartsig.plugins.loader import describe, get_plugin_manager, inventory, load_screeners
+from quartsig.plugins.loader import get_plugin_manager, inventory, load_screeners
 from quartsig.state import EXTENSION, Component, State
 from quartsig.telegram import webhook
 from quartsig.telegram.service import EXTENSION as BOT_EXTENSION
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds the feed's tasks get to end on shutdown before they are left behind.
 STOP_TIMEOUT = 10.0
+
+#: The collector's task name under the supervisor (a leader steps down while it keeps failing).
+COLLECTOR = "collector"
 
 MAX_HTTP_BODY = 16 * 1024
 """Bytes an HTTP body may have: the only body we accept is a tiny JSON object."""
@@ -64,11 +67,20 @@ class DatabaseComponent:
 
 
 def open_broker(state: State) -> Broker:
-    """The broker the URL's scheme names (memory without one), with ``state`` as its handler."""
+    """The broker the URL's scheme names (memory without one), with ``state`` as its handler.
+    A Redis node's loops run under the supervisor, and it leads only while its collector can
+    run (a node whose collector keeps failing steps down so that another collects)."""
     identity = (fingerprints(load_or_create_keys(state.settings), state.profiles)
                 if state.settings.redis_url else None)
-    return backends.open_broker(state.settings, state, state.vocabulary, metrics=state.metrics,
-                                identity=identity)
+    broker = backends.open_broker(state.settings, state, state.vocabulary, metrics=state.metrics,
+                                  identity=identity)
+    if state.settings.redis_url:
+        from quartsig.cluster.redisbroker import RedisBroker
+
+        if isinstance(broker, RedisBroker):
+            broker.spawn = state.supervisor.spawn
+            broker.election.eligible = lambda: not state.supervisor.is_failing(COLLECTOR)
+    return broker
 
 
 @dataclass
@@ -124,12 +136,13 @@ class FeedComponent:
         )
         state.collector.unknown_symbols = state.unknown_symbols  # one cache for both
         state.outbox.start()
-        self.tasks = [asyncio.create_task(state.collector.run(), name="quartsig-collector")]
+        spawn = state.supervisor.spawn
+        self.tasks = [spawn(COLLECTOR, state.collector.run), spawn("health", state.watch_health)]
+        if state.metrics_dir is not None:  # one of several workers: share the metrics
+            self.tasks.append(spawn("metrics", state.share_metrics))
         if self.accounts:  # the clients' side: disabled accounts and expired tokens
-            self.tasks.append(
-                asyncio.create_task(state.watch_accounts(), name="quartsig-accounts"))
-            self.tasks.append(
-                asyncio.create_task(state.watch_sessions(), name="quartsig-sessions"))
+            self.tasks.append(spawn("accounts", state.watch_accounts))
+            self.tasks.append(spawn("sessions", state.watch_sessions))
 
     async def stop(self, state: State) -> None:
         state.close_all()
@@ -202,14 +215,16 @@ def build_state(
     *,
     demo: bool = False,
     components: Sequence[Component] | None = None,
+    log_plugins: bool = True,
 ) -> State:
     """Load the plugins (a broken one stops start-up here, named), log them, build the state."""
     plugins_dir = settings.plugins_dir if settings.plugins_dir.is_dir() else None
     manager = get_plugin_manager(plugins_dir)
     plugins = inventory(manager)
-    log.info("plugins, their sources, profiles and columns:")
-    for line in describe(plugins):
-        log.info("  %s", line)
+    if log_plugins:  # a worker's parent has said it: once per process tree
+        for info in plugins:  # one line each; `quartsig plugins` lists their columns
+            log.info("plugin %s (%s): %s", info.name, info.source, ", ".join(
+                f"{profile.name} ({len(profile.columns)} columns)" for profile in info.profiles))
     return State(
         settings=settings,
         tokens=TokenAuthority.from_settings(settings),
@@ -227,6 +242,7 @@ def create_app(
     *,
     demo: bool = False,
     components: Sequence[Component] | None = None,
+    log_plugins: bool = True,
     **overrides: Any,
 ) -> Quart:
     """Build the app; ``overrides`` are typed ``Settings`` fields (tests: ``data_dir=tmp``).
@@ -241,7 +257,7 @@ def create_app(
     app = Quart(__name__)
     hosting.harden(app, settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
-    state = build_state(settings, demo=demo, components=components)
+    state = build_state(settings, demo=demo, components=components, log_plugins=log_plugins)
     app.extensions[EXTENSION] = state
     for component in state.components:  # the webhook route finds the bot here
         if isinstance(component, BotService):

@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", metavar="HOST:PORT",
                        help=f"address to listen on (default: $PORT on 0.0.0.0, "
                             f"else {HYPERCORN_CONFIG}, else {server.DEFAULT_BIND})")
-    serve.add_argument("--config", type=Path, default=Path(HYPERCORN_CONFIG),
-                       help="Hypercorn TOML config, used when it exists (default: %(default)s)")
+    serve.add_argument("--config", type=Path, default=None,
+                       help=f"Hypercorn TOML config (default: ./{HYPERCORN_CONFIG} when it "
+                            "exists; a given path must exist)")
     serve.set_defaults(handler=_serve)
 
     collect = commands.add_parser(
@@ -304,24 +305,61 @@ def _token_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hypercorn_path(given: Path | None) -> Path:
+    """``--config`` as given (it must exist: a typo must not be ignored), else the default."""
+    if given is not None and not given.is_file():
+        raise ConfigError(f"--config {given}: no such file")
+    return (given or Path(HYPERCORN_CONFIG)).absolute()
+
+
+def _check_redis(settings: Settings) -> None:
+    """Stop with one line when Redis can never work as configured (an outage is waited out)."""
+    if settings.redis_url:
+        from quartsig.cluster.probe import misconfiguration
+
+        if (problem := asyncio.run(misconfiguration(settings.redis_url))) is not None:
+            raise ConfigError(f"QUARTSIG_REDIS_URL: {problem}")
+
+
+def _startup_line(settings: Settings, role: str, **where: str) -> str:
+    """What this process is and uses, every path absolute and every password masked."""
+    plugins = settings.plugins_dir.absolute()
+    parts = [f"quartsig {__version__} starting as {role}", *(f"{k} {v}" for k, v in where.items()),
+             f"database {database.redact_url(settings.database_url)}",
+             f"Redis {database.redact_url(settings.redis_url) if settings.redis_url else 'none'}",
+             f"data dir {settings.data_dir.absolute()}",
+             f"plugins dir {plugins if plugins.is_dir() else 'none'}"]
+    return "; ".join(parts)
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    logs.setup(settings.log_format, settings.log_probes)
+    path = _hypercorn_path(args.config)
     config = server.apply_stream_settings(
-        server.hypercorn_config(args.config, args.bind, os.environ), settings
+        server.hypercorn_config(path, args.bind, os.environ), settings
     )
     if config.workers > 1 and not settings.redis_url:
         raise ConfigError(
-            f"{args.config}: workers = {config.workers} needs QUARTSIG_REDIS_URL (each worker "
+            f"{path}: workers = {config.workers} needs QUARTSIG_REDIS_URL (each worker "
             "would otherwise poll TradingView on its own); see docs/cluster.md")
+    _check_redis(settings)
     app = create_app(settings, demo=args.demo)  # a broken plugin fails here, before forking
     # Fail before binding, with one clean line, if the database is unreachable.
     asyncio.run(database.prepare_schema(settings))
+    log = logging.getLogger("quartsig")
+    log.info("%s", _startup_line(
+        settings, "a cluster node" if settings.redis_url else "a standalone server",
+        bind=", ".join(config.bind), workers=str(config.workers),
+        config=str(path) if path.is_file() else "none (Hypercorn defaults)"))
     _introduce_demo(app, settings, args.demo, config.bind[0] if config.bind else "")
     if config.workers > 1:
-        return server.run_workers(server.WorkerSpec(args.demo, args.bind, args.config),
-                                  config.workers)
-    server.run(app, config)
-    return 0
+        code = server.run_workers(server.WorkerSpec(args.demo, args.bind, path), config.workers)
+    else:
+        code = 0
+        server.run(app, config)
+    log.info("quartsig stopped")
+    return code
 
 
 def _introduce_demo(app: Any, settings: Settings, demo: bool, bind: str) -> None:
@@ -340,14 +378,19 @@ def _introduce_demo(app: Any, settings: Settings, demo: bool, bind: str) -> None
 
 def _collect(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    logs.setup(settings.log_format, settings.log_probes)
     if not settings.redis_url:
         raise ConfigError("QUARTSIG_REDIS_URL: must be set for `quartsig collect` (a collector "
                           "apart from the servers shares its data through Redis)")
+    _check_redis(settings)
     # The database and the alerts too: when this process leads, it evaluates the rules.
     components: list[Component] = [
         DatabaseComponent(), FeedComponent(accounts=False), AlertsComponent()]
     state = build_state(settings, demo=args.demo, components=components)
-    asyncio.run(server.run_until_signalled(state))
+    log = logging.getLogger("quartsig")
+    log.info("%s", _startup_line(settings, "a collector", probes=settings.collect_bind))
+    asyncio.run(server.run_until_signalled(state, settings.collect_bind))
+    log.info("quartsig stopped")
     return 0
 
 
@@ -359,10 +402,11 @@ def _bot_error() -> type[Exception]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(logging.INFO if args.command == "serve" else logging.WARNING)
+    logs.configure(logging.INFO if args.command in ("serve", "collect") else logging.WARNING)
     try:
         return int(args.handler(args))
-    except (ConfigError, database.DatabaseError, PluginError, _bot_error()) as error:
+    except (ConfigError, database.DatabaseError, PluginError, server.StartError,
+            _bot_error()) as error:
         print(f"quartsig: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except accounts.AccountError as error:

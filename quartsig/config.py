@@ -119,8 +119,20 @@ def _url(value: str) -> str:
 
 
 def _redis_url(value: str) -> str:
-    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+    parts = urlsplit(value)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix":  # checked here, or redis-py fails later with a traceback
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0 or not parts.hostname:
+            raise ValueError("must look like redis://[user:password@]host[:port][/db], "
+                             "the port a number from 1 to 65535")
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError("the database (after the last /) must be a number such as 0")
     return value
 
 
@@ -191,6 +203,22 @@ def _signup(value: str) -> str:
     if mode not in SIGNUP_MODES:
         raise ValueError(f"must be one of {', '.join(SIGNUP_MODES)}")
     return mode
+
+
+def _bind(value: str) -> str:
+    host, _, port = value.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must look like HOST:PORT, e.g. 127.0.0.1:9151")
+    return value.strip()
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse_choice(value: str) -> str:
+        if value.strip().lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value.strip().lower()
+
+    return parse_choice
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -407,6 +435,17 @@ class Settings:
         "closed", _signup, "Who /start lets in: open (anyone), invite (a one-time code from "
         "`quartsig invite`) or closed (accounts the operator adds)."
     )
+    # -- operations (issue #24): logs and the collector's own health endpoint ----------------
+    log_format: str = _setting(
+        "text", _choice("text", "json"), "Log lines as text, or one JSON object per line."
+    )
+    log_probes: bool = _setting(
+        False, _boolean, "Write /livez, /readyz, /healthz and /metrics hits to the access log."
+    )
+    collect_bind: str = _setting(
+        "127.0.0.1:9151", _bind,
+        "HOST:PORT where `quartsig collect` serves /livez, /readyz and /metrics."
+    )
 
     @classmethod
     def from_env(
@@ -422,11 +461,13 @@ class Settings:
         values: dict[str, Any] = {}
         for item in dataclasses.fields(cls):
             name = PREFIX + item.name.upper()
-            if name not in environ and environ.get(fallbacks.get(item.name, ""), "").strip():
+            # An empty variable counts as unset (``QUARTSIG_DATA_DIR=`` must not mean ".").
+            if not environ.get(name, "").strip() and \
+                    environ.get(fallbacks.get(item.name, ""), "").strip():
                 name = fallbacks[item.name]
             if item.name in overrides:
                 values[item.name] = overrides[item.name]
-            elif name in environ:
+            elif environ.get(name, "").strip():
                 try:
                     values[item.name] = item.metadata["parse"](environ[name])
                 except (ValueError, TypeError) as error:

@@ -10,30 +10,63 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
+import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config, Sockets
+from hypercorn.utils import LifespanFailureError, wrap_app
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from quart import Quart
 
 from quartsig.app import state_of
 from quartsig.config import ConfigError, Settings
 from quartsig.hosting import StreamLimits
 from quartsig.hosting import install as decline_permessage_deflate
+from quartsig.ops import health, probes
 from quartsig.state import State
 
-__all__ = ["DEFAULT_BIND", "apply_stream_settings", "decline_permessage_deflate",
-           "hypercorn_config", "run", "serve_until_signalled"]
+__all__ = ["DEFAULT_BIND", "StartError", "apply_stream_settings", "decline_permessage_deflate",
+           "hypercorn_config", "listen", "run", "serve_until_signalled"]
 
 DEFAULT_BIND = "127.0.0.1:8000"
+
+#: A worker's exit code when it cannot start: the parent stops them all instead of respawning.
+EXIT_START = 2
+
+
+class StartError(Exception):
+    """The server cannot start (its port is taken, a component failed): one line, exit 2."""
+
+
+def listen(config: Config) -> Sockets:
+    """Bind and listen on every address of ``config``, before anything else starts.
+
+    A node that cannot listen must not join its cluster: it would campaign for the lease,
+    win it when the leader stops, and publish nothing while holding it (issue #24.1). So
+    the sockets come first, and the app's lifespan (the broker, the collector) only after.
+    """
+    try:
+        sockets = config.create_sockets()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise StartError(f"cannot listen on {', '.join(config.bind)}: {reason}") from None
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(config.backlog)
+    return sockets
 
 
 def hypercorn_config(path: Path, bind: str | None, environ: Mapping[str, str]) -> Config:
@@ -87,16 +120,19 @@ def apply_stream_settings(config: Config, settings: Settings) -> Config:
     return StreamLimits.from_settings(settings).apply(config)  # the rule: quartsig.hosting.limits
 
 
-async def serve_until_signalled(app: Quart, config: Config) -> None:
+async def serve_until_signalled(app: Quart, config: Config,
+                                sockets: Sockets | None = None) -> None:
     """Serve until SIGTERM/SIGINT; then close every client with 1001 before Hypercorn stops.
 
     Hypercorn would otherwise wait out ``graceful_timeout`` for websocket handlers
-    that never end on their own, then cut them without a close frame.
+    that never end on their own, then cut them without a close frame. ``sockets`` come
+    from :func:`listen` (made here when not given), so nothing starts before they exist.
     """
+    if sockets is None:
+        sockets = listen(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    on_signal(loop, stop)
 
     async def shutdown_trigger() -> None:
         await stop.wait()
@@ -107,23 +143,91 @@ async def serve_until_signalled(app: Quart, config: Config) -> None:
                 while state.close_all():  # noqa: ASYNC110 (shutdown only; a poll is simplest)
                     await asyncio.sleep(0.02)
 
-    await serve(app, config, shutdown_trigger=shutdown_trigger)
+    try:
+        await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config,
+                           sockets=sockets, shutdown_trigger=shutdown_trigger)
+    except LifespanFailureError as error:
+        raise StartError(f"start-up failed: {error.args[-1] if error.args else error}") from None
+    finally:
+        release_signals(loop)
 
 
+def on_signal(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The first SIGTERM or SIGINT stops gracefully; the next one ends the process at once.
 
-async def run_until_signalled(state: State) -> None:
-    """Live ``state`` (its components) until SIGTERM/SIGINT: ``quartsig collect``."""
+    A graceful stop waits for components and tasks; one that swallows its cancellation
+    (redis-py can) must not leave a process that answers no signal (issue #24.1).
+    """
+
+    def first() -> None:
+        stop.set()
+        release_signals(loop)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, first)
+
+
+def release_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Give SIGTERM and SIGINT their default action (end the process) back.
+
+    Called at the first signal and once serving is over: what is left to do (tasks ending,
+    the loop closing) must not outlive a second signal.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, RuntimeError):
+            loop.remove_signal_handler(signum)
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signum, signal.SIG_DFL)
+
+
+def probe_routes(state: State) -> dict[str, probes.Route]:
+    """``quartsig collect``'s own ``/livez``, ``/readyz`` and ``/metrics`` (as the web app's)."""
+
+    def readyz() -> probes.Answer:
+        found = state.readiness()
+        body = {"status": "error" if found else "ok", **health.report(found)}
+        return 503 if found else 200, "application/json", json.dumps(body).encode()
+
+    return {
+        "/livez": lambda: (200, "application/json", b'{"status": "ok"}'),
+        "/readyz": readyz,
+        "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(state.metrics.registry)),
+    }
+
+
+async def run_until_signalled(state: State, probe_bind: str | None = None) -> None:
+    """Live ``state`` (its components) until SIGTERM/SIGINT: ``quartsig collect``, with its
+    probes on ``probe_bind``, listening before anything joins the cluster."""
+    try:
+        prober = None if probe_bind is None else await probes.serve(probe_bind,
+                                                                      probe_routes(state))
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise StartError(f"cannot listen on {probe_bind}: {reason}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    on_signal(loop, stop)
+    try:
+        await _live(state, stop, loop)
+    finally:
+        if prober is not None:
+            prober.close()
+
+
+async def _live(state: State, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+    """The lifespan of ``state`` until ``stop``; a failure to start is one line (exit 2)."""
     lifespan = state.lifespan()
-    await anext(lifespan)
+    try:
+        await anext(lifespan)
+    except Exception as error:
+        release_signals(loop)
+        raise StartError(f"start-up failed: {error}") from None
     try:
         await stop.wait()
     finally:
         with contextlib.suppress(StopAsyncIteration):
             await anext(lifespan)
+        release_signals(loop)
 
 
 @dataclass(frozen=True)
@@ -133,6 +237,8 @@ class WorkerSpec:
     demo: bool
     bind: str | None
     config: Path
+    #: The run's directory where every worker writes its metrics (one scrape sees them all).
+    metrics_dir: Path | None = None
 
 
 def _worker(spec: WorkerSpec, workers: int) -> None:
@@ -142,10 +248,17 @@ def _worker(spec: WorkerSpec, workers: int) -> None:
 
     logs.configure(logging.INFO)
     settings = Settings.from_env()
+    logs.setup(settings.log_format, settings.log_probes)
     config = apply_stream_settings(hypercorn_config(spec.config, spec.bind, os.environ),
                                    settings)
     config.workers = workers  # each worker binds with SO_REUSEPORT: the kernel spreads clients
-    run(create_app(settings, demo=spec.demo), config)
+    app = create_app(settings, demo=spec.demo, log_plugins=False)
+    state_of(app).metrics_dir = spec.metrics_dir
+    try:
+        run(app, config)
+    except StartError as error:
+        logging.getLogger(__name__).error("worker %s: %s", os.getpid(), error)
+        sys.exit(EXIT_START)
 
 
 def run_workers(spec: WorkerSpec, workers: int) -> int:
@@ -158,6 +271,8 @@ def run_workers(spec: WorkerSpec, workers: int) -> int:
     """
     context = multiprocessing.get_context("spawn")
     stopping = False
+    metrics_dir = Path(tempfile.mkdtemp(prefix="quartsig-metrics-"))
+    spec = dataclasses.replace(spec, metrics_dir=metrics_dir)
 
     def spawn() -> multiprocessing.process.BaseProcess:
         process = context.Process(target=_worker, args=(spec, workers), daemon=False)
@@ -174,9 +289,14 @@ def run_workers(spec: WorkerSpec, workers: int) -> int:
     processes = [spawn() for _ in range(workers)]
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    failed = False
     while True:
         multiprocessing.connection.wait([process.sentinel for process in processes])
         if stopping:
+            break
+        if any(process.exitcode == EXIT_START for process in processes):
+            failed = True  # it would fail again: stop them all, as one process would
+            forward(signal.SIGTERM, None)
             break
         for index, process in enumerate(processes):
             if not process.is_alive():
@@ -185,7 +305,8 @@ def run_workers(spec: WorkerSpec, workers: int) -> int:
                 processes[index] = spawn()
     for process in processes:
         process.join()
-    return 0
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return EXIT_START if failed else 0
 
 
 def run(app: Quart, config: Config) -> None:
@@ -193,9 +314,10 @@ def run(app: Quart, config: Config) -> None:
 
     ``app`` comes from ``create_app()``, which has applied :func:`quartsig.hosting.harden`.
     """
+    sockets = listen(config)  # before the loop and the app's lifespan: see listen()
     with (asyncio.Runner(loop_factory=event_loop_factory(config.worker_class)) as runner,
           warnings.catch_warnings()):
         # A worker of run_workers() keeps ``workers`` > 1 so that it binds with SO_REUSEPORT;
         # Hypercorn's serve() warns that it runs one process, which is the point.
         warnings.filterwarnings("ignore", message="The config `workers` has no affect")
-        runner.run(serve_until_signalled(app, config))
+        runner.run(serve_until_signalled(app, config, sockets))

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import time
 from collections.abc import AsyncGenerator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from prometheus_client import generate_latest
 from quart import current_app
 
+from quartsig import __version__
 from quartsig.access.admission import Caps, Gate, KeyQuota
 from quartsig.access.expiries import Expiries
 from quartsig.access.shares import EarlyShare, KeyShare
@@ -34,8 +38,10 @@ from quartsig.domain.protocol import Close, Vocabulary
 from quartsig.domain.symbols import screener_for
 from quartsig.fanout.connection import Outbox
 from quartsig.fanout.hub import Hub, Sink
+from quartsig.ops import health, multiprocess
 from quartsig.ops.logs import Sparse
 from quartsig.ops.metrics import Metrics
+from quartsig.ops.supervisor import Supervisor
 from quartsig.plugins.profiles import Profile
 
 if TYPE_CHECKING:
@@ -109,6 +115,18 @@ class State:
     key_share: KeyShare[Sink] = field(init=False)
     #: Per-account counts the whole cluster shares (sockets, new keys); local: always yes.
     quota: Quota = field(default_factory=LocalQuota)
+    #: Every long-lived task runs under it: ``state.supervisor.spawn(name, factory)``.
+    supervisor: Supervisor = field(init=False)
+    #: When (monotonic) this node last applied a publication of the collector.
+    published_at: float = field(default_factory=time.monotonic)
+    #: The upstream status the collector last published, and what this node told its clients
+    #: itself (data stale, a task failing) while that status said ``ok``.
+    upstream_status: tuple[str, str] = ("ok", "")
+    told: tuple[str, str] | None = None
+    #: With ``workers`` > 1: the run's directory where each worker writes its metrics, and
+    #: this worker's file in it (:mod:`quartsig.ops.multiprocess`).
+    metrics_dir: Path | None = None
+    metrics_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.hub = Hub(max_subscriptions=self.settings.max_subscriptions,
@@ -134,6 +152,17 @@ class State:
             on_refused=lambda cap: self.metrics.refused.labels(cap=cap).inc(),
         )
         self.metrics.pending.set_function(lambda: self.caps.pending)
+        self.supervisor = Supervisor(
+            on_failure=lambda name: self.metrics.task_failures.labels(task=name).inc(),
+            on_change=self.review_health,
+        )
+        self.metrics.tasks_failing.set_function(lambda: len(self.supervisor.failing()))
+        self.metrics.data_age.set_function(self.data_age)
+        self.metrics.ready.set_function(lambda: float(not self.readiness()))
+        self.metrics.build.info({"version": __version__, "python": platform.python_version()})
+        self.metrics.upstream_up.set_function(lambda: float(self.upstream_status[0] == "ok"))
+        self.metrics.redis_up.set_function(self._redis_up)
+        self.metrics.term.set_function(lambda: self.broker.term if self.broker else 0)
         self.vocabulary = Vocabulary(
             profiles=frozenset(self.profiles),
             screeners=self.screeners,
@@ -151,6 +180,10 @@ class State:
         TradingView does not have are remembered so that asking again costs nothing upstream.
         """
         started = time.perf_counter()
+        if not self._local_note(batch):
+            self.published_at = time.monotonic()
+            if batch.status is not None:
+                self.upstream_status = batch.status
         for key, _, message in batch.rejected:
             self.unknown_symbols.add(key.symbol, message)
         with self.outbox.batch():
@@ -170,6 +203,86 @@ class State:
         await self.hub.fresh_added.wait()
         self.hub.fresh_added.clear()
         return set(self.hub.fresh)
+
+    # -- health (issue #24.2) ------------------------------------------------------------------
+
+    def _redis_up(self) -> float:
+        broker = self.broker.health() if self.broker is not None else {}
+        return float(broker.get("redis", "ok") == "ok")
+
+    def _local_note(self, batch: Batch) -> bool:
+        """Whether ``batch`` is this node's own word (Redis lost) rather than a publication:
+        a leader's batches carry its term, or are values or an ``ok`` (an idle tick)."""
+        return (bool(self.settings.redis_url) and not batch.term and not batch.values
+                and batch.status is not None and batch.status[0] != "ok")
+
+    def data_age(self) -> float:
+        """Seconds since the last publication applied here (since start before the first)."""
+        return max(0.0, time.monotonic() - self.published_at)
+
+    def readiness(self) -> dict[str, str]:
+        """The checks that fail now, each with why: empty when this node serves fresh data.
+
+        The database is not among them: the users a node already serves keep their data
+        through its outage (new logins get their documented refusal).
+        """
+        broker = self.broker.health() if self.broker is not None else {}
+        return health.failures(
+            redis=str(broker.get("redis", "ok")),
+            data_age=self.data_age() if self.collector is not None else 0.0,
+            stale_after=health.stale_after(self.settings.interval, self.settings.lease_ttl,
+                                           clustered=bool(self.settings.redis_url)),
+            failing=self.supervisor.failing(),
+        )
+
+    def review_health(self) -> None:
+        """Tell clients ``degraded`` while this node's data is stale or a task keeps failing,
+        whatever the upstream status says; give them that status back once it is over."""
+        trouble = health.degraded_reason(self.readiness())
+        if trouble is not None:
+            if self.hub.status[0] == "ok" or self.hub.status == self.told:
+                self.told = ("degraded", trouble)
+                self._tell(self.told)
+        elif self.told is not None:
+            if self.hub.status == self.told:
+                self._tell(self.upstream_status)
+            self.told = None
+
+    def _tell(self, status: tuple[str, str]) -> None:
+        if self.hub.status != status:
+            with self.outbox.batch():
+                self.hub.apply(Batch(status=status))
+
+    async def scrape(self) -> bytes:
+        """``/metrics``: this process's series, or the whole process tree's with workers."""
+        body = generate_latest(self.metrics.registry)  # on the loop: it reads the state
+        if self.metrics_dir is None:
+            return body
+        # Reading and merging the workers' files takes tens of ms: off the loop.
+        return await asyncio.to_thread(multiprocess.scrape, body, self.metrics_dir,
+                                       self._own_file())
+
+    def _own_file(self) -> Path:
+        assert self.metrics_dir is not None
+        if self.metrics_file is None:
+            self.metrics_file = self.metrics_dir / multiprocess.file_name()
+        return self.metrics_file
+
+    async def share_metrics(self) -> None:
+        """Keep this worker's file fresh for the worker that is scraped next."""
+        try:
+            while True:
+                body = generate_latest(self.metrics.registry)
+                await asyncio.to_thread(multiprocess.write, body, self._own_file())
+                await asyncio.sleep(multiprocess.EVERY)
+        finally:
+            if self.metrics_file is not None:
+                self.metrics_file.unlink(missing_ok=True)
+
+    async def watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(SESSION_CHECK)
+            self.review_health()
 
     async def lifespan(self) -> AsyncGenerator[None, None]:
         started: list[Component] = []
@@ -234,10 +347,10 @@ class State:
             self.early_share.prune()
             try:
                 await self.check_accounts()
-            except Exception:
+            except Exception as error:  # one line, not a driver's traceback every tick
                 if (held := self.check_failures.due()) is not None:
-                    log.warning("account check failed; connections kept (%d more since the "
-                                "last report)", held, exc_info=True)
+                    log.warning("account check failed; connections kept (%s: %s; %d more "
+                                "since the last report)", type(error).__name__, error, held)
 
 
 def current_state() -> State:

@@ -220,3 +220,67 @@ def test_plugins_lists_plugins_profiles_columns_and_sources(run: Run, tmp_path: 
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith("quartsig: plugin 'plugins/broken.py': profile 'broken' fails on a row")
+
+
+# -- configuration errors of every kind: one line, exit 2 (issue #24.5) ------------------------
+
+
+def _one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " INFO " not in line]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis://127.0.0.1:abc/0", "QUARTSIG_REDIS_URL: must look like redis://"),
+    ("redis://127.0.0.1:6379/zero", "the database (after the last /) must be a number"),
+    ("redis://127.0.0.1:6379/999", "Redis refused the connection: DB index is out of range"),
+    ("rediss://127.0.0.1:6379/0", "rediss:// but 127.0.0.1:6379 answers no TLS handshake"),
+])
+def test_a_redis_url_that_can_never_work_is_one_line_and_exit_2(
+        run: Run, url: str, says: str) -> None:
+    if "6379" in url and subprocess.run(["redis-cli", "ping"], capture_output=True, text=True,
+                                        check=False).stdout.strip() != "PONG":
+        pytest.skip("needs the Redis at 127.0.0.1:6379")
+    for command in (("serve", "--bind", "127.0.0.1:0"), ("collect",)):
+        line = _one_line_exit_2(run(*command, QUARTSIG_REDIS_URL=url))
+        assert says in line and line.startswith("quartsig: ")
+
+
+def test_a_mistyped_config_path_is_one_line_and_exit_2(run: Run) -> None:
+    line = _one_line_exit_2(run("serve", "--config", "hypercorn.tml"))
+    assert line == "quartsig: --config hypercorn.tml: no such file"
+
+
+def test_an_empty_variable_counts_as_unset(tmp_path: Path) -> None:
+    from quartsig.config import Settings
+
+    settings = Settings.from_env({"QUARTSIG_DATA_DIR": "", "QUARTSIG_REDIS_URL": " ",
+                                  "REDIS_URL": "redis://127.0.0.1:6379/1",
+                                  "QUARTSIG_INTERVAL": ""})
+    assert settings.data_dir != Path("")  # not the working directory: the default
+    assert settings.data_dir.is_absolute()
+    assert settings.redis_url == "redis://127.0.0.1:6379/1"  # the platform's, as if unset
+    assert settings.interval == 20.0
+
+
+def test_started_elsewhere_the_start_up_line_says_what_was_not_found(
+        run: Run, tmp_path: Path) -> None:
+    """From a directory without hypercorn.toml or plugins/, serve says so instead of
+    silently serving without them; here it then stops on a taken port."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--bind", f"127.0.0.1:{port}")
+    [start] = [line for line in result.stderr.splitlines() if "starting as" in line]
+    assert f"bind 127.0.0.1:{port}" in start
+    assert "config none (Hypercorn defaults)" in start
+    assert "plugins dir none" in start
+    assert f"data dir {tmp_path / 'data'}" in start
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(f"quartsig: cannot listen on 127.0.0.1:{port}")

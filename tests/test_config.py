@@ -147,6 +147,33 @@ def test_the_platform_redis_url_is_the_fallback(tmp_path: Path) -> None:
         Settings.from_env({"REDIS_URL": "http://not-redis"})
 
 
+# -- operations settings (issue #24) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("QUARTSIG_LOG_FORMAT", "yaml", "QUARTSIG_LOG_FORMAT: must be one of text, json"),
+    ("QUARTSIG_LOG_PROBES", "maybe", "QUARTSIG_LOG_PROBES: must be true or false"),
+    ("QUARTSIG_COLLECT_BIND", "9151", "QUARTSIG_COLLECT_BIND: must look like HOST:PORT"),
+    ("QUARTSIG_COLLECT_BIND", "127.0.0.1:99999", "QUARTSIG_COLLECT_BIND: must look like"),
+    ("QUARTSIG_REDIS_URL", "redis://127.0.0.1:abc/0", "QUARTSIG_REDIS_URL: must look like"),
+    ("QUARTSIG_REDIS_URL", "redis:///0", "QUARTSIG_REDIS_URL: must look like"),
+])
+def test_operations_settings_refuse_bad_values_by_name(name: str, value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value})
+    assert str(caught.value).startswith(says)
+    assert "abc" not in str(caught.value)  # a URL may hold a password: never echoed
+
+
+def test_operations_settings_parse() -> None:
+    settings = Settings.from_env({"QUARTSIG_LOG_FORMAT": "JSON", "QUARTSIG_LOG_PROBES": "yes",
+                                  "QUARTSIG_COLLECT_BIND": "0.0.0.0:9200",
+                                  "QUARTSIG_REDIS_URL": "rediss://u:p@redis.example:6380/2"})
+    assert (settings.log_format, settings.log_probes, settings.collect_bind) == (
+        "json", True, "0.0.0.0:9200")
+    assert settings.redis_url == "rediss://u:p@redis.example:6380/2"
+
+
 # -- issue 20, point 7 ----------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from quartsig.ops import logs
 from quartsig.ops.logs import REDACTED, RedactingFilter, Sparse, escape_controls, install, redact
 
 TOKEN = Fernet(Fernet.generate_key()).encrypt(b"42").decode()
@@ -171,3 +173,42 @@ async def test_hypercorn_access_log_of_a_decoded_path_cannot_forge_a_line(
     lines = own.getvalue().splitlines()
     assert len(lines) == 1, lines
     assert "\\r\\n1.2.3.4" in lines[0] and "\\nERROR quartsig.web.api" in lines[0]
+
+
+# -- operations (issue #24.6) -------------------------------------------------------------------
+
+
+def _access_record(line: str) -> logging.LogRecord:
+    return logging.LogRecord("hypercorn.access", logging.INFO, __file__, 1, line, None, None)
+
+
+def test_probes_stay_out_of_the_access_log_and_other_requests_stay_in() -> None:
+    probe = logs.ProbeFilter()
+    for path in ("/healthz", "/livez", "/readyz", "/metrics", "/readyz?verbose=1"):
+        assert not probe.filter(_access_record(f'127.0.0.1:5 "GET {path} 1.1" 200 2 9us "k"'))
+    for path in ("/", "/ws", "/api/tokens", "/healthzz", "/metrics-old"):
+        assert probe.filter(_access_record(f'127.0.0.1:5 "GET {path} 1.1" 200 2 9us "k"'))
+
+
+def test_setup_swaps_the_format_to_one_json_object_per_line_and_back() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        logs.setup("json")
+        try:
+            raise ValueError("bad\nthing")
+        except ValueError:
+            logging.getLogger("quartsig.x").error("it failed: %s", "why", exc_info=True)
+        [line] = stream.getvalue().splitlines()
+        body = json.loads(line)
+        assert (body["level"], body["logger"], body["message"]) == (
+            "ERROR", "quartsig.x", "it failed: why")
+        assert "ValueError: bad" in body["exc"]
+        logs.setup("text")
+        logging.getLogger("quartsig.x").warning("plain")
+        assert stream.getvalue().splitlines()[-1].endswith("WARNING quartsig.x: plain")
+    finally:
+        root.removeHandler(handler)
+        logs.setup("text", probes=True)

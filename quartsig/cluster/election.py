@@ -34,6 +34,9 @@ class Election:
         #: Called with the data space's epoch before this node collects (to resync if new).
         self.on_elected = on_elected
         self.clock = clock
+        #: Whether this node may lead now: not while its collector keeps failing (the app's
+        #: supervisor says), so another node collects instead.
+        self.eligible: Callable[[], bool] = lambda: True
         self.token: str | None = None
         self.term = 0
         #: Monotonic time until which the lease is surely ours (measured from before renewing).
@@ -70,6 +73,9 @@ class Election:
     async def round(self) -> None:
         ttl_ms = int(self.lease_ttl * 1000)
         sent = self.clock()
+        if not self.eligible():
+            self.step_down("this node's collector keeps failing")
+            return
         if self.token is not None:
             if await self.store.renew(keys=self.store.keys("lease"), args=[self.token, ttl_ms]):
                 self._until = sent + self.lease_ttl
@@ -87,7 +93,7 @@ class Election:
                               for part in granted)
         self.token, self.term = token, int(term)
         self._until = sent + self.lease_ttl
-        log.warning("leading the cluster as %s (term %d)", self.node, self.term)
+        log.info("leading the cluster as %s (term %d)", self.node, self.term)
         if self.metrics is not None:
             self.metrics.lease.set(1)
             self.metrics.term.set(self.term)
@@ -98,7 +104,7 @@ class Election:
     def step_down(self, why: str) -> None:
         if self.token is None:
             return
-        log.warning("stepping down as leader (term %d): %s", self.term, why)
+        log.info("stepping down as leader (term %d): %s", self.term, why)
         self.token = None
         self._until = 0.0
         if self.metrics is not None:

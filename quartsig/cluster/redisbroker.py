@@ -20,7 +20,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -85,6 +85,11 @@ class RedisBroker:
         self.entry_bytes = 0.0
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        #: How the loops are started: the app hands its supervisor's ``spawn``, which restarts
+        #: a loop that dies (issue #20.1); plain tasks otherwise (tests, benchmarks).
+        self.spawn: Callable[[str, Callable[[], Coroutine[Any, Any, None]]],
+                            asyncio.Task[None]] = (
+            lambda name, factory: asyncio.create_task(factory(), name=f"quartsig-{name}"))
 
     @classmethod
     def from_settings(cls, settings: Settings, handler: Handler, vocabulary: Vocabulary,
@@ -119,8 +124,8 @@ class RedisBroker:
                 await self._check_membership()
         except (*FAILURES, TimeoutError) as error:
             log.warning("Redis does not answer yet (%s): joining when it does", error)
-        self._tasks = [asyncio.create_task(loop(), name=f"quartsig-{name}")
-                       for name, loop in self.loops().items()]
+        log.info("joining the cluster as %s", self.node)
+        self._tasks = [self.spawn(name, loop) for name, loop in self.loops().items()]
 
     def loops(self) -> Loops:
         return {

@@ -308,7 +308,8 @@ class Connection:
 
     def _sent(self, frame: str) -> None:
         if self._on_frame is not None:
-            self._on_frame(1, len(frame))
+            # Bytes on the wire: a frame is UTF-8, and most are ASCII (one byte a character).
+            self._on_frame(1, len(frame) if frame.isascii() else len(frame.encode()))
 
     async def flush(self, within: float) -> None:
         """Send what is pending before a deliberate close (the own task is stopped first)."""

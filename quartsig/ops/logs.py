@@ -8,6 +8,7 @@ every handler that writes quartsig's and Hypercorn's logs.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -131,7 +132,52 @@ def install(extra: Iterable[logging.Logger | str] = ()) -> None:
 
 def configure(level: int = logging.INFO) -> None:
     """The CLI's logging: one stderr handler on the root, redacting from the first line."""
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=level, format=TEXT_FORMAT)
     install()
+
+
+# -- operations (issue #24.6): probes out of the access log, JSON for log pipelines ----------
+
+#: Paths a platform or Prometheus hits every few seconds: a line each would bury the log.
+PROBES = ("/livez", "/readyz", "/healthz", "/metrics")
+_PROBE = re.compile(r'"(?:GET|HEAD) (?:' + "|".join(map(re.escape, PROBES)) + r')[ ?"]')
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class ProbeFilter(logging.Filter):
+    """Drops Hypercorn's access lines of probes (``GET /healthz ...``); keeps every other."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return _PROBE.search(record.getMessage()) is None
+        except Exception:
+            return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and, if any, the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, object] = {
+            "time": self.formatTime(record), "level": record.levelname,
+            "logger": record.name, "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            body["exc"] = record.exc_text
+        return json.dumps(body, ensure_ascii=False)
+
+
+def setup(form: str = "text", probes: bool = False) -> None:
+    """Apply the settings' log format to the root's handlers and, unless ``probes``, keep
+    probes out of Hypercorn's access log."""
+    formatter = JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
+    access = logging.getLogger("hypercorn.access")
+    for existing in [f for f in access.filters if isinstance(f, ProbeFilter)]:
+        access.removeFilter(existing)
+    if not probes:
+        access.addFilter(ProbeFilter())

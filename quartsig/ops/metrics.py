@@ -5,9 +5,18 @@ The ``/metrics`` route that serves them lives in :mod:`quartsig.web.api`."""
 from __future__ import annotations
 
 import asyncio
+import platform
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -108,6 +117,35 @@ class Metrics:
         )
         self.tasks = Gauge("quartsig_tasks", "asyncio tasks alive (leak watch)", registry=r)
         self.tasks.set_function(_tasks_alive)
+        # -- operations (issue #24): what an operator alerts on --------------------------------
+        self.task_failures = Counter(
+            "quartsig_task_failures",
+            "Failures of a supervised long-lived task, by task (each one restarted)",
+            ["task"], registry=r,
+        )
+        self.tasks_failing = Gauge(
+            "quartsig_tasks_failing", "Supervised tasks that keep failing (health: 503)",
+            registry=r,
+        )
+        self.data_age = Gauge(
+            "quartsig_data_age_seconds",
+            "Seconds since this node last applied a publication of the collector", registry=r,
+        )
+        self.ready = Gauge(
+            "quartsig_ready", "1 while /readyz answers 200 (this node serves fresh data)",
+            registry=r,
+        )
+        self.upstream_up = Gauge(
+            "quartsig_upstream_up", "1 while the upstream status clients hear is ok", registry=r
+        )
+        self.redis_up = Gauge(
+            "quartsig_redis_up", "1 while Redis answers (cluster mode; 1 standalone)", registry=r
+        )
+        #: Filled by the state with the version (``quartsig_build_info``).
+        self.build = Info("quartsig_build", "The running version", registry=r)
+        self.build.info({"version": "unknown", "python": platform.python_version()})
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     def frame_sent(self, frames: int, size: int) -> None:
         self.frames_sent += frames
@@ -137,7 +175,7 @@ class _Sent(Collector):
             "quartsig_frames_sent", "WebSocket frames sent", value=self.metrics.frames_sent
         )
         yield CounterMetricFamily(
-            "quartsig_bytes_sent", "Characters of frames sent", value=self.metrics.chars_sent
+            "quartsig_bytes_sent", "Bytes (UTF-8) of frames sent", value=self.metrics.chars_sent
         )
 
 

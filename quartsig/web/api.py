@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, current_app, jsonify, request
 
@@ -29,7 +28,7 @@ from quartsig.access import accounts, database
 from quartsig.access.tokens import InvalidTelegramId, IssuedToken, board_link, check_tg_id
 from quartsig.domain import addresses
 from quartsig.domain.ratelimit import TokenBucket
-from quartsig.ops import logs
+from quartsig.ops import health, logs
 from quartsig.state import State, current_state
 
 log = logging.getLogger(__name__)
@@ -194,6 +193,20 @@ async def issue_token() -> tuple[Response, int] | Response:
     return response
 
 
+@blueprint.get("/livez")
+async def livez() -> tuple[Response, int]:
+    """The event loop answers: nothing more (a restart is the only cure for a failure)."""
+    return jsonify({"status": "ok"}), 200
+
+
+@blueprint.get("/readyz")
+async def readyz() -> tuple[Response, int]:
+    """This node can serve fresh data (see :mod:`quartsig.ops.health`); not the database."""
+    found = current_state().readiness()
+    body: dict[str, Any] = {"status": "error" if found else "ok", **health.report(found)}
+    return jsonify(body), 503 if found else 200
+
+
 @blueprint.get("/healthz")
 async def healthz() -> tuple[Response, int]:
     state = current_state()
@@ -205,17 +218,21 @@ async def healthz() -> tuple[Response, int]:
     }
     if state.broker is not None:
         body.update(state.broker.health())
+    found = state.readiness()
     try:
         if state.database is None:
             raise database.DatabaseError("database is not started")
         await database.ping(state.database)
     except database.DatabaseError:
-        body.update(status="error", database="unreachable")
+        body["database"] = "unreachable"
+        found["database"] = "database unreachable"
+    body.update(health.report(found, (*health.CHECKS, "database")))
+    if found:
+        body["status"] = "error"
         return jsonify(body), 503
     return jsonify(body), 200
 
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    body = generate_latest(current_state().metrics.registry)
-    return Response(body, content_type=CONTENT_TYPE_LATEST)
+    return Response(await current_state().scrape(), content_type=CONTENT_TYPE_LATEST)
