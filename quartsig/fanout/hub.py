@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from quartsig.config import Settings
 from quartsig.domain import protocol
 from quartsig.domain.model import Batch, Key
 
@@ -150,7 +151,7 @@ class Hub:
     def __init__(
         self,
         *,
-        max_subscriptions: int = 128,
+        max_subscriptions: int = Settings.max_subscriptions,  # the default lives in config
         retain: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quartsig.cluster.broker import Broker
-from quartsig.config import UNKNOWN_SYMBOL_TTL
+from quartsig.config import UNKNOWN_SYMBOL_TTL, Settings
 from quartsig.domain.expiring import Expiring
 from quartsig.domain.model import Batch, Key, ScanRequest, ScanResult
 from quartsig.domain.protocol import ErrorCode
@@ -56,13 +56,13 @@ class CollectorSettings:
     app's settings reach it by name (their defaults are in :mod:`quartsig.config`)."""
 
     #: Seconds between full ticks.
-    interval: float = 20.0
+    interval: float = Settings.interval  # the defaults live in config, once
     #: How the planner may cut requests.
     limits: Limits = field(default_factory=Limits)
     #: Seconds a burst of new keys is gathered into one early fetch.
     batch_delay: float = 0.03
     #: Longest back-off step while upstream throttles us, in seconds.
-    backoff_max: float = 300.0
+    backoff_max: float = Settings.backoff_max
     #: Seconds a refused column stays quarantined.
     quarantine: float = QUARANTINE
     #: CPU seconds a plugin's compute may take for one key.

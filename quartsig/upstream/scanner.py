@@ -33,6 +33,7 @@ import orjson
 from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
 from quartsig import __version__
+from quartsig.config import Settings
 from quartsig.domain.model import Layout, Row, ScanError, ScanRequest, ScanResult
 from quartsig.upstream.proxies import DEFAULT_COOLDOWNS, ProxyPool, ProxySlot
 
@@ -338,7 +339,7 @@ class ScannerClient:
         *,
         proxies: Sequence[str] = (),
         concurrency: int = 4,
-        timeout: float = 10.0,
+        timeout: float = Settings.scanner_timeout,  # the default lives in config
         retry_delays: Sequence[float] = (0.5, 1.5, 4.0),
         min_start_interval: float = 0.0,
         headers: Mapping[str, str] | None = None,
