@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 from quart import Blueprint, Quart
@@ -23,7 +24,7 @@ from quartsig.alerts.channels import load_channels
 from quartsig.cluster import backends
 from quartsig.cluster.broker import Broker
 from quartsig.cluster.fingerprint import fingerprints
-from quartsig.config import Settings
+from quartsig.config import ConfigError, Settings
 from quartsig.domain.symbols import SCREENERS
 from quartsig.feed.budget import RequestBudget
 from quartsig.feed.collector import Collector, CollectorSettings
@@ -50,6 +51,18 @@ MAX_HTTP_BODY = 16 * 1024
 BLUEPRINTS: tuple[Blueprint, ...] = (api.blueprint, stream.blueprint, board.blueprint,
                                       alerts.blueprint, webhook.blueprint)
 
+
+
+class App(Quart):
+    """Quart, except that a configuration error at start-up (a node that does not belong to
+    the cluster, say) is not logged as a crash: ``quartsig serve`` says it in one line."""
+
+    def log_exception(
+        self,
+        exception_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        if not isinstance(exception_info[1], ConfigError):
+            super().log_exception(exception_info)
 
 @dataclass
 class DatabaseComponent:
@@ -254,7 +267,7 @@ def create_app(
         settings = Settings.from_env(**overrides)
     elif overrides:
         settings = settings.replace(**overrides)
-    app = Quart(__name__)
+    app = App(__name__)
     hosting.harden(app, settings)  # Hypercorn's gaps closed on every launch path (quartsig.hosting)
     app.config["MAX_CONTENT_LENGTH"] = MAX_HTTP_BODY
     state = build_state(settings, demo=demo, components=components, log_plugins=log_plugins)

@@ -91,8 +91,9 @@ async def test_a_node_that_does_not_belong_fails_to_start_with_one_line(prefix: 
         await first.stop()
 
 
-async def test_quartsig_collect_with_another_key_exits_2_with_one_line(prefix: str,
-                                                                         tmp_path: Path):
+@pytest.mark.parametrize("command", [["collect"], ["serve", "--bind", "127.0.0.1:0"]])
+async def test_a_process_with_another_key_exits_2_with_one_line(prefix: str, tmp_path: Path,
+                                                                command: list[str]):
     first = RedisBroker(aioredis.Redis.from_url(REDIS_URL), Node(), VOCABULARY, prefix=prefix,
                         identity=fingerprints([OLD], PROFILES))
     await first.start()
@@ -100,7 +101,7 @@ async def test_quartsig_collect_with_another_key_exits_2_with_one_line(prefix: s
         env = quartsig_env(tmp_path, "http://127.0.0.1:9", QUARTSIG_SECRET_KEYS=NEW,
                            QUARTSIG_REDIS_URL=REDIS_URL, QUARTSIG_REDIS_PREFIX=prefix)
         done = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "quartsig", "collect"], env=env, cwd=REPO,
+            subprocess.run, [sys.executable, "-m", "quartsig", *command], env=env, cwd=REPO,
             capture_output=True, text=True, timeout=60, check=False)
     finally:
         await first.stop()
