@@ -208,3 +208,15 @@ def test_no_import_cycles():
 
 def test_the_cycle_check_finds_one():
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_a_process_without_a_bot_does_not_load_aiogram():
+    """aiogram's types take seconds to build: the app and the command line load it only once a
+    bot is made (quartsig.telegram.client), not for every process and every test server."""
+    import subprocess
+    import sys
+
+    probe = "import sys, quartsig.cli, quartsig.app; print('aiogram' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, cwd=PACKAGE.parent)
+    assert done.stdout.strip() == "False", done.stderr

@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from aiogram import Bot
-from aiogram.client.default import DefaultBotProperties
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
-from aiogram.enums import ParseMode
-from aiogram.exceptions import AiogramError
+if TYPE_CHECKING:
+    from aiogram import Bot
+
+# aiogram is imported where a bot is made or used, never at import: its types take seconds to
+# build, which every process without a bot (and every test that starts one) would pay.
 
 #: Seconds one Bot API call may take: a hung Telegram must not hold a worker for long.
 REQUEST_TIMEOUT = 15.0
@@ -37,6 +36,8 @@ class BotError(RuntimeError):
 
 async def plainly(work: Awaitable[T]) -> T:
     """Await ``work``; any Telegram or network failure becomes a one-line :class:`BotError`."""
+    from aiogram.exceptions import AiogramError
+
     try:
         return await work
     except (AiogramError, OSError, TimeoutError) as error:
@@ -64,6 +65,12 @@ def webhook_url(base_url: str, token: str) -> str:
 def make_bot(token: str, api_url: str | None = None, *,
              timeout: float = REQUEST_TIMEOUT) -> Bot:
     """A ``Bot`` talking HTML parse mode, to Telegram or to ``api_url``."""
+    from aiogram import Bot
+    from aiogram.client.default import DefaultBotProperties
+    from aiogram.client.session.aiohttp import AiohttpSession
+    from aiogram.client.telegram import TelegramAPIServer
+    from aiogram.enums import ParseMode
+
     api = TelegramAPIServer.from_base(api_url) if api_url else None
     session = AiohttpSession(api=api, timeout=timeout) if api else AiohttpSession(
         timeout=timeout)

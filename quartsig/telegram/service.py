@@ -16,16 +16,18 @@ import socket
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from aiogram import Bot
-from aiogram.types import BotCommand, Update
+from typing import TYPE_CHECKING, Any, Literal
 
 from quartsig.cluster.claims import Claims, MemoryClaims, RedisClaims
 from quartsig.state import State
 from quartsig.telegram.client import BotIdentity, make_bot, webhook_path, webhook_secret
+
+if TYPE_CHECKING:  # aiogram loads only with a bot (quartsig.telegram.client says why)
+    from aiogram import Bot
+    from aiogram.types import Update
+
+    from quartsig.telegram.worker import Worker
 from quartsig.telegram.commands import COMMANDS, Desk
-from quartsig.telegram.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class BotService:
         self.claims = (RedisClaims.from_url(settings.redis_url, settings.redis_prefix)
                        if settings.redis_url else MemoryClaims())
         tokens, signup = state.tokens, settings.signup
+        from quartsig.telegram.worker import Worker
+
         self.worker = Worker(self.bot, lambda: Desk(tokens, signup, self.base_url))
         self.tasks = [spawn(state, self.worker.run(), "quartsig-bot"),
                       spawn(state, self._introduce(), "quartsig-bot-introduce")]
@@ -91,6 +95,8 @@ class BotService:
             await self.bot.session.close()
 
     async def _introduce(self) -> None:
+        from aiogram.types import BotCommand
+
         assert self.identity is not None and self.bot is not None
         while True:
             try:

@@ -18,16 +18,17 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiogram.types import Update
-from pydantic import ValidationError
 from quart import Blueprint, current_app, request
 
 from quartsig.access import chats
 from quartsig.access.tokens import TokenError
 from quartsig.ops.logs import Sparse
 from quartsig.state import current_state
+
+if TYPE_CHECKING:  # aiogram loads only with a bot (quartsig.telegram.client says why)
+    from aiogram.types import Update
 from quartsig.telegram.service import EXTENSION, BotService
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ def _service() -> BotService | None:
 
 def parse_update(body: bytes | str) -> Update | None:
     """The update, or None when the body is not one (logged, at most once a minute)."""
+    from aiogram.types import Update
+    from pydantic import ValidationError
+
     try:
         return Update.model_validate_json(body)
     except (ValidationError, ValueError) as error:
