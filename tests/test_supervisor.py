@@ -19,6 +19,9 @@ from cryptography.fernet import Fernet
 from quart import Quart
 
 from quartsig.app import FeedComponent, create_app, state_of
+from quartsig.cluster import demand as demand_module
+from quartsig.cluster import node as node_module
+from quartsig.cluster import redisbroker as redisbroker_module
 from quartsig.config import Settings
 from quartsig.domain.model import Key
 from quartsig.ops.supervisor import Record, Supervisor, backoff
@@ -160,20 +163,22 @@ async def node(prefix: str, tmp_path: Path) -> AsyncIterator[tuple[Quart, State]
 
 
 def fault_for(task: str, state: State) -> Fault:
+    """A fault that escapes the task's own error handling once. The cluster's loops guard each
+    round (a Redis error or a bad entry is logged and skipped there), so their fault is in the
+    guard itself: what a bug outside any round would do."""
     broker: Any = state.broker
-    keys = broker.keys
     if task == "collector":
         return Fault(broker, "demand")
     if task == "lease":
-        return Fault(broker._vacant, "wait")
+        return Fault(broker.election.vacant, "wait")
     if task == "changes":
-        return Fault(broker, "_read", lambda stream, *_: stream == keys["changes"])
+        return Fault(node_module, "guarded", caller_is("follow"))
     if task == "wanted":
-        return Fault(broker, "_read", lambda stream, *_: stream == keys["wanted"])
+        return Fault(demand_module, "guarded", caller_is("listen"))
     if task == "demand":
-        return Fault(broker, "_advertise_now", caller_is("_advertise_loop"))
+        return Fault(redisbroker_module, "guarded", caller_is("advertise"))
     if task == "newcomers":
-        return Fault(broker.client, "hmget")
+        return Fault(node_module, "guarded", caller_is("newcomers"))
     if task == "health":
         return Fault(state, "review_health", caller_is("watch_health"))
     if task == "accounts":
