@@ -12,15 +12,14 @@ from typing import Any
 import pytest
 from tortoise.context import TortoiseContext
 
-from quartsig.access import accounts, database
 from quartsig.alerts import storage
 from quartsig.alerts.channels import Channel, Message, Outcome, Target
 from quartsig.alerts.delivery import SCHEDULE, Deliverer, message_of, next_step
 from quartsig.alerts.evaluation import Evaluator
 from quartsig.alerts.storage import AlertChannel, AlertDelivery
 from quartsig.alerts.webhooks import WebhookChannel, new_secret
-from quartsig.config import Settings
 from quartsig.domain.model import Key
+from tests.support.alertsdb import alerts_database
 from tests.support.webhooks import Receiver, receiver
 
 OWNER = 3003
@@ -38,14 +37,8 @@ class Clock:
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[TortoiseContext]:
-    settings = Settings.from_env({}, data_dir=tmp_path / "data",
-                                 database_url=f"sqlite://{tmp_path / 'alerts.sqlite3'}")
-    context = await database.init_database(settings)
-    try:
-        await accounts.add(OWNER)
+    async with alerts_database(tmp_path, OWNER) as context:
         yield context
-    finally:
-        await database.close_database(context)
 
 
 @pytest.fixture

@@ -11,19 +11,18 @@ from typing import Any
 import pytest
 from tortoise.context import TortoiseContext
 
-from quartsig.access import accounts, database
 from quartsig.alerts import storage
 from quartsig.alerts.evaluation import Trigger
 from quartsig.alerts.recorder import Recorder
 from quartsig.alerts.storage import AlertDelivery, AlertTrigger
 from quartsig.cluster.memory import MemoryBroker
-from quartsig.config import Settings
 from quartsig.domain.model import Batch, Key, Row, ScanRequest, ScanResult
 from quartsig.domain.symbols import screener_for
 from quartsig.fanout.handler import HubHandler
 from quartsig.fanout.hub import Hub
 from quartsig.feed.collector import Collector, CollectorSettings
 from quartsig.plugins.builtins.summary import PROFILE as SUMMARY
+from tests.support.alertsdb import alerts_database
 
 OWNER = 2002
 KEY = Key("summary", "FX_IDC:EURUSD", "1h")
@@ -33,14 +32,8 @@ WAIT = 30.0  # generous: a busy machine
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[TortoiseContext]:
-    settings = Settings.from_env({}, data_dir=tmp_path / "data",
-                                 database_url=f"sqlite://{tmp_path / 'alerts.sqlite3'}")
-    context = await database.init_database(settings)
-    try:
-        await accounts.add(OWNER)
+    async with alerts_database(tmp_path, OWNER) as context:
         yield context
-    finally:
-        await database.close_database(context)
 
 
 @pytest.fixture
