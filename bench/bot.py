@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from quartsig.demo.telegram import TOKEN, TelegramStandin
 from quartsig.telegram.client import webhook_path, webhook_secret
 from tests.support.measure import percentile
 from tests.support.processes import QuartsigServer, quartsig_env
-from tests.support.telegram import TOKEN, TelegramStandin
 
 
 def _round_trip(telegram: TelegramStandin, url: str, secret: str, chat: int, text: str,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from quartsig.demo.telegram import TOKEN, TelegramStandin
 from tests.support.net import free_port
 from tests.support.processes import QuartsigServer, Standin, quartsig_cli, quartsig_env
-from tests.support.telegram import TOKEN, TelegramStandin
 from tests.test_browser import (  # the board's own browser helpers and fixtures
     CHROMIUM_ARGS,  # noqa: F401 (the browser fixture's)
     add_card,

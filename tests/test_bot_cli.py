@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from quartsig.demo.telegram import TOKEN, TelegramStandin
 from tests.support.net import wait_until
 from tests.support.processes import REPO, QuartsigServer, quartsig_cli, quartsig_env
-from tests.support.telegram import TOKEN, TelegramStandin
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from quartsig.demo.telegram import TOKEN, TelegramStandin
 from quartsig.telegram.client import webhook_path, webhook_secret
 from tests.support.net import wait_until
 from tests.support.processes import (
@@ -22,7 +23,6 @@ from tests.support.processes import (
     quartsig_env,
     stop_process,
 )
-from tests.support.telegram import TOKEN, TelegramStandin
 
 pytestmark = pytest.mark.e2e
 

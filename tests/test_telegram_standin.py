@@ -18,7 +18,7 @@ from aiogram.exceptions import (
     TelegramUnauthorizedError,
 )
 
-from tests.support.telegram import TOKEN, TelegramStandin
+from quartsig.demo.telegram import TOKEN, TelegramStandin
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from quart import Quart
 from quartsig.access import accounts, chats, invites
 from quartsig.app import DatabaseComponent, create_app, state_of
 from quartsig.config import Settings
+from quartsig.demo.telegram import TOKEN, TelegramStandin
 from quartsig.telegram.client import webhook_path, webhook_secret
 from quartsig.telegram.service import BotService
-from tests.support.telegram import TOKEN, TelegramStandin
 
 KEY = Fernet.generate_key().decode()
 BASE = "http://board.test"

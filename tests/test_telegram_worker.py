@@ -17,10 +17,10 @@ from aiogram.methods import SendMessage
 
 from quartsig.access import chats, database
 from quartsig.config import Settings
+from quartsig.demo.telegram import TOKEN, TelegramStandin
 from quartsig.telegram.client import make_bot
 from quartsig.telegram.commands import Reply, parse
 from quartsig.telegram.worker import ATTEMPTS, Worker, verdict
-from tests.support.telegram import TOKEN, TelegramStandin
 
 METHOD = SendMessage(chat_id=1, text="x")
 

@@ -11,7 +11,7 @@ delivery worker's decision, the same for every channel.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -59,6 +59,16 @@ class Channel(Protocol):
     async def send(self, message: Message, target: Target) -> Outcome: ...
 
 
+@runtime_checkable
+class Digesting(Protocol):
+    """A channel for people (Telegram, e-mail) may also have ``send_digest``: when several of
+    a target's deliveries are due at once, the delivery worker claims them together and hands
+    them over in one call, so a burst arrives as one message instead of a flood. One outcome
+    applies to all of them. A channel for machines (webhooks) sends one by one."""
+
+    async def send_digest(self, messages: Sequence[Message], target: Target) -> Outcome: ...
+
+
 class ChannelError(RuntimeError):
     """A plugin's channels cannot be used; the message names the plugin."""
 
@@ -90,5 +100,5 @@ def load_channels(pm: pluggy.PluginManager,
     return found
 
 
-__all__ = ["Channel", "ChannelError", "Message", "Outcome", "Status", "Target", "hookimpl",
-           "load_channels"]
+__all__ = ["Channel", "ChannelError", "Digesting", "Message", "Outcome", "Status", "Target",
+           "hookimpl", "load_channels"]

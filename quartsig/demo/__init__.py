@@ -2,7 +2,9 @@
 stand-in of TradingView's scan endpoint.
 
 - :mod:`quartsig.demo.market`: the simulation (values per ticker, timeframe and step);
-- :mod:`quartsig.demo.scanner`: the scan endpoint over it, and :func:`serve_standin`.
+- :mod:`quartsig.demo.scanner`: the scan endpoint over it, and :func:`serve_standin`;
+- :mod:`quartsig.demo.telegram`: a Telegram Bot API stand-in (the tests' double for Telegram, and
+  the bot's Telegram in ``--demo`` when no ``QUARTSIG_BOT_API_URL`` is given).
 
 The test-only stand-in with fault knobs and a request log is ``tests/support/standin.py``.
 """

@@ -1,4 +1,5 @@
-"""A Telegram Bot API stand-in: a test double for Telegram, like ``standin`` is for TradingView.
+"""A Telegram Bot API stand-in: a test double for Telegram, as the scanner stand-in is for
+TradingView.
 
 It speaks the handful of methods quartsig's bot uses (``getMe``, ``setWebhook``,
 ``deleteWebhook``, ``getWebhookInfo``, ``getUpdates``, ``sendMessage``, ``editMessageText``,
@@ -17,7 +18,7 @@ app in the test's loop) use it the same way::
         telegram.wait_sent(42, 1)                   # blocks until one message reached chat 42
         telegram.sent(42)[0]["text"]
 
-``python -m tests.support.telegram --port 0`` runs it on its own (it prints its URL).
+``python -m quartsig.demo.telegram --port 0`` runs it on its own (it prints its URL).
 """
 
 from __future__ import annotations
