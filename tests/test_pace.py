@@ -5,6 +5,7 @@ unchecked."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -153,7 +154,7 @@ def test_the_schedule_keeps_both_rates_over_a_burst() -> None:
         at.append((wait, chat))
     for chat in range(20):
         times = sorted(t for t, c in at if c == chat)
-        assert all(b - a >= 1100 for a, b in zip(times, times[1:], strict=False))
+        assert all(b - a >= 1100 for a, b in itertools.pairwise(times))
     times = sorted(t for t, _ in at)
     assert len(set(times)) == len(times)
     assert all(times[i + 25] - times[i] >= 1000 for i in range(len(times) - 25))
