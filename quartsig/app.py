@@ -32,6 +32,7 @@ from quartsig.ops import logs
 from quartsig.plugins.loader import get_plugin_manager, inventory, load_screeners
 from quartsig.state import EXTENSION, Component, State
 from quartsig.telegram import webhook
+from quartsig.telegram.channel import TelegramChannels
 from quartsig.telegram.service import EXTENSION as BOT_EXTENSION
 from quartsig.telegram.service import BotService
 from quartsig.upstream.scanner import ScannerClient
@@ -230,10 +231,19 @@ def build_state(
     components: Sequence[Component] | None = None,
     log_plugins: bool = True,
 ) -> State:
-    """Load the plugins (a broken one stops start-up here, named), log them, build the state."""
+    """Load the plugins (a broken one stops start-up here, named), log them, build the state.
+
+    The built-in channels come through the same ``register_channels`` hook as a plugin's:
+    webhooks always, Telegram when ``QUARTSIG_BOT_TOKEN`` is set and the app runs the bot
+    (the channel sends through the bot that :class:`BotService` makes when it starts)."""
     plugins_dir = settings.plugins_dir if settings.plugins_dir.is_dir() else None
     manager = get_plugin_manager(plugins_dir)
     plugins = inventory(manager)
+    components = list(default_components(settings) if components is None else components)
+    builtins: list[object] = [webhooks]
+    bots = [c for c in components if isinstance(c, BotService)]
+    if settings.bot_token and bots:
+        builtins.append(TelegramChannels(bots[0], settings))
     if log_plugins:  # a worker's parent has said it: once per process tree
         for info in plugins:  # one line each; `quartsig plugins` lists their columns
             log.info("plugin %s (%s): %s", info.name, info.source, ", ".join(
@@ -243,9 +253,9 @@ def build_state(
         tokens=TokenAuthority.from_settings(settings),
         profiles={profile.name: profile for info in plugins for profile in info.profiles},
         screeners=load_screeners(manager, SCREENERS),
-        channels=load_channels(manager, (webhooks,)),
+        channels=load_channels(manager, builtins),
         gate=Gate(accounts.is_active, accounts.inactive_among, accounts.disable),
-        components=list(default_components(settings) if components is None else components),
+        components=components,
         demo=demo,
     )
 

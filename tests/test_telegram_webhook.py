@@ -206,7 +206,8 @@ async def test_bot_json_names_the_bot_and_commands_are_registered(
     assert body == {"username": "quartsig_test_bot", "link": "https://t.me/quartsig_test_bot"}
     await _until(lambda: _true(bool(telegram.calls_to("setMyCommands"))))
     [call] = telegram.calls_to("setMyCommands")
-    assert [c["command"] for c in call.params["commands"]] == ["start", "board", "stop", "help"]
+    assert [c["command"] for c in call.params["commands"]] == [
+        "start", "board", "alerts", "stop", "help"]
 
 
 async def test_without_a_token_there_is_no_bot(tmp_path: Path) -> None:

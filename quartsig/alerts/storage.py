@@ -243,6 +243,29 @@ async def set_channel_state(channel_id: int, state: str, reason: str = "") -> No
     await AlertChannel.filter(id=channel_id).update(state=state, reason=reason[:255])
 
 
+async def open_channel(owner: int, kind: str, target: str) -> int:
+    """The account's channel of ``kind`` to ``target``, made if missing and active again if
+    it was stopped or blocked: a channel the user turns on themselves (Telegram's
+    ``/start``)."""
+    row = await AlertChannel.filter(owner=owner, kind=kind, target=target).order_by(
+        "id").first()
+    if row is None:
+        return await add_channel(owner, kind, target)
+    if row.state != "active":
+        await set_channel_state(int(row.id), "active")
+    return int(row.id)
+
+
+async def set_channels_state(owner: int, kind: str, state: str, reason: str = "", *,
+                             only: Sequence[str] | None = None) -> int:
+    """Move the account's channels of ``kind`` (those in a state of ``only``, if given) to
+    ``state``; how many moved."""
+    rows = AlertChannel.filter(owner=owner, kind=kind)
+    if only is not None:
+        rows = rows.filter(state__in=list(only))
+    return int(await rows.update(state=state, reason=reason[:255]))
+
+
 # -- the fenced outbox write -------------------------------------------------------------------
 
 

@@ -14,10 +14,11 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from quartsig.access.tokens import TokenAuthority
 from quartsig.cluster.claims import Claims, MemoryClaims, RedisClaims
 from quartsig.state import State
 from quartsig.telegram.client import BotIdentity, make_bot, webhook_path, webhook_secret
@@ -40,11 +41,12 @@ INTRODUCE_RETRY = 30.0
 Accepted = Literal["accepted", "duplicate", "busy"]
 
 
-def spawn(state: State, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-    """Start one of the bot's long-lived tasks. The one place to switch to the task supervisor
-    (``state.supervisor``) once it exists; until then, like the feed's tasks in ``app``."""
-    del state  # the supervisor will hang off it
-    return asyncio.create_task(work, name=name)
+def spawn(state: State, name: str, factory: Callable[[], Coroutine[Any, Any, None]],
+          ) -> asyncio.Task[None]:
+    """Start one of the bot's long-lived tasks under the state's supervisor: an exception is
+    logged, counted and the task started again (``ops/supervisor.py``); health names one that
+    keeps failing."""
+    return state.supervisor.spawn(name, factory)
 
 
 @dataclass(eq=False)
@@ -61,6 +63,9 @@ class BotService:
     path: str = ""
     secret: str = ""
     base_url: str | None = None
+    tokens: TokenAuthority | None = None
+    signup: str = "closed"
+    rules_changed: Callable[[], None] = lambda: None
     node: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:"
                                               f"{uuid.uuid4().hex[:6]}")
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -76,12 +81,29 @@ class BotService:
         self.identity = BotIdentity(self.bot)
         self.claims = (RedisClaims.from_url(settings.redis_url, settings.redis_prefix)
                        if settings.redis_url else MemoryClaims())
-        tokens, signup = state.tokens, settings.signup
+        self.tokens, self.signup = state.tokens, settings.signup
+
+        def rules_changed() -> None:
+            if state.alerts is not None:
+                state.alerts.rules_changed()
+
+        self.rules_changed = rules_changed
         from quartsig.telegram.worker import Worker
 
-        self.worker = Worker(self.bot, lambda: Desk(tokens, signup, self.base_url))
-        self.tasks = [spawn(state, self.worker.run(), "quartsig-bot"),
-                      spawn(state, self._introduce(), "quartsig-bot-introduce")]
+        self.worker = Worker(self.bot, self._started_desk)
+        self.tasks = [spawn(state, "bot", self.worker.run),
+                      spawn(state, "bot-introduce", self._introduce)]
+
+    def desk(self) -> Desk | None:
+        """What the commands and the alert channel need; None before :meth:`start`."""
+        if self.tokens is None:
+            return None
+        return Desk(self.tokens, self.signup, self.base_url, self.rules_changed)
+
+    def _started_desk(self) -> Desk:
+        desk = self.desk()
+        assert desk is not None, "the bot's worker runs only once the service started"
+        return desk
 
     async def stop(self, state: State) -> None:
         for task in self.tasks:

@@ -22,11 +22,18 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from aiogram.types import (
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    Update,
+)
 
 from quartsig.access import chats
 from quartsig.ops.logs import Sparse
-from quartsig.telegram.commands import Desk, Reply, answer
+from quartsig.telegram import subscriptions
+from quartsig.telegram.commands import Desk, Reply, answer, press
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +64,12 @@ def verdict(error: BaseException, attempt: int) -> Verdict:
 
 
 def markup(reply: Reply) -> InlineKeyboardMarkup | None:
-    if reply.button is None:
+    if not reply.keyboard:
         return None
-    label, url = reply.button
-    return InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text=label, url=url)]])
+    return InlineKeyboardMarkup(inline_keyboard=[
+        [InlineKeyboardButton(text=button.text, url=button.url, callback_data=button.callback)
+         for button in row]
+        for row in reply.keyboard])
 
 
 class Worker:
@@ -99,7 +108,7 @@ class Worker:
 
     async def handle(self, update: Update) -> None:
         if update.callback_query is not None:  # every callback query needs an answer
-            await self.bot.answer_callback_query(update.callback_query.id)
+            await self.pressed(update.callback_query)
             return
         message = update.message
         if message is None or message.text is None or message.from_user is None:
@@ -107,10 +116,33 @@ class Worker:
         if message.chat.type != "private":
             return  # a board link must never land in a group
         tg_id = message.from_user.id
-        await chats.heard_from(tg_id)
+        await self.heard_from(tg_id)
         reply = await answer(self.desk(), tg_id, message.text,
                              name=message.from_user.first_name)
         await self.send(message.chat.id, reply)
+
+    async def heard_from(self, tg_id: int) -> None:
+        """The user wrote or pressed a button: they can be reached again."""
+        await chats.heard_from(tg_id)
+        await subscriptions.heard_from(tg_id)
+
+    async def pressed(self, query: CallbackQuery) -> None:
+        """A button: act (:func:`~quartsig.telegram.commands.press`), answer the query with
+        the notice and, for the ``/alerts`` list, edit that message to the list as it is
+        now."""
+        tg_id = query.from_user.id
+        await self.heard_from(tg_id)
+        result = await press(self.desk(), tg_id, query.data or "")
+        await self.bot.answer_callback_query(query.id, text=result.notice)
+        message = query.message
+        if result.reply is None or not isinstance(message, Message):
+            return  # an alert's "Mute this rule", or a message too old to edit
+        try:
+            await self.bot.edit_message_text(result.reply.text, chat_id=message.chat.id,
+                                             message_id=message.message_id,
+                                             reply_markup=markup(result.reply))
+        except TelegramBadRequest as error:  # "message is not modified": nothing to do
+            log.debug("bot: list not edited: %s", error)
 
     async def send(self, chat_id: int, reply: Reply) -> bool:
         """Send ``reply`` under :func:`verdict`'s policy; whether it reached the chat."""
@@ -124,6 +156,7 @@ class Worker:
                 decision = verdict(error, attempt)
                 if decision == "unreachable":
                     await chats.unreachable(chat_id)
+                    await subscriptions.blocked(chat_id)
                     log.info("bot: chat %s blocked the bot; marked unreachable", chat_id)
                     return False
                 if decision == "give_up":
