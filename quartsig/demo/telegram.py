@@ -18,6 +18,11 @@ app in the test's loop) use it the same way::
         telegram.wait_sent(42, 1)                   # blocks until one message reached chat 42
         telegram.sent(42)[0]["text"]
 
+With ``limits=True`` (or :meth:`TelegramStandin.enforce_limits`) it also enforces Telegram's
+flood limits as Telegram does: a ``sendMessage`` that would make a chat's messages more than
+``chat_limit`` (1) within ``window`` (1 s), or all chats' more than ``all_limit`` (30), is
+answered 429 with ``parameters.retry_after``; :meth:`TelegramStandin.too_many` lists them.
+
 ``python -m quartsig.demo.telegram --port 0`` runs it on its own (it prints its URL).
 """
 
@@ -28,6 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import threading
 import time
 import urllib.error
@@ -80,6 +86,12 @@ class TelegramStandin:
     calls: list[Call] = field(default_factory=list)
     webhook_url: str = ""
     webhook_secret: str = ""
+    #: Enforce Telegram's flood limits on sendMessage (see the module's doc).
+    limits: bool = False
+    chat_limit: int = 1
+    all_limit: int = 30
+    window: float = 1.0
+    _accepted: deque[tuple[float, int]] = field(default_factory=deque)
     _scripts: dict[int, deque[str]] = field(default_factory=dict)
     _updates: list[dict[str, Any]] = field(default_factory=list)
     _update_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
@@ -101,6 +113,17 @@ class TelegramStandin:
                 raise ValueError(f"unknown scripted answer {answer!r}")
         with self._changed:
             self._scripts.setdefault(int(chat_id), deque()).extend(answers)
+
+    def enforce_limits(self, on: bool = True) -> None:
+        """Turn Telegram's flood limits on (or off) from now."""
+        with self._changed:
+            self.limits = on
+            self._accepted.clear()
+
+    def too_many(self) -> list[Call]:
+        """The ``sendMessage`` calls answered 429 (scripted or over the limits)."""
+        with self._changed:
+            return [c for c in self.calls if c.method == "sendMessage" and c.status == 429]
 
     def calls_to(self, method: str) -> list[Call]:
         with self._changed:
@@ -146,6 +169,21 @@ class TelegramStandin:
         if update_id is not None:
             update["update_id"] = update_id
         return update
+
+    def callback(self, user_id: int, data: str, *,
+                 message: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A button press from ``user_id`` with callback ``data``, on ``message`` (the
+        ``sendMessage`` parameters of the bot's message it hangs under, e.g. one of
+        :meth:`sent`) or on an old message Telegram no longer shows (none)."""
+        user = {"id": user_id, "is_bot": False, "first_name": "Test"}
+        query: dict[str, Any] = {"id": str(next(self._update_ids)), "from": user,
+                                 "chat_instance": str(user_id), "data": data}
+        if message is not None:
+            query["message"] = {"message_id": int(message.get("message_id") or 1),
+                                "date": int(time.time()),
+                                "chat": {"id": user_id, "type": "private"},
+                                "from": self.bot, "text": str(message.get("text", ""))}
+        return self.update(callback_query=query)
 
     def push(self, update: Mapping[str, Any] | bytes, *, url: str | None = None,
              secret: str | None = None, timeout: float = 30.0) -> int:
@@ -242,6 +280,10 @@ class TelegramStandin:
             return self._record(method, params, status, _error(status, description))
         if method == "getUpdates":
             return await self._get_updates(params)
+        if method == "sendMessage" and (wait := self._over_limit(params)) is not None:
+            body = _error(429, f"Too Many Requests: retry after {wait}")
+            body["parameters"] = {"retry_after": wait}
+            return self._record(method, params, 429, body)
         result = self._result(method, params)
         if result is None:
             return self._record(method, params, 404, _error(404, "Not Found: method not found"))
@@ -253,6 +295,25 @@ class TelegramStandin:
         with self._changed:
             queue = self._scripts.get(_chat(params) or 0)
             return queue.popleft() if queue else "ok"
+
+    def _over_limit(self, params: dict[str, Any]) -> int | None:
+        """With limits on: None and the message counted, or the seconds to wait (>= 1) when
+        it would exceed the chat's or the bot's limit within the window."""
+        with self._changed:
+            if not self.limits:
+                return None
+            now, chat = time.monotonic(), _chat(params) or 0
+            while self._accepted and self._accepted[0][0] <= now - self.window:
+                self._accepted.popleft()
+            mine = [at for at, to in self._accepted if to == chat]
+            full = (mine[-self.chat_limit] if len(mine) >= self.chat_limit else None,
+                    self._accepted[-self.all_limit][0]
+                    if len(self._accepted) >= self.all_limit else None)
+            oldest = [at for at in full if at is not None]
+            if oldest:
+                return max(1, math.ceil(max(oldest) + self.window - now))
+            self._accepted.append((now, chat))
+            return None
 
     def _result(self, method: str, params: dict[str, Any]) -> Any:
         now = int(time.time())
