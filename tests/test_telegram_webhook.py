@@ -13,9 +13,12 @@ from cryptography.fernet import Fernet
 from quart import Quart
 
 from quartsig.access import accounts, chats, invites
+from quartsig.alerts import storage
+from quartsig.alerts.evaluation import Evaluator
 from quartsig.app import DatabaseComponent, create_app, state_of
 from quartsig.config import Settings
 from quartsig.demo.telegram import TOKEN, TelegramStandin
+from quartsig.domain.model import Key
 from quartsig.telegram.client import webhook_path, webhook_secret
 from quartsig.telegram.service import BotService
 
@@ -239,3 +242,93 @@ def test_the_bot_token_and_the_webhook_path_are_redacted_from_logs() -> None:
     assert webhook_path(TOKEN) not in redact(line)
     assert "AAEhBOweik9ai2o0aVzxAqxZ" not in redact(line)
     assert redact(line) == "POST /telegram/[redacted] 200 bot [redacted]"
+
+
+async def _calls(telegram: TelegramStandin, method: str, count: int) -> list[Any]:
+    await _until(lambda: _true(len(telegram.calls_to(method)) >= count))
+    return [call.params for call in telegram.calls_to(method)]
+
+
+async def test_the_telegram_channel_follows_start_stop_and_blocking(
+    app: Quart, telegram: TelegramStandin
+) -> None:
+    assert await _hook(app, telegram.message(511, "/start")) == 200
+    await telegram.await_sent(511)
+    [channel] = await storage.channels_of(511)
+    assert (channel["kind"], channel["target"], channel["state"]) == ("telegram", "511", "active")
+    assert await _hook(app, telegram.message(511, "/stop")) == 200
+    await telegram.await_sent(511, 2)
+    [channel] = await storage.channels_of(511)
+    assert channel["state"] == "stopped" and "/start" in channel["reason"]
+    rule = await storage.create_rule(511, {"keys": [["summary", "FX_IDC:EURUSD", "1h"]],
+                                           "condition": {"kind": "label"}}, limit=10)
+    evaluator = Evaluator()
+    evaluator.add(rule)
+    fired = [t for i, label in enumerate(("NEUTRAL", "BUY"))
+             for t in evaluator.evaluate([(Key("summary", "FX_IDC:EURUSD", "1h"),
+                                           {"rec.all": label}, 1_000 + i)])]
+    assert (await storage.write_triggers(fired, term=1)).deliveries == 0  # stopped: none
+    assert await _hook(app, telegram.message(511, "/start")) == 200
+    await telegram.await_sent(511, 3)
+    assert [c["state"] for c in await storage.channels_of(511)] == ["active"]  # the same row
+    telegram.script(511, ["403"])  # the user blocks the bot: the next reply gets 403
+    assert await _hook(app, telegram.message(511, "/board")) == 200
+    await _until(lambda: chats.is_unreachable(511))
+    [channel] = await storage.channels_of(511)
+    assert (channel["state"], channel["reason"]) == ("blocked", "the bot was blocked in Telegram")
+    assert await _hook(app, telegram.message(511, "/board")) == 200  # and writes again
+    await telegram.await_sent(511, 4)
+    assert [c["state"] for c in await storage.channels_of(511)] == ["active"]
+
+
+async def test_alerts_lists_rules_and_its_buttons_mute_unmute_and_delete(
+    app: Quart, telegram: TelegramStandin
+) -> None:
+    await accounts.add(512)
+    await accounts.add(513)
+    spec = {"keys": [["summary", "FX_IDC:EURUSD", "1h"]],
+            "condition": {"kind": "label", "to": ["STRONG_BUY"]}}
+    first = await storage.create_rule(512, spec, limit=10)
+    second = await storage.create_rule(512, {**spec, "name": "<i>mine</i>"}, limit=10)
+    theirs = await storage.create_rule(513, spec, limit=10)
+    assert await _hook(app, telegram.message(512, "/alerts")) == 200
+    [listed] = await telegram.await_sent(512)
+    assert "EURUSD 1h: rec.all changes to STRONG_BUY" in listed["text"]
+    assert "&lt;i&gt;mine&lt;/i&gt;" in listed["text"]
+    rows = listed["reply_markup"]["inline_keyboard"]
+    assert [[b.get("callback_data") for b in row] for row in rows[:2]] == [
+        [f"rule:{first.id}:mute", f"rule:{first.id}:delete"],
+        [f"rule:{second.id}:mute", f"rule:{second.id}:delete"]]
+    assert rows[2][0]["text"] == "Open board"
+
+    async def press(data: str, count: int, user: int = 512) -> tuple[str, list[Any]]:
+        assert await _hook(app, telegram.callback(user, data, message=listed)) == 200
+        answers = await _calls(telegram, "answerCallbackQuery", count)
+        return answers[-1]["text"], [c.params for c in telegram.calls_to("editMessageText")]
+
+    notice, edits = await press(f"rule:{first.id}:mute", 1)
+    assert notice.startswith("Muted: EURUSD 1h")
+    assert (await storage.rules_of(512))[0].muted
+    await _calls(telegram, "editMessageText", 1)
+    edits = [c.params for c in telegram.calls_to("editMessageText")]
+    assert "(muted)" in edits[-1]["text"]
+    assert edits[-1]["reply_markup"]["inline_keyboard"][0][0]["callback_data"] == (
+        f"rule:{first.id}:unmute")
+    notice, _ = await press(f"rule:{first.id}:unmute", 2)
+    assert notice.startswith("Unmuted") and not (await storage.rules_of(512))[0].muted
+    notice, _ = await press(f"rule:{second.id}:delete", 3)
+    assert notice == "Deleted." and [r.id for r in await storage.rules_of(512)] == [first.id]
+    await _calls(telegram, "editMessageText", 3)
+    assert "mine" not in telegram.calls_to("editMessageText")[-1].params["text"]
+    notice, _ = await press(f"rule:{theirs.id}:delete", 4)  # someone else's rule
+    assert notice == "That rule is not yours or no longer exists."
+    assert [r.id for r in await storage.rules_of(513)] == [theirs.id]
+    notice, _ = await press(f"mute:{theirs.id}", 5)
+    assert notice == "That rule is not yours or no longer exists."
+    assert not (await storage.rules_of(513))[0].muted
+    notice, _ = await press("rule:1:explode", 6)
+    assert "no longer works" in notice
+    edits_before = len(telegram.calls_to("editMessageText"))
+    notice, _ = await press(f"mute:{first.id}", 7)  # an alert's "Mute this rule"
+    assert notice.startswith("Muted") and (await storage.rules_of(512))[0].muted
+    assert len(telegram.calls_to("editMessageText")) == edits_before  # the alert stays
