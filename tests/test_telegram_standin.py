@@ -89,3 +89,30 @@ def _wait(ready: object, timeout: float = 30.0) -> None:
     while not ready():  # type: ignore[operator]
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+async def test_the_limit_mode_answers_429_as_telegram_does() -> None:
+    """Over one message a second to a chat, or thirty a second in all: 429 with the seconds
+    until the window frees. The limits' clock is moved, not waited for."""
+    now = [100.0]
+    with TelegramStandin.running(limits=True, clock=lambda: now[0]) as telegram:
+        bot = _bot(telegram)
+        try:
+            await bot.send_message(1, "a")
+            with pytest.raises(TelegramRetryAfter) as retry:
+                await bot.send_message(1, "b")
+            assert retry.value.retry_after == 1
+            for chat in range(2, 31):  # 30 accepted within the second, in all
+                await bot.send_message(chat, "c")
+            with pytest.raises(TelegramRetryAfter):
+                await bot.send_message(31, "d")
+            now[0] += 1.0
+            await bot.send_message(1, "e")
+            await bot.send_message(31, "f")
+            telegram.enforce_limits(False)
+            for _ in range(3):
+                await bot.send_message(1, "g")
+        finally:
+            await bot.session.close()
+    assert [c.params["text"] for c in telegram.too_many()] == ["b", "d"]
+    assert len(telegram.sent(1)) == 5

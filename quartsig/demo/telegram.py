@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,8 @@ class TelegramStandin:
     chat_limit: int = 1
     all_limit: int = 30
     window: float = 1.0
+    #: The limits' clock (tests move it instead of sleeping).
+    clock: Callable[[], float] = time.monotonic
     _accepted: deque[tuple[float, int]] = field(default_factory=deque)
     _scripts: dict[int, deque[str]] = field(default_factory=dict)
     _updates: list[dict[str, Any]] = field(default_factory=list)
@@ -302,7 +304,7 @@ class TelegramStandin:
         with self._changed:
             if not self.limits:
                 return None
-            now, chat = time.monotonic(), _chat(params) or 0
+            now, chat = self.clock(), _chat(params) or 0
             while self._accepted and self._accepted[0][0] <= now - self.window:
                 self._accepted.popleft()
             mine = [at for at, to in self._accepted if to == chat]
