@@ -245,7 +245,7 @@ class Alerts {
     for (const channel of this.channels || []) {
       const state = channel.state === "active" ? "active" : `${channel.state}: ${channel.reason}`;
       this.channelList.append(el("li", { testid: "alerts-channel", "data-state": channel.state },
-        el("span", {}, `${channel.kind} ${channel.target}`),
+        el("span", {}, channel.kind === "telegram" ? "Telegram (your chat with the bot)" : `${channel.kind} ${channel.target}`),
         el("span", { class: "alerts-channel-state" }, state),
         el("button", {
           type: "button", testid: "channel-delete",
