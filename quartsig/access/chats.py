@@ -15,7 +15,7 @@ from tortoise.models import Model
 from quartsig.access.tokens import check_tg_id
 
 __all__ = ["Chat", "alerts_enabled", "heard_from", "is_unreachable", "set_alerts",
-           "unreachable"]
+           "unreachable", "with_alerts"]
 
 
 class Chat(Model):
@@ -57,3 +57,8 @@ async def is_unreachable(tg_id: int) -> bool:
 async def alerts_enabled(tg_id: int) -> bool:
     chat = await Chat.get_or_none(tg_id=check_tg_id(tg_id))
     return chat is None or chat.alerts
+
+
+async def with_alerts() -> set[int]:
+    """The chats whose alerts are on (``/start`` and no ``/stop`` since)."""
+    return {int(row["tg_id"]) for row in await Chat.filter(alerts=True).values("tg_id")}

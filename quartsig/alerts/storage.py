@@ -243,17 +243,27 @@ async def set_channel_state(channel_id: int, state: str, reason: str = "") -> No
     await AlertChannel.filter(id=channel_id).update(state=state, reason=reason[:255])
 
 
-async def open_channel(owner: int, kind: str, target: str) -> int:
-    """The account's channel of ``kind`` to ``target``, made if missing and active again if
-    it was stopped or blocked: a channel the user turns on themselves (Telegram's
-    ``/start``)."""
-    row = await AlertChannel.filter(owner=owner, kind=kind, target=target).order_by(
-        "id").first()
+async def open_channel(owner: int, kind: str, target: str, *, reactivate: bool = True) -> int:
+    """The account's channel of ``kind`` to ``target``, made if missing and (``reactivate``)
+    active again if it was stopped or blocked: a channel the user turns on themselves
+    (Telegram's ``/start``). Two nodes making it at once keep the older row, so a chat never
+    gets an alert twice through two rows."""
+    rows = AlertChannel.filter(owner=owner, kind=kind, target=target)
+    row = await rows.order_by("id").first()
     if row is None:
-        return await add_channel(owner, kind, target)
-    if row.state != "active":
+        await add_channel(owner, kind, target)
+        ids = [int(r["id"]) for r in await rows.order_by("id").values("id")]
+        if len(ids) > 1:
+            await AlertChannel.filter(id__in=ids[1:]).delete()
+        return ids[0]
+    if reactivate and row.state != "active":
         await set_channel_state(int(row.id), "active")
     return int(row.id)
+
+
+async def owners_with(kind: str) -> set[int]:
+    """The accounts that have a channel of ``kind``, whatever its state."""
+    return {int(row["owner"]) for row in await AlertChannel.filter(kind=kind).values("owner")}
 
 
 async def set_channels_state(owner: int, kind: str, state: str, reason: str = "", *,

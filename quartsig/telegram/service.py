@@ -92,7 +92,8 @@ class BotService:
 
         self.worker = Worker(self.bot, self._started_desk)
         self.tasks = [spawn(state, "bot", self.worker.run),
-                      spawn(state, "bot-introduce", self._introduce)]
+                      spawn(state, "bot-introduce", self._introduce),
+                      spawn(state, "bot-channels", self._backfill)]
 
     def desk(self) -> Desk | None:
         """What the commands and the alert channel need; None before :meth:`start`."""
@@ -131,6 +132,16 @@ class BotService:
                 log.warning("bot: Telegram did not answer getMe/setMyCommands (%s); "
                             "trying again in %gs", error, INTRODUCE_RETRY)
                 await asyncio.sleep(INTRODUCE_RETRY)
+
+    async def _backfill(self) -> None:
+        """Chats that sent ``/start`` before alerts went through Telegram get their alert
+        channel (a failure is the supervisor's: logged, tried again)."""
+        from quartsig.telegram.subscriptions import backfill
+
+        made = await backfill()
+        if made:
+            log.info("bot: %d chats that had sent /start got their telegram alert channel",
+                     made)
 
     async def accept(self, update: Update) -> Accepted:
         """Queue ``update`` unless some node (or an earlier delivery) took it already."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from quartsig.access import chats
 from quartsig.alerts import storage
 
 KIND: Final = "telegram"
@@ -43,3 +44,12 @@ async def heard_from(tg_id: int) -> None:
     """The user wrote to the bot: a blocked channel is active again (a stopped one stays
     stopped: that was their choice)."""
     await storage.set_channels_state(tg_id, KIND, "active", only=(BLOCKED,))
+
+
+async def backfill() -> int:
+    """Give the chats that sent ``/start`` before alert channels existed theirs (alerts on,
+    no channel of this kind yet); how many were made. Safe to run on every start."""
+    missing = await chats.with_alerts() - await storage.owners_with(KIND)
+    for tg_id in sorted(missing):
+        await storage.open_channel(tg_id, KIND, str(tg_id), reactivate=False)
+    return len(missing)
