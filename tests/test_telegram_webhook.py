@@ -332,3 +332,9 @@ async def test_alerts_lists_rules_and_its_buttons_mute_unmute_and_delete(
     notice, _ = await press(f"mute:{first.id}", 7)  # an alert's "Mute this rule"
     assert notice.startswith("Muted") and (await storage.rules_of(512))[0].muted
     assert len(telegram.calls_to("editMessageText")) == edits_before  # the alert stays
+
+
+async def test_the_bots_tasks_run_under_the_supervisor(app: Quart) -> None:
+    records = state_of(app).supervisor.records
+    assert {"bot", "bot-introduce", "bot-channels"} <= set(records)
+    assert records["bot"].running  # the worker: restarted by the supervisor if it raises
