@@ -205,3 +205,16 @@ async def test_through_the_delivery_worker_a_403_blocks_the_row_the_board_lists(
     assert (await AlertDelivery.filter(status="failed").count()) == 1
     await subscriptions.heard_from(CHAT)  # the user writes to the bot again
     assert (await AlertChannel.get(id=row["id"])).state == "active"
+
+
+class BrokenPace(MemoryPace):
+    async def turn(self, chat: int, max_wait: float) -> Any:
+        raise ConnectionError("Redis is away")
+
+
+async def test_a_pace_that_cannot_answer_is_a_retry(
+        db: TortoiseContext, telegram: TelegramStandin, service: BotService) -> None:
+    channel = TelegramChannel(service, BrokenPace())
+    outcome = await channel.send(_message(), TARGET)
+    assert outcome.status == "retry" and "Redis is away" in outcome.error
+    assert telegram.sent(CHAT) == []

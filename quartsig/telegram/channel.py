@@ -148,7 +148,12 @@ class TelegramChannel:
             chat = int(target.address)
         except ValueError:
             return Outcome("failed", f"not a chat id: {target.address[:40]!r}")
-        turn = await self.pace.turn(chat, self.max_wait)
+        try:
+            turn = await self.pace.turn(chat, self.max_wait)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # Redis away or answering nonsense: not Telegram's fault
+            return Outcome("retry", f"pace: {error.__class__.__name__}: {error}"[:200])
         if not turn.granted:
             return Outcome("retry", "waiting for the chat's turn (Telegram's limits)",
                            turn.wait)
@@ -164,7 +169,10 @@ class TelegramChannel:
         except Exception as error:
             result = outcome(error)
             if result.retry_after is not None:  # a 429: every node leaves the chat alone
-                await self.pace.hold(chat, result.retry_after)
+                try:
+                    await self.pace.hold(chat, result.retry_after)
+                except Exception as hold_error:  # the delivery still waits retry_after
+                    log.warning("bot: cannot hold chat %s on the pace: %s", chat, hold_error)
             if result.status == "blocked":
                 await chats.unreachable(chat)
                 log.info("bot: chat %s blocked the bot; its alert channel is blocked", chat)
