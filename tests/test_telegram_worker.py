@@ -14,13 +14,22 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from aiogram.methods import SendMessage
+from cryptography.fernet import Fernet
 
 from quartsig.access import chats, database
+from quartsig.access.tokens import TokenAuthority
 from quartsig.config import Settings
 from quartsig.demo.telegram import TOKEN, TelegramStandin
 from quartsig.telegram.client import make_bot
-from quartsig.telegram.commands import Reply, parse
-from quartsig.telegram.worker import ATTEMPTS, Worker, verdict
+from quartsig.telegram.commands import (
+    MAX_LISTED,
+    Desk,
+    Reply,
+    parse,
+    parse_callback,
+    rules_list,
+)
+from quartsig.telegram.worker import ATTEMPTS, Worker, markup, verdict
 
 METHOD = SendMessage(chat_id=1, text="x")
 
@@ -78,3 +87,35 @@ async def test_a_429_is_waited_out_then_sent(telegram: TelegramStandin, db: None
     assert waits == [5.0, 1.0, 0.5, 1.0, 2.0]  # 429 as told; then 0.5 s doubling per try
     assert [m["text"] for m in telegram.sent(11)] == ["hi"]
     assert telegram.sent(12) == telegram.sent(13) == telegram.sent(14) == []
+
+
+def test_callback_data_is_parsed_strictly() -> None:
+    assert parse_callback("mute:12") == (12, "mute", False)  # an alert's "Mute this rule"
+    assert parse_callback("rule:12:unmute") == (12, "unmute", True)  # the /alerts list
+    assert parse_callback("rule:12:delete") == (12, "delete", True)
+    for data in ("", "mute:", "mute:x", "mute:-1", "rule:12", "rule:12:explode",
+                 "rule:1:mute:extra", "delete:12", "rule:" + "9" * 30 + ":mute"):
+        assert parse_callback(data) is None, data
+
+
+def test_the_alerts_list_caps_its_buttons_and_escapes_names() -> None:
+    from quartsig.alerts.rules import rule_from_spec
+
+    rules = [rule_from_spec({"keys": [["summary", "FX_IDC:EURUSD", "1h"]],
+                             "condition": {"kind": "cross", "output": "RSI",
+                                           "direction": "below", "level": 30},
+                             "name": f"<b>{i}</b>"}, id=i + 1, owner=1, muted=i == 0)
+             for i in range(MAX_LISTED + 3)]
+    desk = Desk(TokenAuthority([Fernet.generate_key().decode()], 60), "open", "http://b.test")
+    reply = rules_list(desk, 1, rules)
+    assert "&lt;b&gt;0&lt;/b&gt; (EURUSD 1h: RSI below 30) <i>(muted)</i>" in reply.text
+    assert "and 3 more on the board" in reply.text
+    assert len(reply.keyboard) == MAX_LISTED + 1  # a row per listed rule, then Open board
+    assert reply.keyboard[0][0].callback == "rule:1:unmute"
+    assert reply.keyboard[1][0].callback == "rule:2:mute"
+    board = reply.keyboard[-1][0]
+    assert board.url is not None and board.url.startswith("http://b.test/#token=")
+    keyboard = markup(reply)
+    assert keyboard is not None and keyboard.inline_keyboard[0][1].callback_data == (
+        "rule:1:delete")
+    assert markup(Reply("plain")) is None
