@@ -427,7 +427,7 @@ def _bubbles(request: web.Request, chat_id: int) -> list[Bubble]:
 
 @web.middleware
 async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
-    if not request.path.startswith("/chat") and request.path != "/":
+    if not request.path.startswith("/chat") and request.path not in {"/", "/favicon.ico"}:
         response: web.StreamResponse = await handler(request)
         return response
     origin = request.headers.get("Origin") if request.method == "POST" else None
@@ -521,6 +521,10 @@ async def _callback(request: web.Request) -> web.Response:
     return _done(request, chat_id)
 
 
+async def _no_icon(request: web.Request) -> web.Response:
+    return web.Response(status=204)  # the browser asks; a 404 would be a console error
+
+
 def _static(name: str, content_type: str) -> Any:
     body = resources.files(__package__).joinpath(f"chat/{name}").read_bytes()
 
@@ -536,6 +540,7 @@ def install(app: web.Application, standin: TelegramStandin) -> None:
     app[STANDIN] = standin
     app.middlewares.append(_guard)
     app.router.add_get("/", _root)
+    app.router.add_get("/favicon.ico", _no_icon)
     app.router.add_get("/chat.js", _static("chat.js", "text/javascript"))
     app.router.add_get("/chat.css", _static("chat.css", "text/css"))
     app.router.add_get("/chat/{chat_id}", _page)
