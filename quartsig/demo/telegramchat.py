@@ -20,6 +20,7 @@ aiohttp shell the stand-in calls (``TelegramStandin(extensions=(install,))``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import ipaddress
 import itertools
@@ -389,6 +390,8 @@ class Chats:
     said: dict[int, list[Said]] = field(default_factory=dict)
     callbacks: dict[str, int] = field(default_factory=dict)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    #: Set when the stand-in stops: long polls answer at once instead of being cut.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, chat_id: int, text: str, kind: Literal["user", "notice"] = "user") -> None:
         self.said.setdefault(chat_id, []).append(Said(time.monotonic(), text, kind))
@@ -459,9 +462,12 @@ async def _log(request: web.Request) -> web.Response:
     since = request.query.get("since", "")
     deadline = time.monotonic() + POLL_WAIT
     # The stand-in records under a threading.Condition (tests wait on it from other threads),
-    # so the page looks every 0.1 s rather than waiting on an event of this loop.
-    while str(chats.version(standin)) == since and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.1)
+    # so the page looks every 0.1 s; the stand-in stopping ends the wait at once.
+    while (str(chats.version(standin)) == since and time.monotonic() < deadline
+           and not chats.closing.is_set()):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await chats.closing.wait()
     version = chats.version(standin)
     return web.json_response({"version": str(version),
                               "html": render(chat_id, _bubbles(request, chat_id))})
@@ -536,8 +542,13 @@ def _static(name: str, content_type: str) -> Any:
 
 def install(app: web.Application, standin: TelegramStandin) -> None:
     """Add the chat page to the stand-in's app (``TelegramStandin(extensions=(install,))``)."""
-    app[CHATS] = Chats()
+    app[CHATS] = chats = Chats()
     app[STANDIN] = standin
+
+    async def closing(app: web.Application) -> None:
+        chats.closing.set()
+
+    app.on_shutdown.append(closing)
     app.middlewares.append(_guard)
     app.router.add_get("/", _root)
     app.router.add_get("/favicon.ico", _no_icon)
