@@ -406,6 +406,8 @@ def _introduce_demo(app: Any, settings: Settings, demo: bool, bind: str,
         if not local:
             raise ConfigError(f"--bot: the bot's webhook needs a TCP address, not {bind}")
         _register_demo_webhook(settings, local)
+        if BOT in app.extensions:  # the board's "Get a new link from @<bot>" leads here
+            app.extensions[BOT].chat_url = chat_url(telegram.url)
         print(f"demo Telegram chat (user {CHAT_USER}): {chat_url(telegram.url)}", flush=True)
 
 

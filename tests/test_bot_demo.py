@@ -5,11 +5,13 @@ ones; only Telegram is the stand-in, in the server's own process, behind its cha
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.support.net import wait_until
 from tests.support.processes import QuartsigServer, quartsig_env
@@ -37,6 +39,12 @@ def demo(tmp_path: Path) -> Iterator[tuple[QuartsigServer, str]]:
                            what="the demo chat link")
         assert found.group(1) == "42"
         yield server, found.group(2)
+
+
+def _expired_link(server: QuartsigServer, tg_id: int) -> str:
+    key = server.env["QUARTSIG_SECRET_KEYS"].encode()
+    token = Fernet(key).encrypt_at_time(str(tg_id).encode(), int(time.time()) - 10 * 86400)
+    return f"{server.url}/#token={token.decode()}"
 
 
 def test_the_printed_chat_link_start_open_board_live_cards(
@@ -76,9 +84,23 @@ def test_the_printed_chat_link_start_open_board_live_cards(
         "([s, t]) => document.querySelector(s)?.dataset.ts !== t", arg=[updated, first],
         timeout=20_000)
 
-    # /board from the menu: a second, fresh link
+    # an expired link: the board's "Get a new link from @<bot>" leads back to this chat,
+    # where /board (from the bot's menu) gives a fresh link that works
+    board.goto(_expired_link(server, 42))
+    board.reload()  # only the fragment changed: the page reads it on load
+    back = board.locator('[data-testid="bot-link"]')
+    back.wait_for(state="visible")
+    assert back.inner_text() == "Get a new link from @quartsig_demo_bot"
+    assert back.get_attribute("href") == chat_link
+    with board.context.expect_page() as reopened:
+        back.click()
+    chat = reopened.value
     chat.locator('[data-testid="command"]', has_text="/board").click()
     chat.locator('[data-testid="url-button"]').nth(1).wait_for()
     hrefs = [a.get_attribute("href") for a in chat.locator('[data-testid="url-button"]').all()]
     assert len(set(hrefs)) == 2
+    board.goto(hrefs[1])
+    board.reload()
+    wait_state(board, "open")
+    assert board.locator('[data-testid="fatal"]').is_hidden()
     watched.assert_clean()
