@@ -376,12 +376,14 @@ def _serve_with(args: argparse.Namespace, demo_telegram: contextlib.ExitStack) -
         settings, "a cluster node" if settings.redis_url else "a standalone server",
         bind=", ".join(config.bind), workers=str(config.workers),
         config=str(path) if path.is_file() else "none (Hypercorn defaults)"))
+    # Listen first: a link printed by a server that then cannot listen would lead nowhere.
+    sockets = server.listen(config) if config.workers == 1 else None
     _introduce_demo(app, settings, args.demo, config.bind[0] if config.bind else "", telegram)
     if config.workers > 1:
         code = server.run_workers(server.WorkerSpec(args.demo, args.bind, path), config.workers)
     else:
         code = 0
-        server.run(app, config)
+        server.run(app, config, sockets)
     log.info("quartsig stopped")
     return code
 
@@ -403,9 +405,10 @@ def _introduce_demo(app: Any, settings: Settings, demo: bool, bind: str,
     if telegram is not None:
         from quartsig.demo.telegramchat import CHAT_USER, chat_url
 
-        if not local:
-            raise ConfigError(f"--bot: the bot's webhook needs a TCP address, not {bind}")
-        _register_demo_webhook(settings, local)
+        listening = _url_of_bind(bind)  # the stand-in is on this machine: no public URL
+        if not listening:
+            raise ConfigError(f"--bot: the demo bot's webhook needs a TCP address, not {bind}")
+        _register_demo_webhook(settings, listening)
         if BOT in app.extensions:  # the board's "Get a new link from @<bot>" leads here
             app.extensions[BOT].chat_url = chat_url(telegram.url)
         print(f"demo Telegram chat (user {CHAT_USER}): {chat_url(telegram.url)}", flush=True)
