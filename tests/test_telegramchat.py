@@ -188,9 +188,19 @@ def test_sends_messages_and_presses_like_telegram(telegram: TelegramStandin,
 
 def test_without_a_webhook_the_chat_says_nobody_listens(telegram: TelegramStandin) -> None:
     http_json("POST", f"{telegram.url}/bot{TOKEN}/deleteWebhook", {})
-    _post(f"{telegram.url}/chat/7/send", {"text": "hello"})
+    _post(f"{telegram.url}/chat/7/send", {"text": "hello <b>"})
     log = http_json("GET", f"{telegram.url}/chat/7/log?since=0")
-    assert "hello" in log["html"] and "has not registered a webhook" in log["html"]
+    assert "hello &lt;b&gt;" in log["html"] and "has not registered a webhook" in log["html"]
+
+
+def test_works_without_script(telegram: TelegramStandin, webhook: Webhook) -> None:
+    """A plain form post is answered with a redirect back to the page, which shows it."""
+    request = urllib.request.Request(f"{telegram.url}/chat/9/send", data=b"text=%2Fhelp",
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:  # follows the 303
+        assert answer.url == f"{telegram.url}/chat/9"
+        assert 'data-testid="user-message"><div class="text">/help<' in answer.read().decode()
+    assert webhook.received[-1][1]["message"]["text"] == "/help"
 
 
 @pytest.mark.browser

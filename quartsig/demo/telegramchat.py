@@ -329,7 +329,8 @@ through its webhook, as Telegram would send it. Put another number in the addres
 someone else.</p>
 </header>
 <main>
-<ol class="log" data-testid="log" data-version="{version}" data-poll="/chat/{chat_id}/log">
+<ol class="log" data-testid="log" data-version="{version}" data-poll="/chat/{chat_id}/log"
+ aria-live="polite">
 {items}
 </ol>
 </main>
