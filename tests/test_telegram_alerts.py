@@ -15,6 +15,7 @@ import pytest
 from cryptography.fernet import Fernet
 from quart import Quart
 
+from quartsig.access import accounts
 from quartsig.alerts import storage
 from quartsig.app import create_app, state_of
 from quartsig.config import Settings
@@ -104,3 +105,16 @@ async def test_a_rule_fires_into_the_chat_and_its_button_mutes_it(
     assert live is not None and live.muted
     history = await storage.history(USER)
     assert [d["status"] for d in history[0]["deliveries"]] in (["sent"], ["pending"])
+
+
+async def test_a_telegram_channel_is_made_by_start_not_by_the_api(app: Quart) -> None:
+    state = state_of(app)
+    await accounts.add(USER)
+    token = state.tokens.issue(USER).token
+    response = await app.test_client().post(
+        "/api/alerts/channels", headers={"Authorization": f"Bearer {token}"},
+        json={"kind": "telegram", "url": "https://example.test/chat"})
+    body = await response.get_json()
+    assert (response.status_code, body["error"]) == (400, "unknown_channel_kind")
+    assert "/start" in body["message"]
+    assert await storage.channels_of(USER) == []

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("alerts", __name__)
 
 MAX_HISTORY = 500
+#: Channel kinds whose rows the bot makes (a Telegram chat is the account's own, from
+#: ``/start``), never the API: a target typed here could not be a chat the user proved is theirs.
+MADE_BY_THE_BOT = frozenset({"telegram"})
 
 
 class AlertsApiError(Exception):
@@ -213,9 +216,12 @@ async def post_channel() -> tuple[Response, int]:
     owner = await _user(state)
     body = await _body()
     kind = body.get("kind")
-    if kind not in state.channels:
+    if kind in MADE_BY_THE_BOT:
         raise AlertsApiError(400, "unknown_channel_kind",
-                             f"kind: one of {', '.join(sorted(state.channels))}")
+                             f"kind: {kind} channels are made by sending /start to the bot")
+    if kind not in state.channels:
+        addable = sorted(set(state.channels) - MADE_BY_THE_BOT)
+        raise AlertsApiError(400, "unknown_channel_kind", f"kind: one of {', '.join(addable)}")
     target = body.get("url")
     parts = urlsplit(target) if isinstance(target, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or len(
