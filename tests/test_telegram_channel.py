@@ -21,7 +21,7 @@ from quartsig.alerts.channels import Digesting, Message, Outcome, Target
 from quartsig.alerts.delivery import Deliverer
 from quartsig.alerts.evaluation import Evaluator
 from quartsig.alerts.storage import AlertChannel, AlertDelivery
-from quartsig.cluster.pace import MemoryPace
+from quartsig.cluster.pace import MemoryPace, RedisPace
 from quartsig.demo.telegram import TOKEN, TelegramStandin
 from quartsig.domain.model import Key
 from quartsig.telegram import subscriptions
@@ -29,6 +29,7 @@ from quartsig.telegram.channel import DIGEST_LINES, MUTE, NO_BOT_RETRY, Telegram
 from quartsig.telegram.client import make_bot
 from quartsig.telegram.service import BotService
 from tests.support.alertsdb import alerts_database
+from tests.support.redisdb import REDIS_URL
 
 CHAT = 7007
 KEY = Fernet.generate_key().decode()
@@ -218,3 +219,42 @@ async def test_a_pace_that_cannot_answer_is_a_retry(
     outcome = await channel.send(_message(), TARGET)
     assert outcome.status == "retry" and "Redis is away" in outcome.error
     assert telegram.sent(CHAT) == []
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-pace", "a-pace-per-node"])
+async def test_two_nodes_sharing_the_redis_pace_get_no_429(
+        db: TortoiseContext, prefix: str, shared: bool) -> None:
+    """Two nodes (each its own bot client and channel) send a burst, 2 messages to each of 40
+    chats, to the stand-in enforcing Telegram's limits. The pace, the stand-in's limits and the
+    channels' sleeps run on one injected clock, so the result is the schedule's, not the
+    machine's: with the Redis pace shared, not one 429; with a pace per node (the control),
+    each node keeps 25/s on its own and together they are refused."""
+    clock = Clock()
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    with TelegramStandin.running(limits=True, clock=clock) as telegram:
+        nodes, paces = [], []
+        for node in range(2):
+            service = BotService(base_url=BASE, tokens=TokenAuthority([KEY], 3600))
+            service.bot = make_bot(TOKEN, telegram.url)
+            pace = RedisPace.from_url(REDIS_URL, prefix if shared else f"{prefix}{node}:",
+                                      clock=clock)
+            paces.append(pace)
+            nodes.append((service, TelegramChannel(service, pace, sleep=sleep)))
+        try:
+            outcomes = [await nodes[i % 2][1].send(_message(rule=i), Target(
+                i, "telegram", str(8000 + i % 40))) for i in range(80)]
+        finally:
+            for service, _ in nodes:
+                assert service.bot is not None
+                await service.bot.session.close()
+            for pace in paces:
+                await pace.close()
+        refused = telegram.too_many()
+    if shared:
+        assert [o.status for o in outcomes] == ["sent"] * 80 and refused == []
+        assert clock.now - T0 == pytest.approx(79 * 0.04, abs=0.01)  # 25/s, both nodes
+    else:
+        assert refused and all(o.retry_after for o in outcomes if o.status == "retry")
