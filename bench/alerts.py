@@ -140,7 +140,7 @@ async def delivery(count: int, gap: float) -> dict[str, float]:
             await storage.add_channel(1, "webhook", url, secret=new_secret())
             channel = WebhookChannel()
             deliverer = Deliverer({"webhook": channel})
-            recorder = Recorder(on_written=deliverer.wake)
+            recorder = Recorder(on_written=deliverer.written)
             await recorder.start()
             worker = asyncio.create_task(deliverer.run())
             now = int(time.time() * 1000)

@@ -364,11 +364,42 @@ class Owed:
     channel: dict[str, Any]
 
 
-async def due_deliveries(now: int, *, limit: int = 100) -> list[int]:
-    """Ids of pending deliveries due at ``now`` (Unix ms), oldest first."""
-    rows = await AlertDelivery.filter(status="pending", due__lte=now).order_by(
-        "due", "id").limit(limit).values("id")
-    return [int(row["id"]) for row in rows]
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A pending delivery that is due: which channel row and kind (digests group by it)."""
+
+    id: int
+    channel: int
+    kind: str
+    due: int
+
+
+_DUE_FIELDS = ("id", "channel_id", "channel__kind", "due")
+
+
+def _due_rows(rows: Iterable[Mapping[str, Any]]) -> list[Due]:
+    return [Due(int(row["id"]), int(row["channel_id"]), str(row["channel__kind"]),
+                int(row["due"])) for row in rows]
+
+
+async def due_deliveries(now: int, *, limit: int = 100) -> list[Due]:
+    """Pending deliveries due at ``now`` (Unix ms), oldest first."""
+    return _due_rows(await AlertDelivery.filter(status="pending", due__lte=now).order_by(
+        "due", "id").limit(limit).values(*_DUE_FIELDS))
+
+
+async def due_of_triggers(triggers: Iterable[int], now: int) -> list[Due]:
+    """The due pending deliveries of these triggers (announced on the stream)."""
+    return _due_rows(await AlertDelivery.filter(
+        trigger_id__in=list(triggers), status="pending", due__lte=now).order_by(
+        "due", "id").values(*_DUE_FIELDS))
+
+
+async def due_on_channels(channels: Iterable[int], now: int, *, limit: int = 100) -> list[Due]:
+    """The due pending deliveries of these channel rows (a digest takes them all)."""
+    return _due_rows(await AlertDelivery.filter(
+        channel_id__in=list(channels), status="pending", due__lte=now).order_by(
+        "due", "id").limit(limit).values(*_DUE_FIELDS))
 
 
 async def next_due() -> int | None:
