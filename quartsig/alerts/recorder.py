@@ -216,7 +216,9 @@ class Recorder:
             self._changed.clear()
             try:
                 if await storage.rules_stamp() != self._stamp:
-                    await self.load()
+                    await self.load()  # prunes too
+                else:
+                    self.evaluator.prune()
             except asyncio.CancelledError:
                 raise
             except Exception:
