@@ -311,6 +311,7 @@ class Deliverer:
             owed = [o for o in [await storage.claim(i, now, lease) for i in ids] if o is not None]
             if not owed:
                 return 0
+            owed.sort(key=lambda o: (o.trigger["ts"], o.trigger["id"]))  # a digest reads in order
             first = owed[0]
             channel = self.channels.get(first.channel["kind"])
             if len(owed) > 1 and isinstance(channel, Digesting):

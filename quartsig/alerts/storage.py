@@ -308,8 +308,8 @@ async def write_triggers(triggers: Sequence[Trigger], term: int, *,
         if not fresh:
             return Written([], 0)
         await AlertTrigger.bulk_create(_trigger_rows(fresh.values(), term), using_db=connection)
-        rows = await AlertTrigger.filter(dedupe__in=list(fresh)).using_db(connection).values(
-            "id", "owner")
+        rows = await AlertTrigger.filter(dedupe__in=list(fresh)).using_db(connection).order_by(
+            "id").values("id", "owner")
         channels: dict[int, list[int]] = {}
         for channel in await AlertChannel.filter(
                 owner__in={row["owner"] for row in rows}, state="active").using_db(
