@@ -13,6 +13,16 @@ changes no row there and its whole transaction writes nothing (:class:`Fenced`),
 publish script refuses it. On PostgreSQL the UPDATE also locks the row until commit, so writers
 take turns and the dedupe check that follows sees every trigger committed before it; on SQLite
 writers take turns anyway.
+
+A writer frozen while it holds that lock would stall every other writer until it wakes. On
+PostgreSQL each fenced transaction first sets ``lock_timeout`` (a waiter gives up after
+:data:`LOCK_TIMEOUT` and is retried) and ``idle_in_transaction_session_timeout`` (the server
+ends the session of a transaction idle that long, which releases the row: the frozen writer's
+transaction is rolled back, and when it wakes its next statement fails; its retry carries the
+old term and is fenced). Both are ``SET LOCAL``: they end with the transaction. SQLite has no
+server to end a session: a waiter gets ``database is locked`` after the driver's 5 s busy
+timeout and is retried, until the frozen process wakes (and is fenced) or dies (the kernel
+drops its file lock).
 """
 
 from __future__ import annotations
@@ -35,6 +45,11 @@ from quartsig.domain.model import Key
 from quartsig.domain.rules import number
 
 FENCE_ID = 1
+#: Seconds (PostgreSQL) a fenced write waits for the fence row's lock before it gives up (and
+#: the recorder tries again), and a fenced transaction may sit idle before the server ends
+#: its session: a leader frozen mid-write (SIGSTOP, a long pause) then holds the fence row
+#: this long at most instead of until it wakes.
+LOCK_TIMEOUT = 5.0
 CHANNEL_KINDS_BUILTIN = ("webhook", "telegram")
 
 
@@ -280,6 +295,7 @@ async def write_triggers(triggers: Sequence[Trigger], term: int, *,
     channel of its owner."""
     due = int((time.time() if now is None else now) * 1000)
     async with in_transaction() as connection:
+        await bound_waits(connection)
         raised = await AlertFence.filter(id=FENCE_ID, term__lte=term).using_db(
             connection).update(term=term)
         if not raised:
@@ -326,6 +342,16 @@ async def write_triggers(triggers: Sequence[Trigger], term: int, *,
         if paused:  # fired too often: muted until its user unmutes it
             await AlertRule.filter(id__in=paused).using_db(connection).update(muted=True)
     return Written(sorted(row["id"] for row in rows), len(deliveries))
+
+
+async def bound_waits(connection: Any, seconds: float | None = None) -> None:
+    """On PostgreSQL, bound how long this transaction waits for a lock and how long it may
+    sit idle holding one (see the module's docstring); nothing elsewhere."""
+    if connection.capabilities.dialect != "postgres":
+        return
+    ms = max(1, int((LOCK_TIMEOUT if seconds is None else seconds) * 1000))
+    await connection.execute_script(f"SET LOCAL lock_timeout = {ms}; "
+                                    f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
 
 
 def _trigger_rows(triggers: Iterable[Trigger], term: int) -> list[AlertTrigger]:
