@@ -156,6 +156,7 @@ class Deliverer:
         self.announcements = announcements
         self.rng = rng
         self.digest_cap = digest_cap
+        self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         #: Whether the stream answered last time (else the poll runs at the ``idle`` pace).
@@ -224,14 +225,35 @@ class Deliverer:
             self._wake.clear()
 
     async def _consuming(self) -> None:
+        """Read the stream and handle each read in its own task, so one slow send (a webhook
+        taking its 5 s) does not hold the next announcements back; at most ``concurrency``
+        reads in flight."""
         assert self.announcements is not None
-        while True:
-            if not await self.consume():
-                await asyncio.sleep(STREAM_PAUSE)
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                while len(inflight) >= self.concurrency:
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                entries = await self._take(BLOCK)
+                if entries is None:
+                    await asyncio.sleep(STREAM_PAUSE)
+                elif entries:
+                    task = asyncio.create_task(self._handle(entries))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+        finally:
+            for task in inflight:
+                task.cancel()
 
     async def consume(self, block: float = BLOCK) -> bool:
         """One read of the stream: claim and send what its entries announce, then acknowledge
         them. False when the stream failed (the poll takes over at its fast pace)."""
+        entries = await self._take(block)
+        if entries is None:
+            return False
+        return await self._handle(entries)
+
+    async def _take(self, block: float) -> list[tuple[bytes, int]] | None:
         assert self.announcements is not None
         try:
             entries = await self.announcements.read(block)
@@ -239,10 +261,14 @@ class Deliverer:
             raise
         except Exception as error:
             self._stream_failed(error)
-            return False
+            return None
         if not self.streaming:
             log.info("alerts: the delivery stream answers again")
             self.streaming = True
+        return entries
+
+    async def _handle(self, entries: Sequence[tuple[bytes, int]]) -> bool:
+        assert self.announcements is not None
         if not entries:
             return True
         try:
@@ -365,4 +391,6 @@ class Deliverer:
         for channel_id, step in states.items():
             assert step.channel_state is not None
             await storage.set_channel_state(channel_id, step.channel_state, step.error)
+        if any(o.status == "retry" for _, o in outcomes):
+            self.wake()  # the poll waits for the retry's due (a stream entry is acknowledged)
         self.marked.set()
