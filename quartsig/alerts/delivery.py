@@ -229,7 +229,7 @@ class Deliverer:
         taking its 5 s) does not hold the next announcements back; at most ``concurrency``
         reads in flight."""
         assert self.announcements is not None
-        inflight: set[asyncio.Task[None]] = set()
+        inflight: set[asyncio.Task[bool]] = set()
         try:
             while True:
                 while len(inflight) >= self.concurrency:
