@@ -108,8 +108,6 @@ async def delivery(count: int, gap: float, mode: str = "wake",
     import uuid
     from pathlib import Path
 
-    from quartsig.cluster.deliveries import RedisDeliveries
-
     from aiohttp import web
 
     from quartsig.access import accounts, database
@@ -117,6 +115,7 @@ async def delivery(count: int, gap: float, mode: str = "wake",
     from quartsig.alerts.delivery import Deliverer
     from quartsig.alerts.recorder import Recorder
     from quartsig.alerts.webhooks import WebhookChannel, new_secret
+    from quartsig.cluster.deliveries import RedisDeliveries
     from quartsig.config import Settings
     from quartsig.domain.model import Batch
 
