@@ -201,7 +201,10 @@ def open_announcements(state: State) -> Announcements | None:
 class AlertsComponent:
     """Alert rules, evaluated after each publication of this node's collector (docs/alerts.md).
 
-    It starts after the feed, so the collector exists to be handed the hook."""
+    It starts after the feed, so the collector exists to be handed the hook, and the broker
+    its node id (the delivery stream's consumer name). The recorder's two tasks and the
+    delivery worker run under the supervisor: a bug in one of their loops is logged, counted
+    and restarted, and health names the task while it keeps failing."""
 
     name: str = "alerts"
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
