@@ -17,9 +17,10 @@ from quartsig.alerts import storage
 from quartsig.alerts.channels import Channel, Message, Outcome, Target
 from quartsig.alerts.delivery import Deliverer
 from quartsig.alerts.evaluation import Evaluator
+from quartsig.alerts.recorder import Recorder
 from quartsig.alerts.storage import AlertDelivery
 from quartsig.cluster.deliveries import GROUP, MemoryDeliveries, RedisDeliveries
-from quartsig.domain.model import Key
+from quartsig.domain.model import Batch, Key
 from tests.support.alertsdb import alerts_database
 from tests.support.net import eventually
 from tests.support.redisdb import REDIS_URL
@@ -166,3 +167,24 @@ async def test_redis_away_falls_back_to_the_poll(db: TortoiseContext) -> None:
         assert await worker.drain() == 1 and len(channel.sent) == 1
     finally:
         await away.close()
+
+
+async def test_the_recorder_announces_what_it_committed(db: TortoiseContext) -> None:
+    await storage.create_rule(OWNER, {"keys": [list(KEY)], "condition": {"kind": "label"}},
+                              limit=10)
+    clock, channel = Clock(), Recording()
+    stream = MemoryDeliveries("a", idle=LEASE, clock=clock)
+    worker = _worker(channel, clock, stream)
+    recorder = Recorder(reload=3600, on_written=worker.written)
+    await recorder.start()
+    try:
+        for i, value in enumerate(["NEUTRAL", "BUY", "SELL"]):
+            recorder.on_published(Batch(values=[(KEY, {"rec.all": value},
+                                                 int(T0 * 1000) + i * 60_000)]), 1)
+        await eventually(lambda: recorder.idle.is_set() and not recorder.queue, 30,
+                         what="the burst written")
+    finally:
+        await recorder.stop()
+    written = [t.id for t in await storage.AlertTrigger.all().order_by("id")]
+    assert len(written) == 2
+    assert [int(f[b"trigger"]) for _, f in stream.entries] == written  # type: ignore[index]
