@@ -202,9 +202,12 @@ class Deliverer:
         if self.announcements is None:
             await self._polling()
             return
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._polling())
-            group.create_task(self._consuming())
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._polling())
+                group.create_task(self._consuming())
+        except ExceptionGroup as failed:  # the supervisor's log and health name the bug
+            raise failed.exceptions[0] from failed
 
     async def _polling(self) -> None:
         while True:
