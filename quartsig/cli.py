@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server (Hypercorn)")
     serve.add_argument("--demo", action="store_true",
                        help="use the built-in stand-in scanner instead of TradingView")
+    serve.add_argument("--bot", action="store_true",
+                       help="with --demo: a demo Telegram bot too, on a built-in Telegram "
+                            "stand-in, and a chat page to be its user (docs/bot.md)")
     serve.add_argument("--bind", metavar="HOST:PORT",
                        help=f"address to listen on (default: $PORT on 0.0.0.0, "
                             f"else {HYPERCORN_CONFIG}, else {server.DEFAULT_BIND})")
@@ -141,7 +145,7 @@ def _telegram(work: Callable[[], Awaitable[T]]) -> T:
 
 
 def _bot_webhook(args: argparse.Namespace) -> int:
-    from quartsig.telegram.client import make_bot, webhook_secret, webhook_url
+    from quartsig.telegram.client import make_bot
 
     settings, token = _bot_settings()
     if args.operation == "set" and not settings.base_url:
@@ -153,9 +157,7 @@ def _bot_webhook(args: argparse.Namespace) -> int:
         try:
             if args.operation == "set":
                 assert settings.base_url is not None
-                url = webhook_url(settings.base_url, token)
-                await bot.set_webhook(url, secret_token=webhook_secret(token),
-                                      allowed_updates=["message", "callback_query"])
+                await _set_webhook(bot, settings.base_url, token)
                 return f"webhook set: {settings.base_url}/telegram/..."
             if args.operation == "delete":
                 await bot.delete_webhook()
@@ -169,6 +171,14 @@ def _bot_webhook(args: argparse.Namespace) -> int:
 
     print(_telegram(work))
     return 0
+
+
+async def _set_webhook(bot: Any, base_url: str, token: str) -> None:
+    """Register the webhook at ``base_url`` (path and secret derived from ``token``)."""
+    from quartsig.telegram.client import webhook_secret, webhook_url
+
+    await bot.set_webhook(webhook_url(base_url, token), secret_token=webhook_secret(token),
+                          allowed_updates=["message", "callback_query"])
 
 
 def _bot_poll(args: argparse.Namespace) -> int:
@@ -333,17 +343,31 @@ def _startup_line(settings: Settings, role: str, **where: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.bot and not args.demo:
+        raise ConfigError("--bot: only with --demo (a real bot needs QUARTSIG_BOT_TOKEN; "
+                          "see docs/bot.md)")
+    with contextlib.ExitStack() as demo_telegram:
+        return _serve_with(args, demo_telegram)
+
+
+def _serve_with(args: argparse.Namespace, demo_telegram: contextlib.ExitStack) -> int:
     settings = Settings.from_env()
     logs.setup(settings.log_format, settings.log_probes)
     path = _hypercorn_path(args.config)
     config = server.apply_stream_settings(
         server.hypercorn_config(path, args.bind, os.environ), settings
     )
+    if config.workers > 1 and args.bot:
+        raise ConfigError(f"--bot: runs one process, and {path} asks for workers = "
+                          f"{config.workers}")
     if config.workers > 1 and not settings.redis_url:
         raise ConfigError(
             f"{path}: workers = {config.workers} needs QUARTSIG_REDIS_URL (each worker "
             "would otherwise poll TradingView on its own); see docs/cluster.md")
     _check_redis(settings)
+    telegram = demo_telegram.enter_context(_demo_telegram(settings)) if args.bot else None
+    if telegram is not None:
+        settings = _demo_bot_settings(settings, telegram)
     app = create_app(settings, demo=args.demo)  # a broken plugin fails here, before forking
     # Fail before binding, with one clean line, if the database is unreachable.
     asyncio.run(database.prepare_schema(settings))
@@ -352,19 +376,23 @@ def _serve(args: argparse.Namespace) -> int:
         settings, "a cluster node" if settings.redis_url else "a standalone server",
         bind=", ".join(config.bind), workers=str(config.workers),
         config=str(path) if path.is_file() else "none (Hypercorn defaults)"))
-    _introduce_demo(app, settings, args.demo, config.bind[0] if config.bind else "")
+    # Listen first: a link printed by a server that then cannot listen would lead nowhere.
+    sockets = server.listen(config) if config.workers == 1 else None
+    _introduce_demo(app, settings, args.demo, config.bind[0] if config.bind else "", telegram)
     if config.workers > 1:
         code = server.run_workers(server.WorkerSpec(args.demo, args.bind, path), config.workers)
     else:
         code = 0
-        server.run(app, config)
+        server.run(app, config, sockets)
     log.info("quartsig stopped")
     return code
 
 
-def _introduce_demo(app: Any, settings: Settings, demo: bool, bind: str) -> None:
+def _introduce_demo(app: Any, settings: Settings, demo: bool, bind: str,
+                    telegram: Any = None) -> None:
     """Without ``QUARTSIG_BASE_URL``, links point where this server listens; with ``--demo``,
-    print a ready board link for a demo account at start."""
+    print a ready board link for a demo account at start; with ``--bot`` too, register the
+    demo bot's webhook here and print the chat page's link next to it."""
     from quartsig.telegram.service import EXTENSION as BOT
 
     local = settings.base_url or _url_of_bind(bind)
@@ -374,6 +402,63 @@ def _introduce_demo(app: Any, settings: Settings, demo: bool, bind: str) -> None
         _with_database(settings, lambda: accounts.add(DEMO_TG_ID))
         token = TokenAuthority.from_settings(settings).issue(DEMO_TG_ID).token
         print(f"demo board (account {DEMO_TG_ID}): {board_link(local, token)}", flush=True)
+    if telegram is not None:
+        from quartsig.demo.telegramchat import CHAT_USER, chat_url
+
+        listening = _url_of_bind(bind)  # the stand-in is on this machine: no public URL
+        if not listening:
+            raise ConfigError(f"--bot: the demo bot's webhook needs a TCP address, not {bind}")
+        _register_demo_webhook(settings, listening)
+        if BOT in app.extensions:  # the board's "Get a new link from @<bot>" leads here
+            app.extensions[BOT].chat_url = chat_url(telegram.url)
+        print(f"demo Telegram chat (user {CHAT_USER}): {chat_url(telegram.url)}", flush=True)
+
+
+# -- serve --demo --bot: the bot on a Telegram stand-in, in this process --------------------
+
+
+def _demo_telegram(settings: Settings) -> contextlib.AbstractContextManager[Any]:
+    """The Telegram Bot API stand-in with the chat page, serving in a thread of its own (its
+    loop is not the server's: a slow page never holds a web request, and the other way
+    round) until ``serve`` returns."""
+    from quartsig.demo.telegram import TelegramStandin
+    from quartsig.demo.telegramchat import DEMO_BOT, install
+
+    log = logging.getLogger("quartsig")
+    if settings.bot_token or settings.bot_api_url:
+        log.warning("demo bot: QUARTSIG_BOT_TOKEN and QUARTSIG_BOT_API_URL are not used with "
+                    "--bot (the demo bot has its own token, on the stand-in)")
+    return TelegramStandin.running(token=DEMO_TOKEN, bot=dict(DEMO_BOT), extensions=(install,))
+
+
+DEMO_TOKEN = "700000001:demo-bot-on-the-telegram-stand-in"
+"""The made-up token of ``serve --demo --bot`` (it opens nothing on the real Telegram)."""
+
+
+def _demo_bot_settings(settings: Settings, telegram: Any) -> Settings:
+    """The bot pointed at the stand-in, and anyone may sign up: a demo has no operator to
+    let people in (only here; ``QUARTSIG_SIGNUP`` stays ``closed`` by default otherwise)."""
+    logging.getLogger("quartsig").warning(
+        "demo bot: @%s on a built-in Telegram stand-in at %s; sign-up is open (demo only)",
+        telegram.bot["username"], telegram.url)
+    return settings.replace(bot_token=telegram.token, bot_api_url=telegram.url, signup="open")
+
+
+def _register_demo_webhook(settings: Settings, base_url: str) -> None:
+    """``setWebhook`` on the stand-in, to where this server listens, as
+    ``quartsig bot webhook set`` would: the stand-in then pushes the chat's messages here."""
+    from quartsig.telegram.client import make_bot
+
+    token = settings.bot_token or ""
+
+    async def work() -> None:
+        bot = make_bot(token, settings.bot_api_url)
+        try:
+            await _set_webhook(bot, base_url, token)
+        finally:
+            await bot.session.close()
+
+    _telegram(work)
 
 
 def _collect(args: argparse.Namespace) -> int:

@@ -309,12 +309,14 @@ def run_workers(spec: WorkerSpec, workers: int) -> int:
     return EXIT_START if failed else 0
 
 
-def run(app: Quart, config: Config) -> None:
+def run(app: Quart, config: Config, sockets: Sockets | None = None) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, on uvloop when the config asks for it.
 
     ``app`` comes from ``create_app()``, which has applied :func:`quartsig.hosting.harden`.
+    ``sockets``: from :func:`listen`, when the caller had to know it listens first.
     """
-    sockets = listen(config)  # before the loop and the app's lifespan: see listen()
+    if sockets is None:
+        sockets = listen(config)  # before the loop and the app's lifespan: see listen()
     with (asyncio.Runner(loop_factory=event_loop_factory(config.worker_class)) as runner,
           warnings.catch_warnings()):
         # A worker of run_workers() keeps ``workers`` > 1 so that it binds with SO_REUSEPORT;

@@ -16,7 +16,6 @@ import logging
 import platform
 import time
 from collections.abc import AsyncGenerator, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -33,10 +32,11 @@ from quartsig.cluster.broker import Broker
 from quartsig.cluster.quota import LocalQuota, Quota
 from quartsig.config import UNKNOWN_SYMBOL_TTL
 from quartsig.domain.expiring import Expiring
-from quartsig.domain.model import Batch, Key
+from quartsig.domain.model import Batch
 from quartsig.domain.protocol import Close, Vocabulary
 from quartsig.domain.symbols import screener_for
 from quartsig.fanout.connection import Outbox
+from quartsig.fanout.handler import HubAnswers
 from quartsig.fanout.hub import Hub, Sink
 from quartsig.ops import health, multiprocess
 from quartsig.ops.logs import Sparse
@@ -73,7 +73,7 @@ class Component(Protocol):
 
 
 @dataclass(eq=False)
-class State:
+class State(HubAnswers):
     """Everything the routes and the background tasks of one app share."""
 
     settings: Settings
@@ -192,17 +192,6 @@ class State:
         return changed
 
     # -- the broker's handler (quartsig.cluster.broker.Handler) ------------------------------
-
-    def watched(self) -> set[Key]:
-        return self.hub.demand()
-
-    def held(self) -> AbstractSet[Key]:
-        return self.hub.entries.keys()
-
-    async def asked(self) -> set[Key]:
-        await self.hub.fresh_added.wait()
-        self.hub.fresh_added.clear()
-        return set(self.hub.fresh)
 
     # -- health (issue #24.2) ------------------------------------------------------------------
 

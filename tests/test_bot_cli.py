@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from quartsig.demo.telegram import TOKEN, TelegramStandin
-from tests.support.net import wait_until
+from tests.support.net import http, wait_until
 from tests.support.processes import REPO, QuartsigServer, quartsig_cli, quartsig_env
 
 
@@ -82,3 +85,44 @@ def test_bot_commands_need_a_token(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == ("quartsig: QUARTSIG_BOT_TOKEN: must be set (the token "
                                    "@BotFather gave)")
+
+
+def test_serve_bot_needs_demo_and_prints_no_link_it_cannot_serve(tmp_path: Path) -> None:
+    env = quartsig_env(tmp_path / "data", "http://127.0.0.1:9")
+    alone = _run(env, "serve", "--bot")
+    assert alone.returncode == 2
+    assert alone.stderr.strip() == ("quartsig: --bot: only with --demo (a real bot needs "
+                                    "QUARTSIG_BOT_TOKEN; see docs/bot.md)")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run(env, "serve", "--demo", "--bot", "--bind", f"127.0.0.1:{port}")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith(f"quartsig: cannot listen on 127.0.0.1:{port}")
+    assert done.stdout == ""  # no link to a server that is not there
+
+
+def test_serve_demo_bot_pushes_to_itself_and_links_to_the_base_url(tmp_path: Path) -> None:
+    """With ``QUARTSIG_BASE_URL`` set, the buttons lead there, but the stand-in, on this
+    machine, still reaches the bot where the server listens."""
+    env = quartsig_env(tmp_path / "data", "http://127.0.0.1:9",
+                       QUARTSIG_BASE_URL="https://board.example.com", QUARTSIG_BOT_TOKEN=TOKEN)
+    with QuartsigServer.start(env, tmp_path, "--demo", "--bot") as server:
+        found = wait_until(lambda: re.search(r"demo Telegram chat \(user 42\): (\S+)",
+                                             server.tail(200)), 30, what="the chat link")
+        assert "QUARTSIG_BOT_TOKEN and QUARTSIG_BOT_API_URL are not used" in server.tail(200)
+        chat = found.group(1)
+        request = urllib.request.Request(f"{chat}/send", data=b"text=%2Fstart", method="POST",
+                                         headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        log = wait_until(lambda: _log_with(chat, "Open board"), 30, what="the bot's reply")
+        assert 'href="https://board.example.com/#token=' in log
+        assert "sign-up is open (demo only)" in server.tail(200)
+
+
+def _log_with(chat: str, text: str) -> str | None:
+    status, body = http("GET", f"{chat}/log?since=")
+    html = json.loads(body)["html"] if status == 200 else ""
+    return html if text in html else None

@@ -551,3 +551,24 @@ async def test_the_heartbeat_closes_a_stream_whose_ping_cannot_be_written(
     assert full.sent == []  # within its deadline
     await clock.advance(0.1)
     assert full.sent == [StreamClosed(stream_id=1)]
+
+
+async def test_a_stream_that_raises_in_its_turn_stops_nobody_elses_pings(
+    beat: hosting.Heartbeat, clock: ManualClock,
+) -> None:
+    """The heartbeat is one timer callback for every stream: a callback that dies would stop
+    every connection's pings for good and nothing would say so. The broken stream is logged,
+    counted and dropped; the timer goes on for the others."""
+    broken, live = _Stream(clock, 1.0, _limits(1.0, 0.5)), _Stream(clock, 1.0, _limits(1.0, 0.5))
+    live.answer = lambda: beat.hear(live)
+
+    def raises(event: object) -> None:
+        raise RuntimeError("a bug in one stream")
+
+    broken._send_wsproto_event = raises  # type: ignore[assignment,method-assign]
+    beat.add(broken)
+    beat.add(live)
+    await clock.advance(6.0)
+    assert len(live.pings) >= 5 and not live.closed
+    assert beat.failures == 1
+    assert len(beat) == 1  # the live one; the broken one is out of the heap

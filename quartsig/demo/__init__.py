@@ -4,7 +4,8 @@ stand-in of TradingView's scan endpoint.
 - :mod:`quartsig.demo.market`: the simulation (values per ticker, timeframe and step);
 - :mod:`quartsig.demo.scanner`: the scan endpoint over it, and :func:`serve_standin`;
 - :mod:`quartsig.demo.telegram`: a Telegram Bot API stand-in (the tests' double for Telegram, and
-  the bot's Telegram in ``--demo`` when no ``QUARTSIG_BOT_API_URL`` is given).
+  the bot's Telegram in ``serve --demo --bot``);
+- :mod:`quartsig.demo.telegramchat`: its chat page, where a newcomer is the Telegram user.
 
 The test-only stand-in with fault knobs and a request log is ``tests/support/standin.py``.
 """

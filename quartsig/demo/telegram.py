@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,8 @@ class Call:
     params: dict[str, Any]
     at: float
     status: int
+    #: What a 200 answered with (``sendMessage``: the message, with its ``message_id``).
+    result: Any = None
 
 
 @dataclass
@@ -86,6 +88,9 @@ class TelegramStandin:
     _message_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _poller: _Poller = field(default_factory=_Poller)
+    #: Each is called with the stand-in's aiohttp app before it serves, to add routes beside
+    #: the Bot API's (the demo's chat page: :mod:`quartsig.demo.telegramchat`).
+    extensions: tuple[Callable[[web.Application, TelegramStandin], None], ...] = ()
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
 
@@ -134,9 +139,9 @@ class TelegramStandin:
         return {"update_id": next(self._update_ids), **body}
 
     def message(self, user_id: int, text: str, *, username: str = "trader",
-                update_id: int | None = None) -> dict[str, Any]:
+                update_id: int | None = None, first_name: str = "Test") -> dict[str, Any]:
         """A private-chat text message update from ``user_id`` (chat id = user id)."""
-        user = {"id": user_id, "is_bot": False, "first_name": "Test", "username": username}
+        user = {"id": user_id, "is_bot": False, "first_name": first_name, "username": username}
         body = {"message_id": next(self._message_ids), "date": int(time.time()),
                 "chat": {"id": user_id, "type": "private"}, "from": user, "text": text}
         if text.startswith("/"):
@@ -207,6 +212,8 @@ class TelegramStandin:
     async def _start(self, port: int) -> None:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        for extend in self.extensions:
+            extend(app, self)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -307,7 +314,8 @@ class TelegramStandin:
     def _record(self, method: str, params: dict[str, Any], status: int,
                 body: dict[str, Any] | None) -> web.Response:
         with self._changed:
-            self.calls.append(Call(method, params, time.monotonic(), status))
+            result = body.get("result") if body is not None and status == 200 else None
+            self.calls.append(Call(method, params, time.monotonic(), status, result))
             self._changed.notify_all()
         return web.json_response(body, status=status or 504)
 

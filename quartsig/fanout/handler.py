@@ -14,13 +14,11 @@ from quartsig.domain.model import Batch, Key
 from quartsig.fanout.hub import Hub
 
 
-class HubHandler:
-    def __init__(self, hub: Hub, deliver: Callable[[Batch], object] | None = None) -> None:
-        self.hub = hub
-        self.deliver = deliver or hub.apply
+class HubAnswers:
+    """The handler's questions a hub answers (what is watched, held, newly asked for), written
+    once for :class:`HubHandler` and the serving node's ``State``; a subclass has ``hub``."""
 
-    def apply(self, batch: Batch) -> object:
-        return self.deliver(batch)
+    hub: Hub
 
     def watched(self) -> set[Key]:
         return self.hub.demand()
@@ -32,3 +30,12 @@ class HubHandler:
         await self.hub.fresh_added.wait()
         self.hub.fresh_added.clear()
         return set(self.hub.fresh)
+
+
+class HubHandler(HubAnswers):
+    def __init__(self, hub: Hub, deliver: Callable[[Batch], object] | None = None) -> None:
+        self.hub = hub
+        self.deliver = deliver or hub.apply
+
+    def apply(self, batch: Batch) -> object:
+        return self.deliver(batch)

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 from hypercorn.protocol.events import StreamClosed
 from wsproto.events import Ping
 
+from quartsig.ops.logs import Sparse
+
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +66,9 @@ class Heartbeat:
         self._timer: Timer | None = None
         self._due = float("inf")  # when the timer fires
         self._writes: set[asyncio.Task[None]] = set()
+        #: Streams whose turn raised (counted; logged at most once a minute).
+        self.failures = 0
+        self._failed = Sparse(60.0)
 
     def add(self, stream: Any) -> None:
         """Start pinging ``stream``: first at a random point of its interval, so connections
@@ -90,24 +95,40 @@ class Heartbeat:
         self._timer = self.clock.call_at(when, self._fire)
 
     def _fire(self) -> None:
+        """Ping, close or re-queue every entry that is due. One stream that raises is logged
+        and dropped from the heap; the timer is armed again whatever happens, since a timer
+        callback that dies would silently stop every connection's pings for good."""
         self._timer, self._due = None, float("inf")
         heap, now = self._heap, self.clock.time()
-        while heap and heap[0][0] <= now:
-            _, _, ref, sent, write = heapq.heappop(heap)
-            stream = ref()
-            if stream is None or stream.closed:
-                continue
-            if sent is None:
-                self._ping(stream, ref)
-            elif (write is not None and not write.done()) or stream.heard < sent:
-                if write is not None:
-                    write.cancel()
-                self._write(stream.send(StreamClosed(stream_id=stream.stream_id)))
-            else:
-                limits = stream.limits
-                self._push(now + max(0.0, limits.ping_interval - limits.pong_timeout), ref)
-        if heap:
-            self._arm(heap[0][0])
+        try:
+            while heap and heap[0][0] <= now:
+                entry = heapq.heappop(heap)
+                try:
+                    self._step(entry, now)
+                except Exception:
+                    self.failures += 1
+                    if (held := self._failed.due()) is not None:
+                        log.error("heartbeat: a stream's turn failed; it gets no more pings "
+                                  "(%d more since the last report)", held, exc_info=True)
+        finally:
+            if heap:
+                self._arm(heap[0][0])
+
+    def _step(self, entry: tuple[float, int, weakref.ref[Any], float | None,
+                                 asyncio.Task[None] | None], now: float) -> None:
+        _, _, ref, sent, write = entry
+        stream = ref()
+        if stream is None or stream.closed:
+            return
+        if sent is None:
+            self._ping(stream, ref)
+        elif (write is not None and not write.done()) or stream.heard < sent:
+            if write is not None:
+                write.cancel()
+            self._write(stream.send(StreamClosed(stream_id=stream.stream_id)))
+        else:
+            limits = stream.limits
+            self._push(now + max(0.0, limits.ping_interval - limits.pong_timeout), ref)
 
     def _ping(self, stream: Any, ref: weakref.ref[Any]) -> None:
         sent = self.clock.time()  # anything heard from here on answers this ping

@@ -54,6 +54,9 @@ class BotService:
 
     name: str = "bot"
     fallback_url: str | None = None
+    #: Where people talk to the bot, when not on Telegram (``t.me/<username>``): the demo's
+    #: chat page (``serve --demo --bot``), so the board's "Get a new link" leads there.
+    chat_url: str | None = None
     bot: Bot | None = None
     identity: BotIdentity | None = None
     worker: Worker | None = None

@@ -85,8 +85,8 @@ async def bot_json() -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(USERNAME_WAIT):
                     username = await service.identity.username()
-    body: dict[str, Any] = {"username": username,
-                            "link": f"https://t.me/{username}" if username else None}
+    link = (service and service.chat_url) or f"https://t.me/{username}"
+    body: dict[str, Any] = {"username": username, "link": link if username else None}
     tg_id = _bearer_account()
     if service is not None and tg_id is not None:  # the board asks about its own account
         with contextlib.suppress(Exception):

@@ -89,6 +89,13 @@ function formatTime(ms) {
   return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
 }
 
+/** The bot's link is Telegram's (https), or the demo's chat page on this machine
+ * (`quartsig serve --demo --bot`): never another page the server could be made to name. */
+function botLinkAllowed(url) {
+  if (url.protocol === "https:") return true;
+  return url.protocol === "http:" && ["127.0.0.1", "localhost", "[::1]"].includes(url.hostname);
+}
+
 function labelClass(label) {
   return label ? label.toLowerCase().replace("_", "-") : "none";
 }
@@ -281,11 +288,11 @@ class Board {
       const answer = await fetch("/bot.json", { headers, cache: "no-store" });
       if (!answer.ok) return;
       const bot = await answer.json();
-      if (!bot.username || !bot.link || new URL(bot.link).protocol !== "https:") return;
+      if (!bot.username || !bot.link || !botLinkAllowed(new URL(bot.link))) return;
       this.bot = bot;
       document.body.dataset.bot = bot.username;
       for (const link of document.querySelectorAll(".bot-link")) {
-        link.href = bot.link; // t.me, from the server: the board names no other origin itself
+        link.href = bot.link; // from the server: the board names no other origin itself
         link.textContent = `Get a new link from @${bot.username}`;
         link.hidden = false;
       }
