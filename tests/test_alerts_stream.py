@@ -188,3 +188,17 @@ async def test_the_recorder_announces_what_it_committed(db: TortoiseContext) -> 
     written = [t.id for t in await storage.AlertTrigger.all().order_by("id")]
     assert len(written) == 2
     assert [int(f[b"trigger"]) for _, f in stream.entries] == written  # type: ignore[index]
+
+
+async def test_consumers_of_dead_processes_with_nothing_pending_are_forgotten(
+        db: TortoiseContext, prefix: str, redis_client: aioredis.Redis) -> None:
+    stream = RedisDeliveries(redis_client, prefix, consumer="alive", idle=LEASE, forget=-1)
+    busy = RedisDeliveries(redis_client, prefix, consumer="busy", idle=LEASE)
+    await stream.read(0.001)
+    await redis_client.xgroup_createconsumer(stream.stream, GROUP, "gone")
+    await busy.announce([1])
+    assert len(await busy.read(0.001)) == 1  # pending on "busy": it must stay
+    stream._swept = float("-inf")
+    await stream.read(0.001)  # the sweep
+    names = {c["name"] for c in await redis_client.xinfo_consumers(stream.stream, GROUP)}
+    assert b"busy" in names and b"gone" not in names

@@ -43,6 +43,9 @@ MAXLEN = 10_000
 #: Entries one read returns at most.
 COUNT = 100
 REJECTED = "delivery entry"
+#: Milliseconds after which a consumer with nothing pending is dropped from the group: every
+#: process start is a new consumer name, and the group's list would only grow.
+FORGET = 86_400_000
 
 
 def default_consumer() -> str:
@@ -129,7 +132,7 @@ class RedisDeliveries:
     def __init__(self, client: Redis, prefix: str, *, consumer: str | None = None,
                  idle: float = 60.0, maxlen: int = MAXLEN,
                  on_reject: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, forget: int = FORGET) -> None:
         self.client = client
         self.stream = f"{prefix}{STREAM}"
         self.group = GROUP
@@ -140,6 +143,7 @@ class RedisDeliveries:
         self.maxlen = maxlen
         self.on_reject = on_reject
         self.clock = clock
+        self.forget = forget
         self._grouped = False
         self._swept = float("-inf")
         self._logged: set[str] = set()
@@ -192,6 +196,7 @@ class RedisDeliveries:
                 self.stream, self.group, self.consumer, min_idle_time=self.min_idle,
                 start_id="0-0", count=COUNT)
             found += [(entry, fields) for entry, fields in claimed[1] if entry is not None]
+            await self._forget_idle()
         if not found:
             answer: Any = await self.client.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=COUNT,
@@ -208,6 +213,17 @@ class RedisDeliveries:
         if bad:
             await self.ack(bad)
         return good
+
+    async def _forget_idle(self) -> None:
+        """Drop the consumers (dead processes) idle past ``forget`` with nothing pending."""
+        consumers: Any = await self.client.xinfo_consumers(self.stream, self.group)
+        for consumer in consumers:
+            name = consumer.get("name")
+            if isinstance(name, bytes):
+                name = name.decode(errors="replace")
+            if (name != self.consumer and not consumer.get("pending")
+                    and int(consumer.get("idle") or 0) > self.forget):
+                await self.client.xgroup_delconsumer(self.stream, self.group, name)
 
     def _reject(self, error: Exception) -> None:
         self.rejected += 1
