@@ -20,6 +20,7 @@ from quartsig.access import accounts, database
 from quartsig.access.admission import Gate
 from quartsig.access.tokens import TokenAuthority, load_or_create_keys
 from quartsig.alerts import webhooks
+from quartsig.alerts.announcements import Announcements
 from quartsig.alerts.channels import load_channels
 from quartsig.cluster import backends
 from quartsig.cluster.broker import Broker
@@ -45,6 +46,8 @@ STOP_TIMEOUT = 10.0
 
 #: The collector's task name under the supervisor (a leader steps down while it keeps failing).
 COLLECTOR = "collector"
+#: The delivery worker's task name under the supervisor.
+DELIVERIES = "deliveries"
 
 MAX_HTTP_BODY = 16 * 1024
 """Bytes an HTTP body may have: the only body we accept is a tiny JSON object."""
@@ -178,11 +181,31 @@ class FeedComponent:
             state.standin = None
 
 
+def open_announcements(state: State) -> Announcements | None:
+    """The stream that tells every node's deliverer what was written: Redis's consumer group
+    in a cluster (:mod:`quartsig.cluster.deliveries`), none alone (the recorder wakes the
+    worker of its own process). Wired here because ``alerts`` may not import ``cluster``."""
+    settings = state.settings
+    if not settings.redis_url:
+        return None
+    from quartsig.cluster.deliveries import RedisDeliveries
+
+    node = getattr(state.broker, "node", None)
+    return RedisDeliveries.from_url(
+        settings.redis_url, settings.redis_prefix,
+        consumer=node if isinstance(node, str) else None,
+        idle=settings.alerts_lease,
+        on_reject=lambda what: state.metrics.redis_rejected.labels(what=what).inc())
+
+
 @dataclass
 class AlertsComponent:
     """Alert rules, evaluated after each publication of this node's collector (docs/alerts.md).
 
-    It starts after the feed, so the collector exists to be handed the hook."""
+    It starts after the feed, so the collector exists to be handed the hook, and the broker
+    its node id (the delivery stream's consumer name). The recorder's two tasks and the
+    delivery worker run under the supervisor: a bug in one of their loops is logged, counted
+    and restarted, and health names the task while it keeps failing."""
 
     name: str = "alerts"
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -191,15 +214,18 @@ class AlertsComponent:
         from quartsig.alerts.delivery import Deliverer
         from quartsig.alerts.recorder import Recorder
 
-        state.deliverer = Deliverer(state.channels)
         settings = state.settings
-        state.alerts = Recorder(reload=settings.alerts_reload, on_written=state.deliverer.wake,
-                                storm=(settings.alerts_storm_count, settings.alerts_storm_window))
+        announcements = open_announcements(state)
+        state.deliverer = Deliverer(state.channels, lease=settings.alerts_lease,
+                                    poll=settings.alerts_poll, announcements=announcements)
+        state.alerts = Recorder(reload=settings.alerts_reload, on_written=state.deliverer.written,
+                                storm=(settings.alerts_storm_count, settings.alerts_storm_window),
+                                spawn=state.supervisor.spawn)
         await state.alerts.start()
         if state.collector is not None:
             state.collector.on_published = state.alerts.on_published
             state.collector.standing = state.alerts.standing
-        self.tasks = [asyncio.create_task(state.deliverer.run(), name="quartsig-deliveries")]
+        self.tasks = [state.supervisor.spawn(DELIVERIES, state.deliverer.run)]
 
     async def stop(self, state: State) -> None:
         if state.collector is not None:
@@ -212,6 +238,8 @@ class AlertsComponent:
         self.tasks = []
         if state.alerts is not None:
             await state.alerts.stop()
+        if state.deliverer is not None and state.deliverer.announcements is not None:
+            await state.deliverer.announcements.close()
         for channel in state.channels.values():
             close = getattr(channel, "close", None)
             if close is not None:

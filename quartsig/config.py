@@ -415,6 +415,16 @@ class Settings:
         "Seconds between two looks for alert rules changed on other nodes (the collecting "
         "node reloads them when they changed).",
     )
+    alerts_lease: float = _setting(
+        60.0, _positive_float, "Seconds a node's claim of an alert delivery lasts: above the "
+        "slowest send. A node that dies mid-send leaves it to another after this long (in a "
+        "cluster, its pending stream entries too).",
+    )
+    alerts_poll: float = _setting(
+        30.0, _positive_float, "Seconds between two looks at the database for alert "
+        "deliveries while the cluster's Redis stream announces them (a safety net for an "
+        "announcement lost; without Redis, or with it away, the look is every 5 s).",
+    )
     alerts_storm_count: int = _setting(
         15, _positive_int, "Firings of one alert rule within QUARTSIG_ALERTS_STORM_WINDOW "
         "after which it is paused (its user is told)."

@@ -151,7 +151,8 @@ async def test_a_crashed_workers_claim_is_taken_over_after_its_lease(
     await _endpoint(hook, "/a")
     await _fire("NEUTRAL", "BUY")
     clock = Clock()
-    [delivery_id] = await storage.due_deliveries(int(T0 * 1000))
+    [due] = await storage.due_deliveries(int(T0 * 1000))
+    delivery_id = due.id
     assert await storage.claim(delivery_id, int(T0 * 1000), 60_000) is not None  # then "dies"
     worker = _worker(clock, webhook)
     assert await worker.drain() == 0 and hook.received == []

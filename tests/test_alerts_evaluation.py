@@ -304,3 +304,22 @@ def test_firings_spread_beyond_the_window_never_pause() -> None:
     labels = ["NEUTRAL", "BUY", "SELL"] * 10
     fired = _feed(evaluator, "rec.all", labels, step=30_000)  # two a minute at most
     assert "paused" not in [t.after for t in fired] and len(fired) == 29
+
+
+def test_a_deleted_rules_memory_goes_at_the_next_reload() -> None:
+    other = Key("summary", "FX_IDC:USDJPY", "1h")
+    board = Key("summary", "FX_IDC:GBPUSD", "1h")  # no rule: only a board watches it
+    evaluator = Evaluator(keep=HOUR)
+    kept, deleted = _rule(id=1, keys=(other,)), _rule(id=2, keys=(KEY,))
+    evaluator.replace_all([kept, deleted])
+    _feed(evaluator, "rec.all", ["NEUTRAL", "BUY"])  # rule 2 fires: a storm window
+    _feed(evaluator, "rec.all", ["NEUTRAL"], key=board)
+    assert evaluator._fired and KEY in evaluator.keys
+    evaluator.replace_all([kept])  # rule 2 deleted
+    assert KEY not in evaluator.keys and 2 not in evaluator and not evaluator._fired
+    assert {KEY, board} <= set(evaluator.latest)  # recent: a new rule on them starts from it
+    _feed(evaluator, "rec.all", ["SELL"], key=other, start=T0 + 2 * HOUR)
+    evaluator.replace_all([kept])  # the next reload (or look at the rules) prunes
+    assert set(evaluator.latest) == {other}  # watched keys stay however old
+    _feed(evaluator, "rec.all", ["BUY"], key=other, start=T0 + 5 * HOUR)
+    assert evaluator.prune() == 0 and set(evaluator.latest) == {other}

@@ -133,6 +133,10 @@ def step_crossing(condition: Crossing, track: Track, value: Any) -> tuple[str, s
 
 #: The ``after`` of the trigger that says a rule fired too often and is paused.
 PAUSED = "paused"
+#: Milliseconds of data time the latest values of a key no rule watches are kept: long enough
+#: for a rule made on a board's card to start from the card's value, short enough that keys
+#: every board has left do not pile up in the collecting node's memory.
+UNWATCHED_KEEP = 3_600_000
 
 
 class Evaluator:
@@ -143,7 +147,8 @@ class Evaluator:
     is told through the same channels), and the storage mutes the rule. TradingView stops a
     script alert at 15 in 3 minutes; that is the default."""
 
-    def __init__(self, storm: tuple[int, float] = (15, 180.0)) -> None:
+    def __init__(self, storm: tuple[int, float] = (15, 180.0),
+                 keep: int = UNWATCHED_KEEP) -> None:
         self._by_key: dict[Key, list[Track]] = {}
         self._rules: dict[int, Rule] = {}
         self.storm = storm
@@ -154,6 +159,8 @@ class Evaluator:
         #: The last data and time of every key a publication carried: a rule added later
         #: starts from it, so a change right after the rule is made is a change it saw.
         self.latest: dict[Key, tuple[Mapping[str, Any], int]] = {}
+        #: Data-time milliseconds the latest values of an unwatched key are kept (:meth:`prune`).
+        self.keep = keep
 
     def __len__(self) -> int:
         return len(self._rules)
@@ -218,6 +225,24 @@ class Evaluator:
         for rule in wanted.values():
             if self._rules.get(rule.id) != rule:
                 self.add(rule)
+        self.prune()
+
+    def prune(self) -> int:
+        """Forget the latest values of keys no rule watches once they are older (data time)
+        than ``keep`` behind the newest value seen; how many went. A deleted or edited rule's
+        tracks, storm window and spent or paused mark go with it (:meth:`remove`), so this is
+        the last memory that would otherwise only grow: every key any board ever watched.
+        The recorder calls it at every look for changed rules."""
+        latest = self.latest
+        if not latest:
+            return 0
+        newest = max(ts for _, ts in latest.values())
+        watched = self._by_key
+        stale = [key for key, (_, ts) in latest.items()
+                 if key not in watched and newest - ts > self.keep]
+        for key in stale:
+            del latest[key]
+        return len(stale)
 
     def evaluate(self, values: Iterable[tuple[Key, Mapping[str, Any], int]]) -> list[Trigger]:
         """The triggers one publication's ``values`` (key, data, ts) cause."""

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from quartsig.alerts import storage
@@ -37,6 +38,15 @@ log = logging.getLogger(__name__)
 RETRY_PAUSES = (0.1, 0.5, 2.0, 5.0)
 #: Triggers written in one transaction at most (a burst queued while the database was slow).
 MAX_WRITE = 1_000
+#: How the recorder's two tasks are run: the app passes its supervisor's ``spawn`` (a task that
+#: raises is logged, counted and restarted); alone they are plain tasks.
+Spawn = Callable[[str, Callable[[], Coroutine[Any, Any, None]]], "asyncio.Task[None]"]
+
+
+def _plain(name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+    return asyncio.create_task(factory(), name=f"quartsig-{name}")
+
+
 #: Batches of triggers the queue holds before the oldest are dropped (logged): a database away
 #: for long must not grow memory without bound.
 MAX_QUEUED = 10_000
@@ -49,13 +59,16 @@ class Recorder:
         reload: float = 5.0,
         storm: tuple[int, float] = (15, 180.0),
         write: Callable[..., Awaitable[Any]] = storage.write_triggers,
-        on_written: Callable[[], None] | None = None,
+        on_written: Callable[[Sequence[int]], object] | None = None,
+        spawn: Spawn = _plain,
     ) -> None:
         self.evaluator = Evaluator(storm)
         self.reload = reload
         self.write = write
-        #: Called after triggers were written (the delivery worker wakes up).
+        #: Called (and awaited if it returns an awaitable) with the ids of the triggers a
+        #: committed write made: the delivery worker wakes up, or announces them.
         self.on_written = on_written
+        self.spawn = spawn
         #: Published values waiting to be evaluated and written, with their terms, oldest first.
         self.queue: deque[tuple[list[tuple[Key, Any, int]], int]] = deque()
         #: The term whose publications this recorder evaluates (None: none yet).
@@ -75,8 +88,8 @@ class Recorder:
     async def start(self) -> None:
         await storage.ensure_fence()
         await self.load()
-        self._tasks = [asyncio.create_task(self._writing(), name="quartsig-alerts-writer"),
-                       asyncio.create_task(self._reloading(), name="quartsig-alerts-rules")]
+        self._tasks = [self.spawn("alerts-writer", self._writing),
+                       self.spawn("alerts-rules", self._reloading)]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -168,7 +181,7 @@ class Recorder:
                      seen: dict[Key, tuple[dict[str, Any], int]]) -> None:
         for attempt in range(1_000_000):
             try:
-                await self.write(triggers, term, seen=seen)
+                written = await self.write(triggers, term, seen=seen)
             except storage.Fenced:
                 self.fenced += len(triggers)
                 log.warning("alerts: %d triggers refused by the fence (term %d): a newer "
@@ -183,8 +196,16 @@ class Recorder:
                 await asyncio.sleep(pause)
                 continue
             self.written += len(triggers)
+            ids = written.triggers if isinstance(written, storage.Written) else []
             if triggers and self.on_written is not None:
-                self.on_written()
+                try:
+                    told = self.on_written(ids)
+                    if inspect.isawaitable(told):
+                        await told
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # written is written: the poll finds them
+                    log.exception("alerts: telling the deliverers failed")
             return
 
     async def _reloading(self) -> None:
@@ -195,7 +216,9 @@ class Recorder:
             self._changed.clear()
             try:
                 if await storage.rules_stamp() != self._stamp:
-                    await self.load()
+                    await self.load()  # prunes too
+                else:
+                    self.evaluator.prune()
             except asyncio.CancelledError:
                 raise
             except Exception:

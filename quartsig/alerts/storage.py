@@ -13,6 +13,16 @@ changes no row there and its whole transaction writes nothing (:class:`Fenced`),
 publish script refuses it. On PostgreSQL the UPDATE also locks the row until commit, so writers
 take turns and the dedupe check that follows sees every trigger committed before it; on SQLite
 writers take turns anyway.
+
+A writer frozen while it holds that lock would stall every other writer until it wakes. On
+PostgreSQL each fenced transaction first sets ``lock_timeout`` (a waiter gives up after
+:data:`LOCK_TIMEOUT` and is retried) and ``idle_in_transaction_session_timeout`` (the server
+ends the session of a transaction idle that long, which releases the row: the frozen writer's
+transaction is rolled back, and when it wakes its next statement fails; its retry carries the
+old term and is fenced). Both are ``SET LOCAL``: they end with the transaction. SQLite has no
+server to end a session: a waiter gets ``database is locked`` after the driver's 5 s busy
+timeout and is retried, until the frozen process wakes (and is fenced) or dies (the kernel
+drops its file lock).
 """
 
 from __future__ import annotations
@@ -35,6 +45,11 @@ from quartsig.domain.model import Key
 from quartsig.domain.rules import number
 
 FENCE_ID = 1
+#: Seconds (PostgreSQL) a fenced write waits for the fence row's lock before it gives up (and
+#: the recorder tries again), and a fenced transaction may sit idle before the server ends
+#: its session: a leader frozen mid-write (SIGSTOP, a long pause) then holds the fence row
+#: this long at most instead of until it wakes.
+LOCK_TIMEOUT = 5.0
 CHANNEL_KINDS_BUILTIN = ("webhook", "telegram")
 
 
@@ -313,6 +328,7 @@ async def write_triggers(triggers: Sequence[Trigger], term: int, *,
     channel of its owner."""
     due = int((time.time() if now is None else now) * 1000)
     async with in_transaction() as connection:
+        await bound_waits(connection)
         raised = await AlertFence.filter(id=FENCE_ID, term__lte=term).using_db(
             connection).update(term=term)
         if not raised:
@@ -341,8 +357,8 @@ async def write_triggers(triggers: Sequence[Trigger], term: int, *,
         if not fresh:
             return Written([], 0)
         await AlertTrigger.bulk_create(_trigger_rows(fresh.values(), term), using_db=connection)
-        rows = await AlertTrigger.filter(dedupe__in=list(fresh)).using_db(connection).values(
-            "id", "owner")
+        rows = await AlertTrigger.filter(dedupe__in=list(fresh)).using_db(connection).order_by(
+            "id").values("id", "owner")
         channels: dict[int, list[int]] = {}
         for channel in await AlertChannel.filter(
                 owner__in={row["owner"] for row in rows}, state="active").using_db(
@@ -359,6 +375,16 @@ async def write_triggers(triggers: Sequence[Trigger], term: int, *,
         if paused:  # fired too often: muted until its user unmutes it
             await AlertRule.filter(id__in=paused).using_db(connection).update(muted=True)
     return Written(sorted(row["id"] for row in rows), len(deliveries))
+
+
+async def bound_waits(connection: Any, seconds: float | None = None) -> None:
+    """On PostgreSQL, bound how long this transaction waits for a lock and how long it may
+    sit idle holding one (see the module's docstring); nothing elsewhere."""
+    if connection.capabilities.dialect != "postgres":
+        return
+    ms = max(1, int((LOCK_TIMEOUT if seconds is None else seconds) * 1000))
+    await connection.execute_script(f"SET LOCAL lock_timeout = {ms}; "
+                                    f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
 
 
 def _trigger_rows(triggers: Iterable[Trigger], term: int) -> list[AlertTrigger]:
@@ -397,11 +423,42 @@ class Owed:
     channel: dict[str, Any]
 
 
-async def due_deliveries(now: int, *, limit: int = 100) -> list[int]:
-    """Ids of pending deliveries due at ``now`` (Unix ms), oldest first."""
-    rows = await AlertDelivery.filter(status="pending", due__lte=now).order_by(
-        "due", "id").limit(limit).values("id")
-    return [int(row["id"]) for row in rows]
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A pending delivery that is due: which channel row and kind (digests group by it)."""
+
+    id: int
+    channel: int
+    kind: str
+    due: int
+
+
+_DUE_FIELDS = ("id", "channel_id", "channel__kind", "due")
+
+
+def _due_rows(rows: Iterable[Mapping[str, Any]]) -> list[Due]:
+    return [Due(int(row["id"]), int(row["channel_id"]), str(row["channel__kind"]),
+                int(row["due"])) for row in rows]
+
+
+async def due_deliveries(now: int, *, limit: int = 100) -> list[Due]:
+    """Pending deliveries due at ``now`` (Unix ms), oldest first."""
+    return _due_rows(await AlertDelivery.filter(status="pending", due__lte=now).order_by(
+        "due", "id").limit(limit).values(*_DUE_FIELDS))
+
+
+async def due_of_triggers(triggers: Iterable[int], now: int) -> list[Due]:
+    """The due pending deliveries of these triggers (announced on the stream)."""
+    return _due_rows(await AlertDelivery.filter(
+        trigger_id__in=list(triggers), status="pending", due__lte=now).order_by(
+        "due", "id").values(*_DUE_FIELDS))
+
+
+async def due_on_channels(channels: Iterable[int], now: int, *, limit: int = 100) -> list[Due]:
+    """The due pending deliveries of these channel rows (a digest takes them all)."""
+    return _due_rows(await AlertDelivery.filter(
+        channel_id__in=list(channels), status="pending", due__lte=now).order_by(
+        "due", "id").limit(limit).values(*_DUE_FIELDS))
 
 
 async def next_due() -> int | None:

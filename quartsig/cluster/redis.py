@@ -21,6 +21,8 @@ What lives in Redis (every name under ``QUARTSIG_REDIS_PREFIX``):
 - ``demand``: a sorted set of keys scored by expiry (Redis's clock); each node refreshes its own
   (:mod:`~quartsig.cluster.demand`), so a dead node's keys leave within ``DEMAND_TTL``.
 - ``wanted``: a stream of keys new to the whole cluster; the leader fetches them early.
+- ``deliveries``: a stream of trigger ids the leader wrote, read by the consumer group
+  ``deliverers`` (:mod:`~quartsig.cluster.deliveries`; the alerts' delivery workers).
 - ``nodes``: what the nodes must share (token key, plugins, profiles), as fingerprints, never
   secrets (:mod:`~quartsig.cluster.fingerprint`); it expires when no node refreshes it.
 

@@ -6,6 +6,11 @@ signing bug is not agreed with), records what arrived and answers as scripted.
         hook.script("/a", [500, (429, {"Retry-After": "120"}), 200])
         ... POST to hook.url("/a") ...
         hook.received  # [Received(path, id, timestamp, body, valid), ...]
+
+``hook.hold()`` keeps every request waiting, unanswered, until ``hook.release()``: a sender
+can be killed mid-send. A held request whose sender went away meanwhile is not received
+(the sender never learned it arrived, and will send it again): it is listed in
+``hook.abandoned`` instead.
 """
 
 from __future__ import annotations
@@ -52,6 +57,22 @@ class Receiver:
     scripts: dict[str, list[Answer]] = field(default_factory=dict)
     #: Set on every request: tests wait on it instead of sleeping.
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    #: While set, requests wait unanswered (see :meth:`hold`); how many are waiting.
+    gate: asyncio.Event | None = None
+    waiting: list[web.Request] = field(default_factory=list)
+    abandoned: list[Received] = field(default_factory=list)
+
+    def hold(self) -> None:
+        self.gate = asyncio.Event()
+
+    def release(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
+        self.gate = None
+
+    def gone(self) -> int:
+        """Held requests whose sender has closed its connection (died)."""
+        return sum(1 for r in self.waiting if r.transport is None or r.transport.is_closing())
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -72,8 +93,18 @@ class Receiver:
         good = bool(msg_id) and fresh and any(
             hmac.compare_digest(s, expected_signature(self.secret, msg_id, stamp, body))
             for s in signatures)
-        self.received.append(Received(request.path, msg_id, int(stamp or 0),
-                                      json.loads(body or b"null"), good))
+        got = Received(request.path, msg_id, int(stamp or 0), json.loads(body or b"null"), good)
+        if self.gate is not None:
+            gate = self.gate
+            self.waiting.append(request)
+            try:
+                await gate.wait()
+            finally:
+                self.waiting.remove(request)
+            if request.transport is None or request.transport.is_closing():
+                self.abandoned.append(got)
+                return web.Response(status=503)
+        self.received.append(got)
         self.arrived.set()
         if not good:
             return web.Response(status=401, text="bad signature")
