@@ -14,13 +14,13 @@ whose rule belongs to its own chat, so no limit applies; it prints the median, p
 rank) and max of publication -> receipt (issue #22's target: p99 < 1 s).
 
 ``--burst N``: one publication moves N keys at once, their rules spread over ``--chats``
-chats (so some chats get two messages), and the stand-in enforces Telegram's limits (1 per
-chat per second, 30 a second in all). ``--nodes`` delivery workers, each with its own bot
-client and channel, share the pace (in Redis with ``--redis``, on a fresh key prefix; in
-memory otherwise, which is one node's view); ``--unpaced`` leaves the pace nearly open (the
-control: what the stand-in says to a bot that does not pace itself). It prints how many
-messages arrived, over how long, the sustained rate, and how many 429s the stand-in gave (the
-target: none, at ~25/s).
+chats (fewer chats than keys: some get two triggers, due together, so one digest), and the
+stand-in enforces Telegram's limits (1 per chat per second, 30 a second in all). ``--nodes``
+delivery workers, each with its own bot client and channel, share the pace (in Redis with
+``--redis``, on a fresh key prefix; in memory otherwise, which is one node's view).
+``--unpaced`` leaves the pace nearly open: the control, what the stand-in says to a bot that
+does not pace itself. It prints how many messages arrived, over how long, the sustained rate,
+and how many 429s the stand-in gave (the target: none, at ~25/s).
 """
 
 from __future__ import annotations
