@@ -188,12 +188,13 @@ def open_announcements(state: State) -> Announcements | None:
     settings = state.settings
     if not settings.redis_url:
         return None
-    from quartsig.cluster.deliveries import RedisDeliveries
+    from quartsig.cluster.deliveries import RedisDeliveries, group_for
 
     node = getattr(state.broker, "node", None)
     return RedisDeliveries.from_url(
         settings.redis_url, settings.redis_prefix,
         consumer=node if isinstance(node, str) else None,
+        group=group_for(state.channels),
         idle=settings.alerts_lease,
         on_reject=lambda what: state.metrics.redis_rejected.labels(what=what).inc())
 

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from quartsig.cluster.deliveries import group_for
 from tests.support.processes import QuartsigServer
 from tests.support.webhooks import Receiver, receiver
 from tests.test_cluster import (  # the cluster's fixtures and helpers, reused as they are
@@ -50,6 +51,8 @@ START = -0.7  # STRONG_SELL
 STEPS = [-0.3, 0.0, 0.3, 0.7, 0.3, 0.0, -0.3, -0.7]
 LABELS = {-0.7: "STRONG_SELL", -0.3: "SELL", 0.0: "NEUTRAL", 0.3: "BUY", 0.7: "STRONG_BUY"}
 WAIT = 60.0
+#: The delivery stream's consumer group of nodes whose only channel is the webhook.
+WEBHOOKS = group_for(["webhook"])
 
 
 def _api(node: QuartsigServer, token: str, path: str, body: Any) -> Any:
@@ -128,7 +131,7 @@ async def test_failovers_mid_burst_deliver_every_trigger_exactly_once(
 
 
 async def _pending_by_consumer(client: aioredis.Redis, prefix: str) -> dict[str, int]:
-    found: Any = await client.xinfo_consumers(f"{prefix}deliveries", "deliverers")
+    found: Any = await client.xinfo_consumers(f"{prefix}deliveries", WEBHOOKS)
     return {(c["name"].decode() if isinstance(c["name"], bytes) else c["name"]): c["pending"]
             for c in found}
 
@@ -167,7 +170,7 @@ async def test_a_killed_delivery_consumers_entries_are_claimed_by_another_node(
             pending = await _pending_by_consumer(client, prefix)
             assert sum(pending.values()) == len(KEYS)  # read, none acknowledged
             victim_name = max(pending, key=lambda name: pending[name])
-            held = await client.xpending_range(f"{prefix}deliveries", "deliverers", "-", "+",
+            held = await client.xpending_range(f"{prefix}deliveries", WEBHOOKS, "-", "+",
                                                100, consumername=victim_name)
             entries = dict(await client.xrange(f"{prefix}deliveries"))
             owed = {int(entries[h["message_id"]][b"trigger"]) for h in held}

@@ -200,6 +200,49 @@ async def test_a_channel_that_raises_costs_one_retry(db: TortoiseContext) -> Non
     assert (await AlertDelivery.get()).error == "channel error: KeyError"
 
 
+class _Waiting:
+    """A channel whose pace never has a turn for it (a chat flooded for hours)."""
+
+    kind = "telegram"
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def send(self, message: Message, target: Target) -> Outcome:
+        self.asked += 1
+        return Outcome("later", "waiting for the chat's turn", 1.0)
+
+
+async def test_waiting_for_a_turn_never_uses_up_the_retries(db: TortoiseContext) -> None:
+    """A pace that says "later" is not a failed try: a delivery that waits its turn past the
+    whole retry schedule is still pending, with no attempt counted."""
+    await storage.add_channel(OWNER, "telegram", str(OWNER))
+    await _fire("NEUTRAL", "BUY")
+    clock, waiting = Clock(), _Waiting()
+    worker = Deliverer({"telegram": waiting}, clock=clock, rng=lambda: 0.5)
+    for _ in range(len(SCHEDULE) + 5):
+        await worker.drain()
+        clock.now += 2.0
+    row = await AlertDelivery.get()
+    assert waiting.asked == len(SCHEDULE) + 5
+    assert (row.status, row.attempts) == ("pending", 0)
+    assert row.due == int((clock.now - 2.0 + 1.0) * 1000)
+
+
+async def test_a_node_claims_only_the_kinds_it_can_send(db: TortoiseContext,
+                                                        webhook: WebhookChannel) -> None:
+    """``quartsig collect`` has no bot: its worker leaves a Telegram row alone (no claim that
+    would hold it a lease for nothing) and does not wake for it either."""
+    await storage.add_channel(OWNER, "telegram", str(OWNER))
+    await _fire("NEUTRAL", "BUY")
+    row = await AlertDelivery.get()
+    assert await _worker(Clock(), webhook).drain() == 0
+    after = await AlertDelivery.get()
+    assert (after.status, after.attempts, after.due) == ("pending", 0, row.due)
+    assert await storage.next_due(kinds=["webhook"]) is None
+    assert await storage.next_due(kinds=["webhook", "telegram"]) == row.due
+
+
 def test_the_schedule_spans_a_day_then_gives_up() -> None:
     retry = Outcome("retry", "HTTP 500")
     pauses = [(next_step(retry, n, 0).due or 0) / 1000 for n in range(1, len(SCHEDULE) + 1)]

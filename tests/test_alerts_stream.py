@@ -19,7 +19,7 @@ from quartsig.alerts.delivery import Deliverer
 from quartsig.alerts.evaluation import Evaluator
 from quartsig.alerts.recorder import Recorder
 from quartsig.alerts.storage import AlertDelivery
-from quartsig.cluster.deliveries import GROUP, MemoryDeliveries, RedisDeliveries
+from quartsig.cluster.deliveries import GROUP, MemoryDeliveries, RedisDeliveries, group_for
 from quartsig.domain.model import Batch, Key
 from tests.support.alertsdb import alerts_database
 from tests.support.net import eventually
@@ -153,7 +153,7 @@ async def test_a_malformed_entry_is_skipped_counted_logged_once_and_acknowledged
                 break
     assert rejected == ["delivery entry"] * 5 and len(channel.sent) == 1
     assert sum("bad delivery entry" in r.getMessage() for r in caplog.records) == 1
-    assert (await redis_client.xpending(stream.stream, "deliverers"))["pending"] == 0
+    assert (await redis_client.xpending(stream.stream, stream.group))["pending"] == 0
 
 
 async def test_redis_away_falls_back_to_the_poll(db: TortoiseContext) -> None:
@@ -202,3 +202,20 @@ async def test_consumers_of_dead_processes_with_nothing_pending_are_forgotten(
     await stream.read(0.001)  # the sweep
     names = {c["name"] for c in await redis_client.xinfo_consumers(stream.stream, GROUP)}
     assert b"busy" in names and b"gone" not in names
+
+
+async def test_every_group_of_channel_kinds_sees_every_entry(
+        prefix: str, redis_client: aioredis.Redis) -> None:
+    """A node without the bot (``quartsig collect``) and one with it read in different groups:
+    each entry reaches one node of each, so the one that can send Telegram always sees it."""
+    webhooks = RedisDeliveries(redis_client, prefix, consumer="collect", idle=LEASE,
+                               group=group_for(["webhook"]))
+    both = RedisDeliveries(redis_client, prefix, consumer="serve", idle=LEASE,
+                           group=group_for(["webhook", "telegram"]))
+    assert group_for(["webhook", "telegram"]) == group_for(["telegram", "webhook"])
+    assert webhooks.group != both.group
+    for reader in (webhooks, both):
+        await reader.read(0.001)  # the groups exist before the entry
+    await webhooks.announce([7])
+    assert [trigger for _, trigger in await webhooks.read(0.05)] == [7]
+    assert [trigger for _, trigger in await both.read(0.05)] == [7]

@@ -165,21 +165,21 @@ async def test_a_400_fails_and_5xx_or_a_timeout_retry(
     assert telegram.sent(CHAT) == []
 
 
-async def test_a_turn_far_away_is_a_retry_then_and_a_near_one_is_waited_for(
+async def test_a_turn_far_away_is_later_then_and_a_near_one_is_waited_for(
         db: TortoiseContext, telegram: TelegramStandin, channel: Channel) -> None:
     assert await channel.channel.send(_message(), TARGET) == Outcome("sent")
     assert await channel.channel.send(_message(), TARGET) == Outcome("sent")
     assert channel.slept == [pytest.approx(1.1, abs=0.04)]  # the gap, to its slot
     await channel.pace.hold(CHAT, 30)
     later = await channel.channel.send(_message(), TARGET)
-    assert later.status == "retry" and later.retry_after == pytest.approx(30, abs=0.05)
+    assert later.status == "later" and later.retry_after == pytest.approx(30, abs=0.05)
     assert len(telegram.sent(CHAT)) == 2
 
 
-async def test_without_a_running_bot_it_retries_soon(db: TortoiseContext) -> None:
+async def test_without_a_running_bot_it_is_tried_again_soon(db: TortoiseContext) -> None:
     channel = TelegramChannel(BotService(), MemoryPace())
     outcome = await channel.send(_message(), TARGET)
-    assert (outcome.status, outcome.retry_after) == ("retry", NO_BOT_RETRY)
+    assert (outcome.status, outcome.retry_after) == ("later", NO_BOT_RETRY)
 
 
 async def test_through_the_delivery_worker_a_403_blocks_the_row_the_board_lists(

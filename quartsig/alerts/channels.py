@@ -22,7 +22,10 @@ from quartsig.plugins.hookspecs import hookimpl
 #: sent: done. retry: try again later (``retry_after`` seconds if the far end said).
 #: gone: the endpoint no longer exists (HTTP 410): disable it. blocked: the user blocked us
 #: (Telegram 403): mark the channel blocked. failed: will never work (a bad request).
-Status = Literal["sent", "retry", "gone", "blocked", "failed"]
+#: later: not tried at all (a pace says wait, the bot is not up yet): due again after
+#: ``retry_after`` without counting an attempt, so waiting one's turn never uses up the day of
+#: retries a delivery has.
+Status = Literal["sent", "retry", "later", "gone", "blocked", "failed"]
 
 
 @dataclass(frozen=True, slots=True)

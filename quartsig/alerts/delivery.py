@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 #: 10 h, 14 h, 20 h, 24 h; after the last one the delivery has failed.
 SCHEDULE: Final = (5, 300, 1_800, 7_200, 18_000, 36_000, 50_400, 72_000, 86_400)
 JITTER: Final = 0.1  # each pause is moved by up to this share either way
+#: Seconds a delivery whose channel said "later" without saying when waits.
+LATER: Final = 5.0
 #: Deliveries of one channel row folded into one digest at most (a longer burst: several).
 DIGEST_CAP: Final = 20
 #: Seconds an announcement read blocks before the worker looks around again.
@@ -74,6 +76,9 @@ def next_step(outcome: Outcome, attempts: int, now: int, jitter: float = 0.5) ->
     pause lands (0.5: none)."""
     if outcome.status == "sent":
         return Step("sent")
+    if outcome.status == "later":
+        wait = LATER if outcome.retry_after is None else outcome.retry_after
+        return Step("pending", due=now + int(wait * 1000), error=outcome.error)
     if outcome.status == "gone":
         return Step("failed", error=outcome.error, channel_state="disabled")
     if outcome.status == "blocked":
@@ -213,7 +218,7 @@ class Deliverer:
         while True:
             try:
                 await self.drain()
-                upcoming = await storage.next_due()
+                upcoming = await storage.next_due(kinds=self.channels.keys())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -303,7 +308,7 @@ class Deliverer:
         """Send every delivery due now; how many were attempted."""
         attempted = 0
         while True:
-            due = await storage.due_deliveries(self._now())
+            due = await storage.due_deliveries(self._now(), kinds=self.channels.keys())
             if not due:
                 return attempted
             done = await self._send_all(due)
@@ -317,7 +322,7 @@ class Deliverer:
         if not triggers:
             return 0
         now = self._now()
-        due = await storage.due_of_triggers(triggers, now)
+        due = await storage.due_of_triggers(triggers, now, kinds=self.channels.keys())
         digesting = {row.channel for row in due if self._digesting(row.kind)}
         if digesting:
             known = {row.id for row in due}
@@ -383,7 +388,7 @@ class Deliverer:
         now = self._now()
         states: dict[int, Step] = {}
         for owed, outcome in outcomes:
-            attempts = owed.attempts + 1
+            attempts = owed.attempts + (outcome.status != "later")
             step = next_step(outcome, attempts, now, self.rng())
             await storage.mark(owed.id, status=step.status, attempts=attempts, due=step.due,
                                error=step.error, sent_at=now if step.status == "sent" else None)
@@ -394,6 +399,6 @@ class Deliverer:
         for channel_id, step in states.items():
             assert step.channel_state is not None
             await storage.set_channel_state(channel_id, step.channel_state, step.error)
-        if any(o.status == "retry" for _, o in outcomes):
+        if any(o.status in ("retry", "later") for _, o in outcomes):
             self.wake()  # the poll waits for the retry's due (a stream entry is acknowledged)
         self.marked.set()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -441,16 +441,28 @@ def _due_rows(rows: Iterable[Mapping[str, Any]]) -> list[Due]:
                 int(row["due"])) for row in rows]
 
 
-async def due_deliveries(now: int, *, limit: int = 100) -> list[Due]:
+def _pending(kinds: Collection[str] | None) -> dict[str, Any]:
+    """The filter of pending rows a worker can send: of its channels' ``kinds`` (None: any).
+    A node without a kind's channel (``quartsig collect`` has no bot) must not claim its rows,
+    or it would hold them for a lease and send nothing."""
+    found: dict[str, Any] = {"status": "pending"}
+    if kinds is not None:
+        found["channel__kind__in"] = list(kinds)
+    return found
+
+
+async def due_deliveries(now: int, *, limit: int = 100,
+                         kinds: Collection[str] | None = None) -> list[Due]:
     """Pending deliveries due at ``now`` (Unix ms), oldest first."""
-    return _due_rows(await AlertDelivery.filter(status="pending", due__lte=now).order_by(
+    return _due_rows(await AlertDelivery.filter(**_pending(kinds), due__lte=now).order_by(
         "due", "id").limit(limit).values(*_DUE_FIELDS))
 
 
-async def due_of_triggers(triggers: Iterable[int], now: int) -> list[Due]:
+async def due_of_triggers(triggers: Iterable[int], now: int, *,
+                          kinds: Collection[str] | None = None) -> list[Due]:
     """The due pending deliveries of these triggers (announced on the stream)."""
     return _due_rows(await AlertDelivery.filter(
-        trigger_id__in=list(triggers), status="pending", due__lte=now).order_by(
+        **_pending(kinds), trigger_id__in=list(triggers), due__lte=now).order_by(
         "due", "id").values(*_DUE_FIELDS))
 
 
@@ -461,9 +473,9 @@ async def due_on_channels(channels: Iterable[int], now: int, *, limit: int = 100
         "due", "id").limit(limit).values(*_DUE_FIELDS))
 
 
-async def next_due() -> int | None:
-    """When the next pending delivery is due (Unix ms), if any."""
-    row = await AlertDelivery.filter(status="pending").order_by("due").first().values("due")
+async def next_due(*, kinds: Collection[str] | None = None) -> int | None:
+    """When the next pending delivery of ``kinds`` is due (Unix ms), if any."""
+    row = await AlertDelivery.filter(**_pending(kinds)).order_by("due").first().values("due")
     return None if row is None else int(row["due"])
 
 

@@ -3,13 +3,16 @@ Redis, behind one shape (:class:`quartsig.alerts.announcements.Announcements`, w
 module satisfies without importing it: ``alerts`` and ``cluster`` are sibling layers and the
 app wires them).
 
-In Redis it is ``{prefix}deliveries``, a stream of entries ``trigger <id>`` read by the
-consumer group ``deliverers`` (each node a consumer named by its node id): ``XREADGROUP``
-gives each entry to one node, which acknowledges it (``XACK``) once the deliveries it announces
-are claimed and marked in the database. An entry left pending by a node that died is taken by
-another with ``XAUTOCLAIM`` once idle longer than the claim lease, when the database row the
-dead node claimed is due again. The stream is capped (``MAXLEN ~``): an entry trimmed before
-it was read costs only the time until the deliverers' database poll.
+In Redis it is ``{prefix}deliveries``, a stream of entries ``trigger <id>`` read by a
+consumer group per set of channel kinds (:func:`group_for`: ``deliverers:telegram,webhook``;
+each node a consumer named by its node id): ``XREADGROUP`` gives each entry to one node of
+each group, so a node that cannot send a kind (``quartsig collect`` has no bot) never takes
+the only look at a trigger that a node with the bot should send. The node acknowledges an
+entry (``XACK``) once the deliveries it announces are claimed and marked in the database.
+An entry left pending by a node that died is taken by another with ``XAUTOCLAIM`` once idle
+longer than the claim lease, when the database row the dead node claimed is due again. The
+stream is capped (``MAXLEN ~``): an entry trimmed before it was read costs only the time until
+the deliverers' database poll.
 
 Nothing read is trusted (as :mod:`quartsig.cluster.codec` has it for the change stream): an
 entry that is not one positive trigger id is skipped, counted in
@@ -26,7 +29,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from quartsig.cluster.codec import Untrusted, number
@@ -46,6 +49,13 @@ REJECTED = "delivery entry"
 #: Milliseconds after which a consumer with nothing pending is dropped from the group: every
 #: process start is a new consumer name, and the group's list would only grow.
 FORGET = 86_400_000
+
+
+def group_for(kinds: Iterable[str]) -> str:
+    """The consumer group of the nodes that send these channel kinds. Groups overlap (a
+    webhook row is the business of both ``webhook`` and ``telegram,webhook``): the database
+    claim lets only one of them send it."""
+    return f"{GROUP}:{','.join(sorted(set(kinds)))}"
 
 
 def default_consumer() -> str:
@@ -130,12 +140,12 @@ class RedisDeliveries:
     """The stream and its consumer group in the cluster's Redis, under ``prefix``."""
 
     def __init__(self, client: Redis, prefix: str, *, consumer: str | None = None,
-                 idle: float = 60.0, maxlen: int = MAXLEN,
+                 group: str = GROUP, idle: float = 60.0, maxlen: int = MAXLEN,
                  on_reject: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, forget: int = FORGET) -> None:
         self.client = client
         self.stream = f"{prefix}{STREAM}"
-        self.group = GROUP
+        self.group = group
         self.consumer = consumer or default_consumer()
         #: Milliseconds an entry stays pending on a consumer before another takes it: the
         #: claim lease and a margin, so the database row the dead node claimed is due again.

@@ -60,8 +60,11 @@ def register_channels() -> Iterable[Channel]:  # type: ignore[empty-body]
     endpoint a user adds: ``"webhook"``, ``"telegram"``, ``"slack"``) and
     ``async send(message, target) -> Outcome``, which tries once and says how it went
     (:class:`quartsig.alerts.channels.Outcome`): retries, back-off and disabling endpoints are
-    the delivery worker's. The built-in webhook and telegram channels come through this same
-    hook.
+    the delivery worker's; ``Outcome("later", retry_after=...)`` puts a delivery off without
+    counting a try (a channel waiting its turn under a rate limit). A channel for people may
+    also have ``async send_digest(messages, target)``: several deliveries due together for one
+    endpoint then arrive in one call. The built-in webhook and telegram channels come through
+    this same hook.
 
     :return: an iterable of channels; two of one kind, from any plugins, stop start-up.
     """

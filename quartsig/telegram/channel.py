@@ -143,7 +143,7 @@ class TelegramChannel:
     async def _send(self, target: Target, compose: Callable[[Desk, int], Reply]) -> Outcome:
         bot, desk = self.service.bot, self.service.desk()
         if bot is None or desk is None:
-            return Outcome("retry", "the bot is not running on this node", NO_BOT_RETRY)
+            return Outcome("later", "the bot is not running on this node", NO_BOT_RETRY)
         try:
             chat = int(target.address)
         except ValueError:
@@ -155,7 +155,7 @@ class TelegramChannel:
         except Exception as error:  # Redis away or answering nonsense: not Telegram's fault
             return Outcome("retry", f"pace: {error.__class__.__name__}: {error}"[:200])
         if not turn.granted:
-            return Outcome("retry", "waiting for the chat's turn (Telegram's limits)",
+            return Outcome("later", "waiting for the chat's turn (Telegram's limits)",
                            turn.wait)
         if turn.wait > 0:
             await self.sleep(turn.wait)
