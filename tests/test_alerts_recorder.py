@@ -102,6 +102,37 @@ async def test_a_failed_write_is_tried_again_in_order(db: TortoiseContext) -> No
         "BUY", "SELL"]
 
 
+async def test_queued_publications_keep_their_values_when_the_profile_updates_in_place(
+        db: TortoiseContext) -> None:
+    """``full`` updates a key's data dict in place each tick. Publications queued while the
+    database is away are evaluated later: each must be evaluated with its own values, not the
+    dict as the latest tick left it, or the transitions between them go unseen."""
+    await storage.create_rule(OWNER, {**SPEC, "condition": {"kind": "label"}}, limit=10)
+    away, writing = asyncio.Event(), asyncio.Event()
+
+    async def slow(triggers: Sequence[Trigger], term: int, **options: Any) -> None:
+        writing.set()
+        await away.wait()
+        await storage.write_triggers(triggers, term, **options)
+
+    recorder = Recorder(reload=3600, write=slow)
+    await recorder.start()
+    try:
+        data = dict(SUMMARY.compute({"Recommend.All": 0.0}))
+        recorder.on_published(Batch(values=[(KEY, data, 1_000)]), term=1)
+        async with asyncio.timeout(WAIT):  # the writer took the first one, waits on the db
+            await writing.wait()
+        for i, rating in enumerate([0.3, -0.3], 2):
+            data.update(SUMMARY.compute({"Recommend.All": rating}))  # the same dict, updated
+            recorder.on_published(Batch(values=[(KEY, data, 1_000 * i)]), term=1)
+        away.set()
+        await _settled(recorder)
+    finally:
+        await recorder.stop()
+    assert await AlertTrigger.all().order_by("id").values_list("before", "after") == [
+        ("NEUTRAL", "BUY"), ("BUY", "SELL")]
+
+
 async def test_rules_changed_elsewhere_are_reloaded(recorder: Recorder) -> None:
     assert len(recorder.evaluator) == 1
     await storage.create_rule(OWNER, SPEC, limit=10)  # as another node would

@@ -123,8 +123,17 @@ class Recorder:
             self.queue.popleft()
             log.error("alerts: database unreachable for long, a publication dropped")
         self.idle.clear()
-        self.queue.append((batch.values, term))
+        self.queue.append((self._snapshot(batch.values), term))
         self._queued.set()
+
+    def _snapshot(self, values: list[tuple[Key, Any, int]]) -> list[tuple[Key, Any, int]]:
+        """What the rules of each key read, copied now: a profile may update a key's data
+        in place at the next tick (``full`` does), and a publication queued behind a slow
+        write must be evaluated with its own values. Keys without rules keep their data (it
+        only feeds the latest values, where a later value is right)."""
+        reads_of = self.evaluator.reads_of
+        return [(key, {name: data.get(name) for name in reads} if (reads := reads_of(key))
+                 else data, ts) for key, data, ts in values]
 
     async def _sync(self, term: int) -> None:
         """A new term (or the first): start the rules from what the last leader wrote it saw,
