@@ -35,7 +35,10 @@ the collector's first scanner request after the step, in the stand-in's log, so 
 up to ``--interval`` of waiting for the collector's next tick, with its heartbeats, is
 not counted against a peer whose window opens with its broadcast), RSS growth per
 connection when idle (connected and subscribed) and after the ticks; then ratios
-quartsig / peer, each the median over rounds of the ratio within the round.
+quartsig / peer, each the median over rounds of the ratio within the round. Then, for each
+quartsig server (started through ``bench/gcwatch.py``, which times every cycle collection with
+``gc.callbacks``): the collections during the ticks (from the step to the last frame), their
+p99 and max pause, and the max over the whole run, start-up and connections included.
 """
 
 from __future__ import annotations
@@ -241,8 +244,11 @@ class Server:
             if variant is not None:  # another copy of the package, for A/B figures
                 env["PYTHONPATH"] = str(variant)
             self.log = open(log, "ab")  # noqa: SIM115
+            # Through bench/gcwatch.py: every cycle collection's pause, written at exit.
+            self.gc_file: Path | None = stack.work / f"{kind}-{self.port}-gc.json"
             self.process = subprocess.Popen(
-                [PY, "-m", "quartsig", "serve", "--bind", f"127.0.0.1:{self.port}",
+                [PY, str(REPO / "bench" / "gcwatch.py"), str(self.gc_file),
+                 "quartsig", "serve", "--bind", f"127.0.0.1:{self.port}",
                  "--config", str(REPO / "hypercorn.toml")],
                 stdout=self.log, stderr=subprocess.STDOUT, env=env,
                 cwd=variant or REPO,  # `python -m` puts the cwd first on sys.path
@@ -252,6 +258,7 @@ class Server:
             self.pid = self.process.pid
             self.peer: Piped | None = None
         else:
+            self.gc_file = None
             module, extra = {
                 "quart": ("bench.peers.quart_peer", ["--decline-deflate"]),
                 "quart-deflate": ("bench.peers.quart_peer", []),
@@ -355,6 +362,10 @@ class Run:
     rss_after: float = 0.0
     ticks: list[Tick] = field(default_factory=list)
     closes: dict[str, int] = field(default_factory=dict)
+    #: quartsig: the cycle collector's pauses (ms, generation) from the step of each tick to
+    #: its last frame received, and over the whole run (start-up, connections, ticks).
+    gc_ticks: list[tuple[float, int]] = field(default_factory=list)
+    gc_all: list[tuple[float, int]] = field(default_factory=list)
 
 
 def _await_tick(clients: Clients, expected: int, after: int, timeout: float) -> int | None:
@@ -398,6 +409,7 @@ def one_run(kind: str, n: int, mode: str, stack: Stack, clients: Clients, subs: 
         run.rss_idle = (rss_kib(server.pid) - rss0) / max(1, run.connected)
         last = int(time.time() * 1000)
         spy = _spy(kind, n, mode, server.pid)
+        windows: list[tuple[float, float]] = []
         for _ in range(ticks):
             clients.all({"op": "reset"})
             sampler = CpuSampler(server.pid)
@@ -411,6 +423,7 @@ def one_run(kind: str, n: int, mode: str, stack: Stack, clients: Clients, subs: 
                 server.peer.ask({"op": "broadcast", "frame_size": frame_size,
                                  "piece_size": piece_size})  # fmt: skip
             ts = _await_tick(clients, run.connected, last, timeout=interval + 30)
+            windows.append((stepped, time.time()))
             cpu_end = sampler.stop()
             cpu = cpu_end - cpu0
             started = stepped
@@ -441,7 +454,29 @@ def one_run(kind: str, n: int, mode: str, stack: Stack, clients: Clients, subs: 
         clients.all({"op": "close"})
     finally:
         server.stop()
+    if server.gc_file is not None and server.gc_file.exists():
+        pauses = json.loads(server.gc_file.read_text())
+        run.gc_all = [(seconds * 1000, generation) for _, seconds, generation in pauses]
+        run.gc_ticks = [(seconds * 1000, generation) for end, seconds, generation in pauses
+                        if any(start <= end - seconds and end <= stop
+                               for start, stop in windows)]  # fmt: skip
     return run
+
+
+def gc_table(runs: list[Run]) -> str:
+    """The cycle collector's pauses in each quartsig server, all its rounds together."""
+    lines = ["| server | collections in the ticks (full) | p99 ms | max ms | "
+             "max ms over the whole run (full collections) |", "|---|---:|---:|---:|---:|"]
+    for kind in dict.fromkeys(r.kind for r in runs if r.gc_all):
+        mine = [r for r in runs if r.kind == kind]
+        ticks = [ms for r in mine for ms, _ in r.gc_ticks]
+        full = sum(1 for r in mine for _, generation in r.gc_ticks if generation == 2)
+        whole = [ms for r in mine for ms, _ in r.gc_all]
+        whole_full = sum(1 for r in mine for _, generation in r.gc_all if generation == 2)
+        lines.append(f"| {kind} | {len(ticks)} ({full}) | "
+                     f"{percentile(ticks, 99) if ticks else 0:.1f} | "
+                     f"{max(ticks, default=0):.1f} | {max(whole, default=0):.1f} ({whole_full}) |")
+    return "\n".join(lines)
 
 
 SPY_DIR: Path | None = None
@@ -604,11 +639,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 f"{' '.join(f'{x.max:.0f}' for x in t)} ms, cpu "
                                 f"{' '.join(f'{x.cpu_ms:.0f}' for x in t)} ms (from tick "
                                 f"start {' '.join(f'{x.tick_cpu_ms:.0f}' for x in t)}), "
-                                f"closes {run.closes}",
+                                f"closes {run.closes}, GC in ticks max "
+                                f"{max((ms for ms, _ in run.gc_ticks), default=0):.1f} ms",
                                 file=sys.stderr,
                                 flush=True,
                             )
                     print(table(n, mode, runs, mode_kinds), flush=True)
+                    print(flush=True)
+                    print(gc_table(runs), flush=True)
                     print(flush=True)
         finally:
             clients.close()
