@@ -519,3 +519,20 @@ def test_the_row_cache_parses_only_rows_whose_bytes_moved() -> None:
     assert second[0][_TICKERS[0]] is first[0][_TICKERS[0]]
     assert second[0][_TICKERS[2]] is not first[0][_TICKERS[2]]
     assert list(second[0][_TICKERS[2]].cells) == [1.0, 2.5]
+
+
+def test_a_rows_cells_are_left_alone_by_the_cycle_collector() -> None:
+    """A row of numbers (most of a tick's) is not walked by every full collection again: its
+    cells are a tuple, which the collector untracks at its first look."""
+    import gc
+
+    request = ScanRequest("forex", _TICKERS[:1], ("a", "b", "c"))
+    for parsed in (RowCache().parse(request, _body([(_TICKERS[0], [1.0, None, 3])], "plain")),
+                   parse_body(request, _body([(_TICKERS[0], [1.0, None, 3])], "plain"))):
+        assert not isinstance(parsed, ScanError)
+        row = parsed[0][_TICKERS[0]]
+        assert row.cells == (1.0, None, 3) and row["c"] == 3
+        gc.collect()
+        assert not gc.is_tracked(row.cells)
+    joined = Row.joined([Row.of({"a": 1.0}), Row.of({"b": 2.0})], {})
+    assert joined.cells == (1.0, 2.0) and dict(joined) == {"a": 1.0, "b": 2.0}
