@@ -229,9 +229,7 @@ async def _run(args: argparse.Namespace) -> None:
     # same first tick (the market is seeded) to a second one at each share of keys changing.
     evaluator = None
     if args.alerts:
-        from bench.alerts import build
-
-        evaluator, _ = build(args.alerts, len(keys), 1, over=keys)
+        evaluator, _ = _alerts_bench().build(args.alerts, len(keys), 1, over=keys)
 
     def publish_once(before: list[bytes], after: list[bytes]) -> tuple[float, float]:
         """The step's CPU ms, and its batch's evaluation's (0 without ``--alerts``)."""
@@ -298,6 +296,19 @@ async def _run(args: argparse.Namespace) -> None:
           f"update frames: {sum(len(orjson.dumps(c)) for c in changes) / 1e6:.1f} MB of data")
     if args.ticks:
         _steady(args.ticks, keys, profiles, [results, first, second])
+
+
+def _alerts_bench() -> Any:
+    """``bench/alerts.py`` beside this file (with ``--compare`` the path leads to the other
+    checkout's ``bench``, whose ``build`` may not take ``over``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_alerts",
+                                                  Path(__file__).with_name("alerts.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Partly(DemoScanner):
