@@ -536,3 +536,24 @@ def test_a_rows_cells_are_left_alone_by_the_cycle_collector() -> None:
         assert not gc.is_tracked(row.cells)
     joined = Row.joined([Row.of({"a": 1.0}), Row.of({"b": 2.0})], {})
     assert joined.cells == (1.0, 2.0) and dict(joined) == {"a": 1.0, "b": 2.0}
+
+
+def test_the_row_cache_reuses_a_row_only_for_the_very_same_bytes() -> None:
+    """Rows are compared where they lie in the reply, not split off: bytes that only begin
+    with the last reply's row (here, then a stray brace) are not that row."""
+    request = ScanRequest("forex", _TICKERS[:2], ("a", "b"))
+    cache = RowCache()
+    row = b'{"s":"FX_IDC:EURUSD","d":[1.0,2.0]}'
+    head = b'{"totalCount":2,"data":['
+    first = cache.parse(request, head + row + b"]}")
+    assert not isinstance(first, ScanError)
+    for body in (head + row + b"}]}", head + row + b'},{"s":"FX_IDC:USDJPY","d":[1,2]}]}',
+                 head + row + b' ,{"s":"FX_IDC:USDJPY","d":[1,2]}]}'):
+        got, expected = cache.parse(request, body), parse_body(request, body)
+        assert _plain(got) == _plain(expected)
+        first = cache.parse(request, head + row + b"]}")  # (a reply it did not take: anew)
+        assert not isinstance(first, ScanError)
+    again = cache.parse(request, head + row + b',{"s":"FX_IDC:USDJPY","d":[3,4]}]}')
+    assert not isinstance(again, ScanError)
+    assert again[0]["FX_IDC:EURUSD"] is first[0]["FX_IDC:EURUSD"]  # the same bytes, in place
+    assert again[0]["FX_IDC:USDJPY"].cells == (3, 4)
