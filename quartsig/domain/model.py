@@ -7,7 +7,7 @@ pulling in another's dependencies (the hub used to load aiohttp through the plan
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
@@ -87,15 +87,18 @@ class Row(Mapping[str, Any]):
 
     __slots__ = ("cells", "layout")
 
-    def __init__(self, layout: Layout, cells: Iterable[Any]) -> None:
+    def __init__(self, layout: Layout, cells: Sequence[Any]) -> None:
         self.layout = layout
         #: The raw ``d`` values, in the layout's order (not ``values``: a Mapping's method).
-        #: A tuple, not orjson's list: a tuple of numbers is untracked by the cycle collector
-        #: at its first collection, where a list is traversed by every collection of its
-        #: generation while it lives. A tick's rows hold ~910 000 cells and an unmoved row
-        #: lives for many ticks: as lists they were most of what full collections walked
-        #: (2.8 million references in bench.tick's steady ticks). Copying is ~2 us a row.
-        self.cells = tuple(cells)
+        #: The scanner client's row cache makes them a tuple: a tuple of numbers is untracked
+        #: by the cycle collector at its first collection, where a list is traversed by every
+        #: collection of its generation while it lives. A tick's rows hold ~910 000 cells and
+        #: an unmoved row lives for many ticks: as lists they were most of what full
+        #: collections walked (2.8 million references in bench.tick's steady ticks). The copy
+        #: is cheap only while orjson's floats are in the cache (one row just parsed), so
+        #: :func:`~quartsig.upstream.scanner.parse_body`, which parses a whole reply at once,
+        #: keeps orjson's lists (a fallback: 1.26x its parse with the copy).
+        self.cells = cells
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> Row:
@@ -138,7 +141,7 @@ class Row(Mapping[str, Any]):
         if layout is None:
             layout = layouts[shape] = Layout(
                 [column for piece in pieces for column in piece.layout.columns])
-        return Row(layout, chain.from_iterable(piece.cells for piece in pieces))
+        return Row(layout, tuple(chain.from_iterable(piece.cells for piece in pieces)))
 
     def __repr__(self) -> str:
         return f"Row({dict(self)!r})"

@@ -257,7 +257,7 @@ def _reusing(
         if ticker not in wanted:
             parsed[ticker] = Row(layout, ())  # not asked for: only its shape was checked
         elif isinstance(values, list) and len(values) == width:
-            parsed[ticker] = Row(layout, values)
+            parsed[ticker] = Row(layout, tuple(values))  # see Row.cells
         else:
             return None
     moved = dict(fresh)
