@@ -347,7 +347,8 @@ def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any]) -> No
     """``ticks`` ticks of one collector into one hub, the replies alternating; CPU per tick,
     and the cycle collector's share of it by generation (``gc.callbacks``)."""
     results, first, second = inputs
-    hub, collector, conn = _primed(keys, profiles, results(first))
+    cache = RowCache() if RowCache is not None else None  # as the scanner client parses
+    hub, collector, conn = _primed(keys, profiles, results(first, cache))
     collected = [0.0, 0.0, 0.0]
     began = [0.0]
     inside = [False]  # only collections within a tick count
@@ -363,7 +364,8 @@ def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any]) -> No
     try:
         for tick in range(ticks):
             inside[0], started = True, time.process_time()
-            hub.apply(collector.compose(keys, results(second if tick % 2 == 0 else first)))
+            hub.apply(collector.compose(keys, results(second if tick % 2 == 0 else first,
+                                                      cache)))
             times.append((time.process_time() - started) * 1000)
             inside[0] = False
             conn.take()
