@@ -14,6 +14,7 @@ unchanged: nothing of this is in ``quartsig``.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import gc
 import json
@@ -51,10 +52,16 @@ def watch(out: Path) -> list[list[float]]:
     return pauses
 
 
-def main() -> None:
-    out, module, *args = sys.argv[1:]
-    watch(Path(out))
-    sys.argv = [module, *args]
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench/gcwatch.py",
+                                     description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("out", type=Path, help="where the pauses go, as JSON, at exit")
+    parser.add_argument("module", help="what to run, as python -m MODULE")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the module's arguments")
+    found = parser.parse_args(argv)
+    watch(found.out)
+    sys.argv = [found.module, *found.args]
+    module = found.module
     sys.path[0] = os.getcwd()  # as ``python -m`` has it (not this script's folder)
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
