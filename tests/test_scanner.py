@@ -562,3 +562,17 @@ def test_the_row_cache_reuses_a_row_only_for_the_very_same_bytes() -> None:
     assert not isinstance(again, ScanError)
     assert again[0]["FX_IDC:EURUSD"] is first[0]["FX_IDC:EURUSD"]  # the same bytes, in place
     assert again[0]["FX_IDC:USDJPY"].cells == (3, 4)
+
+
+def test_the_row_cache_reuses_rows_beside_braces_in_cells() -> None:
+    """A brace in a cell (within a string, or an object) is not a row's start: the rows are
+    then found by their own ``{"s":``, and still reused."""
+    request = ScanRequest("forex", _TICKERS[:2], ("a", "b"))
+    cache = RowCache()
+    for cells in (["{x", 1.0], [{"k": "}{"}, 1.0]):
+        rows = [(_TICKERS[0], cells), (_TICKERS[1], [2.0, 3.0])]
+        first = cache.parse(request, _body(rows, "plain"))
+        again = cache.parse(request, _body(rows, "plain"))
+        assert not isinstance(first, ScanError) and not isinstance(again, ScanError)
+        assert _plain(again) == _plain(parse_body(request, _body(rows, "plain")))
+        assert all(again[0][ticker] is first[0][ticker] for ticker in _TICKERS[:2])
