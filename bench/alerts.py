@@ -40,9 +40,13 @@ from quartsig.domain.rules import label
 WATCHLIST_SIZE = 10
 
 
-def build(rules: int, keys: int, seed: int) -> tuple[Evaluator, list[Key]]:
+def build(rules: int, keys: int, seed: int,
+          over: Sequence[Key] | None = None) -> tuple[Evaluator, list[Key]]:
+    """``rules`` rules of the mix above over ``keys`` keys (``over``'s first ones, if given:
+    ``bench.tick --alerts`` puts them on the keys its ticks publish)."""
     rng = random.Random(seed)
-    all_keys = [Key("full", f"FX_IDC:K{i}", "1h") for i in range(keys)]
+    all_keys = (list(over[:keys]) if over is not None
+                else [Key("full", f"FX_IDC:K{i}", "1h") for i in range(keys)])
     evaluator = Evaluator()
     for rule_id in range(rules):
         kind = rule_id % 20

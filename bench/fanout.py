@@ -35,7 +35,10 @@ the collector's first scanner request after the step, in the stand-in's log, so 
 up to ``--interval`` of waiting for the collector's next tick, with its heartbeats, is
 not counted against a peer whose window opens with its broadcast), RSS growth per
 connection when idle (connected and subscribed) and after the ticks; then ratios
-quartsig / peer, each the median over rounds of the ratio within the round.
+quartsig / peer, each the median over rounds of the ratio within the round. Then, for each
+quartsig server (started through ``bench/gcwatch.py``, which times every cycle collection with
+``gc.callbacks``): the collections during the ticks (from the step to the last frame), their
+p99 and max pause, and the max over the whole run, start-up and connections included.
 """
 
 from __future__ import annotations
@@ -241,8 +244,11 @@ class Server:
             if variant is not None:  # another copy of the package, for A/B figures
                 env["PYTHONPATH"] = str(variant)
             self.log = open(log, "ab")  # noqa: SIM115
+            # Through bench/gcwatch.py: every cycle collection's pause, written at exit.
+            self.gc_file: Path | None = stack.work / f"{kind}-{self.port}-gc.json"
             self.process = subprocess.Popen(
-                [PY, "-m", "quartsig", "serve", "--bind", f"127.0.0.1:{self.port}",
+                [PY, str(REPO / "bench" / "gcwatch.py"), str(self.gc_file),
+                 "quartsig", "serve", "--bind", f"127.0.0.1:{self.port}",
                  "--config", str(REPO / "hypercorn.toml")],
                 stdout=self.log, stderr=subprocess.STDOUT, env=env,
                 cwd=variant or REPO,  # `python -m` puts the cwd first on sys.path
@@ -252,6 +258,7 @@ class Server:
             self.pid = self.process.pid
             self.peer: Piped | None = None
         else:
+            self.gc_file = None
             module, extra = {
                 "quart": ("bench.peers.quart_peer", ["--decline-deflate"]),
                 "quart-deflate": ("bench.peers.quart_peer", []),
@@ -355,6 +362,12 @@ class Run:
     rss_after: float = 0.0
     ticks: list[Tick] = field(default_factory=list)
     closes: dict[str, int] = field(default_factory=dict)
+    #: quartsig: the cycle collector's pauses (ms, generation) from the step of each tick to
+    #: its last frame received, and over the whole run (start-up, connections, ticks).
+    gc_ticks: list[tuple[float, int, float]] = field(default_factory=list)  # wall ms, gen, CPU ms
+    gc_all: list[tuple[float, int, float]] = field(default_factory=list)
+    #: quartsig with ``--gc-census``: tracked objects by type once connected (bench/gcwatch.py).
+    census: dict[str, Any] = field(default_factory=dict)
 
 
 def _await_tick(clients: Clients, expected: int, after: int, timeout: float) -> int | None:
@@ -396,8 +409,16 @@ def one_run(kind: str, n: int, mode: str, stack: Stack, clients: Clients, subs: 
             print(f"  ! {kind}: {connected}", file=sys.stderr)
         time.sleep(interval + 1.5 if kind.startswith("quartsig") else 1.0)  # first snapshots settle
         run.rss_idle = (rss_kib(server.pid) - rss0) / max(1, run.connected)
+        if GC_CENSUS and server.gc_file is not None:
+            census = server.gc_file.with_suffix(".census.json")
+            os.kill(server.pid, signal.SIGUSR2)
+            with contextlib.suppress(RuntimeError):
+                wait_until(census.exists, 30, what="the census")
+                time.sleep(0.5)
+                run.census = json.loads(census.read_text())
         last = int(time.time() * 1000)
         spy = _spy(kind, n, mode, server.pid)
+        windows: list[tuple[float, float]] = []
         for _ in range(ticks):
             clients.all({"op": "reset"})
             sampler = CpuSampler(server.pid)
@@ -411,6 +432,7 @@ def one_run(kind: str, n: int, mode: str, stack: Stack, clients: Clients, subs: 
                 server.peer.ask({"op": "broadcast", "frame_size": frame_size,
                                  "piece_size": piece_size})  # fmt: skip
             ts = _await_tick(clients, run.connected, last, timeout=interval + 30)
+            windows.append((stepped, time.time()))
             cpu_end = sampler.stop()
             cpu = cpu_end - cpu0
             started = stepped
@@ -441,10 +463,51 @@ def one_run(kind: str, n: int, mode: str, stack: Stack, clients: Clients, subs: 
         clients.all({"op": "close"})
     finally:
         server.stop()
+    if server.gc_file is not None and server.gc_file.exists():
+        pauses = json.loads(server.gc_file.read_text())
+        run.gc_all = [(seconds * 1000, generation, cpu * 1000)
+                      for _, seconds, generation, cpu in pauses]
+        run.gc_ticks = [(seconds * 1000, generation, cpu * 1000)
+                        for end, seconds, generation, cpu in pauses
+                        if any(start <= end - seconds and end <= stop
+                               for start, stop in windows)]  # fmt: skip
     return run
 
 
+def gc_table(runs: list[Run]) -> str:
+    """The cycle collector's pauses in each quartsig server, all its rounds together: wall
+    time (what a frame waits) and the server thread's CPU time (the collector's own work;
+    less when the process was descheduled meanwhile)."""
+    lines = ["| server | collections in the ticks (full) | p99 ms wall (CPU) | "
+             "max ms wall (CPU) | its generation | max ms over the whole run, wall (CPU) | "
+             "full collections in the run |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for kind in dict.fromkeys(r.kind for r in runs if r.gc_all):
+        mine = [r for r in runs if r.kind == kind]
+        ticks = [pause for r in mine for pause in r.gc_ticks]
+        whole = [pause for r in mine for pause in r.gc_all]
+        full = sum(1 for _, generation, _ in ticks if generation == 2)
+        worst = max(ticks, default=(0.0, 0, 0.0))
+        worst_all = max(whole, default=(0.0, 0, 0.0))
+        lines.append(
+            f"| {kind} | {len(ticks)} ({full}) | "
+            f"{percentile([p[0] for p in ticks], 99) if ticks else 0:.1f} "
+            f"({percentile([p[2] for p in ticks], 99) if ticks else 0:.1f}) | "
+            f"{worst[0]:.1f} ({max((p[2] for p in ticks), default=0):.1f}) | gen{worst[1]} | "
+            f"{worst_all[0]:.1f} ({max((p[2] for p in whole), default=0):.1f}) | "
+            f"{sum(1 for _, generation, _ in whole if generation == 2)} |")
+    for run in runs:
+        if run.census:
+            per = max(1, run.connected)
+            top = ", ".join(f"{name} {count / per:.1f}" for name, count in run.census["types"][:15])
+            lines.append(f"\n{run.kind} round {getattr(run, 'round', 0)}: "
+                         f"{run.census['tracked']} objects tracked once connected "
+                         f"({run.census['tracked'] / per:.0f} per connection; "
+                         f"{run.census['frozen']} frozen); per connection: {top}")
+    return "\n".join(lines)
+
+
 SPY_DIR: Path | None = None
+GC_CENSUS = False
 
 
 def _spy(kind: str, n: int, mode: str, pid: int) -> subprocess.Popen[Any] | None:
@@ -557,9 +620,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="DIR",
         help="record each server with py-spy during the ticks (collapsed stacks)",
     )
+    parser.add_argument("--gc-census", action="store_true",
+                        help="quartsig: count the objects the cycle collector tracks, by type, "
+                             "once connected")  # fmt: skip
     args = parser.parse_args(argv)
-    global SPY_DIR
+    global SPY_DIR, GC_CENSUS
     SPY_DIR = args.py_spy
+    GC_CENSUS = args.gc_census
     for item in args.variant:
         name, _, where = item.partition("=")
         VARIANTS[name] = Path(where).resolve()
@@ -604,11 +671,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 f"{' '.join(f'{x.max:.0f}' for x in t)} ms, cpu "
                                 f"{' '.join(f'{x.cpu_ms:.0f}' for x in t)} ms (from tick "
                                 f"start {' '.join(f'{x.tick_cpu_ms:.0f}' for x in t)}), "
-                                f"closes {run.closes}",
+                                f"closes {run.closes}, GC in ticks max "
+                                f"{max((p[0] for p in run.gc_ticks), default=0):.1f} ms",
                                 file=sys.stderr,
                                 flush=True,
                             )
                     print(table(n, mode, runs, mode_kinds), flush=True)
+                    print(flush=True)
+                    print(gc_table(runs), flush=True)
                     print(flush=True)
         finally:
             clients.close()

@@ -20,6 +20,12 @@ checkout in DIR (e.g. ``git worktree add /tmp/base main``) side by side: ``--rou
 each running this same script once per checkout in a fresh process with that checkout's
 ``quartsig`` first on the path, alternating, and prints medians and per-round ratios.
 
+``--alerts RULES`` also times the alerts' evaluation of each whole step's batch
+(``Evaluator.evaluate`` of its values, ``bench.alerts``' mix of rules over every key, primed
+with the first tick's data): in the service it runs in the recorder's writer task after the
+publication, not in the tick, so it is printed beside the step and added to it as
+"step + evaluation", the cost of one tick's data all told.
+
 ``--ticks N`` then runs N steady-state ticks on one hub and collector (the two reply sets in
 turn, so half the keys change every tick) and prints their median CPU time and the time the
 cycle collector took in them, by generation: a loop to record with a profiler
@@ -88,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", metavar="DIR", type=Path,
                         help="a checkout to measure side by side with this one")
     parser.add_argument("--rounds", type=int, default=3, help="rounds with --compare")
+    parser.add_argument("--alerts", type=int, default=0, metavar="RULES",
+                        help="also time the evaluation of RULES alert rules on each step's batch")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -126,7 +134,7 @@ def _compare(args: argparse.Namespace) -> None:
             done = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), "--json", "--runs",
                  str(args.runs), "--tickers", str(args.tickers), "--profile", args.profile,
-                 "--change-share", shares],
+                 "--change-share", shares, "--alerts", str(args.alerts)],
                 env=env, cwd=tree, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{name} ({tree}) failed:\n{done.stderr[-3000:]}")
@@ -219,12 +227,27 @@ async def _run(args: argparse.Namespace) -> None:
 
     # The whole publish step, as the collector runs it, with one connection per key: from the
     # same first tick (the market is seeded) to a second one at each share of keys changing.
-    def publish_once(before: list[bytes], after: list[bytes]) -> float:
+    evaluator = None
+    if args.alerts:
+        evaluator, _ = _alerts_bench().build(args.alerts, len(keys), 1, over=keys)
+
+    def publish_once(before: list[bytes], after: list[bytes]) -> tuple[float, float]:
+        """The step's CPU ms, and its batch's evaluation's (0 without ``--alerts``)."""
         cache = RowCache() if RowCache is not None else None
         hub, collector, _ = _primed(keys, profiles, results(before, cache))
+        if evaluator is not None:  # the rules' last values: the first tick's (copies: the
+            # step updates data in place where it has compute_changes)
+            evaluator.evaluate([(key, dict(data), 0)
+                                for key, data in collector.composer.outputs.items()])
         started = time.process_time()
-        hub.apply(collector.compose(keys, results(after, cache)))
-        return (time.process_time() - started) * 1000
+        batch = collector.compose(keys, results(after, cache))
+        hub.apply(batch)
+        step = (time.process_time() - started) * 1000
+        if evaluator is None:
+            return step, 0.0
+        started = time.process_time()
+        evaluator.evaluate(batch.values)
+        return step, (time.process_time() - started) * 1000
 
     changed_at: dict[str, int] = {}
     for share in args.change_share:
@@ -242,8 +265,13 @@ async def _run(args: argparse.Namespace) -> None:
                               (f"{share:.0%} of tickers", whole_tickers)):
             hub, collector, _ = _primed(keys, profiles, results(before))
             changed_at[name] = hub.apply(collector.compose(keys, results(replies)))
-            figures[f"whole step, {name} change"] = statistics.median(
-                publish_once(before, replies) for _ in range(args.runs))
+            measured = [publish_once(before, replies) for _ in range(args.runs)]
+            figures[f"whole step, {name} change"] = statistics.median(m[0] for m in measured)
+            if evaluator is not None:
+                figures[f"evaluation, {name} change"] = statistics.median(
+                    m[1] for m in measured)
+                figures[f"step + evaluation, {name} change"] = statistics.median(
+                    sum(m) for m in measured)
     if args.json:
         print(json.dumps(figures))
         return
@@ -257,7 +285,8 @@ async def _run(args: argparse.Namespace) -> None:
     print()
     print("| phase | ms per tick | us per key |")
     print("|---|---|---|")
-    phases = {name: ms for name, ms in figures.items() if not name.startswith("whole")}
+    phases = {name: ms for name, ms in figures.items()
+              if not name.startswith(("whole", "evaluation", "step + "))}
     for phase, ms in figures.items():
         print(f"| {phase} | {ms:.1f} | {ms * 1000 / len(keys):.2f} |")
     print(f"| sum of phases (parse, compute and diff all keys, encode) | "
@@ -267,6 +296,19 @@ async def _run(args: argparse.Namespace) -> None:
           f"update frames: {sum(len(orjson.dumps(c)) for c in changes) / 1e6:.1f} MB of data")
     if args.ticks:
         _steady(args.ticks, keys, profiles, [results, first, second])
+
+
+def _alerts_bench() -> Any:
+    """``bench/alerts.py`` beside this file (with ``--compare`` the path leads to the other
+    checkout's ``bench``, whose ``build`` may not take ``over``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_alerts",
+                                                  Path(__file__).with_name("alerts.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Partly(DemoScanner):
@@ -305,7 +347,8 @@ def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any]) -> No
     """``ticks`` ticks of one collector into one hub, the replies alternating; CPU per tick,
     and the cycle collector's share of it by generation (``gc.callbacks``)."""
     results, first, second = inputs
-    hub, collector, conn = _primed(keys, profiles, results(first))
+    cache = RowCache() if RowCache is not None else None  # as the scanner client parses
+    hub, collector, conn = _primed(keys, profiles, results(first, cache))
     collected = [0.0, 0.0, 0.0]
     began = [0.0]
     inside = [False]  # only collections within a tick count
@@ -321,7 +364,8 @@ def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any]) -> No
     try:
         for tick in range(ticks):
             inside[0], started = True, time.process_time()
-            hub.apply(collector.compose(keys, results(second if tick % 2 == 0 else first)))
+            hub.apply(collector.compose(keys, results(second if tick % 2 == 0 else first,
+                                                      cache)))
             times.append((time.process_time() - started) * 1000)
             inside[0] = False
             conn.take()

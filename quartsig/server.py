@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import multiprocessing
@@ -21,7 +22,7 @@ import signal
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,26 @@ def apply_stream_settings(config: Config, settings: Settings) -> Config:
     return StreamLimits.from_settings(settings).apply(config)  # the rule: quartsig.hosting.limits
 
 
+def freeze_start_up() -> None:
+    """Move every object alive once started into the cycle collector's permanent generation.
+
+    A server's start-up leaves hundreds of thousands of objects that live as long as it does
+    (modules, functions, the ORM's and the routes' tables, the plugins, the first tick's
+    data): each full collection walked them all again, while ticks and connections make
+    enough new containers to trigger one every few ticks (issue 23: pauses of 0.8-2.6 s
+    during a fan-out at 10 000 connections). Collected first, so that no garbage of the
+    start-up is frozen with them (it would never be freed); what is frozen is still freed by
+    its reference count when it dies, only never traversed again."""
+    gc.collect()
+    gc.freeze()
+
+
+async def _frozen_once_started() -> AsyncGenerator[None, None]:
+    """A lifespan step after the app's own (Quart runs them in order of registration)."""
+    freeze_start_up()
+    yield
+
+
 async def serve_until_signalled(app: Quart, config: Config,
                                 sockets: Sockets | None = None) -> None:
     """Serve until SIGTERM/SIGINT; then close every client with 1001 before Hypercorn stops.
@@ -130,6 +151,7 @@ async def serve_until_signalled(app: Quart, config: Config,
     """
     if sockets is None:
         sockets = listen(config)
+    app.while_serving(_frozen_once_started)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     on_signal(loop, stop)
@@ -222,6 +244,7 @@ async def _live(state: State, stop: asyncio.Event, loop: asyncio.AbstractEventLo
     except Exception as error:
         release_signals(loop)
         raise StartError(f"start-up failed: {error}") from None
+    freeze_start_up()
     try:
         await stop.wait()
     finally:

@@ -519,3 +519,60 @@ def test_the_row_cache_parses_only_rows_whose_bytes_moved() -> None:
     assert second[0][_TICKERS[0]] is first[0][_TICKERS[0]]
     assert second[0][_TICKERS[2]] is not first[0][_TICKERS[2]]
     assert list(second[0][_TICKERS[2]].cells) == [1.0, 2.5]
+
+
+def test_a_rows_cells_are_left_alone_by_the_cycle_collector() -> None:
+    """A row of numbers from the scanner client (most of a tick's) is not walked by every full
+    collection again: its cells are a tuple, which the collector untracks at its first look.
+    parse_body, the fallback, keeps orjson's list (see Row.cells)."""
+    import gc
+
+    request = ScanRequest("forex", _TICKERS[:1], ("a", "b", "c"))
+    body = _body([(_TICKERS[0], [1.0, None, 3])], "plain")
+    parsed = RowCache().parse(request, body)
+    assert not isinstance(parsed, ScanError)
+    row = parsed[0][_TICKERS[0]]
+    assert row.cells == (1.0, None, 3) and row["c"] == 3
+    gc.collect()
+    assert not gc.is_tracked(row.cells)
+    whole = parse_body(request, body)
+    assert not isinstance(whole, ScanError) and list(whole[0][_TICKERS[0]].cells) == [1.0, None, 3]
+    joined = Row.joined([Row.of({"a": 1.0}), Row.of({"b": 2.0})], {})
+    assert tuple(joined.cells) == (1.0, 2.0) and dict(joined) == {"a": 1.0, "b": 2.0}
+    gc.collect()
+    assert not gc.is_tracked(joined.cells)
+
+
+def test_the_row_cache_reuses_a_row_only_for_the_very_same_bytes() -> None:
+    """Rows are compared where they lie in the reply, not split off: bytes that only begin
+    with the last reply's row (here, then a stray brace) are not that row."""
+    request = ScanRequest("forex", _TICKERS[:2], ("a", "b"))
+    cache = RowCache()
+    row = b'{"s":"FX_IDC:EURUSD","d":[1.0,2.0]}'
+    head = b'{"totalCount":2,"data":['
+    first = cache.parse(request, head + row + b"]}")
+    assert not isinstance(first, ScanError)
+    for body in (head + row + b"}]}", head + row + b'},{"s":"FX_IDC:USDJPY","d":[1,2]}]}',
+                 head + row + b' ,{"s":"FX_IDC:USDJPY","d":[1,2]}]}'):
+        got, expected = cache.parse(request, body), parse_body(request, body)
+        assert _plain(got) == _plain(expected)
+        first = cache.parse(request, head + row + b"]}")  # (a reply it did not take: anew)
+        assert not isinstance(first, ScanError)
+    again = cache.parse(request, head + row + b',{"s":"FX_IDC:USDJPY","d":[3,4]}]}')
+    assert not isinstance(again, ScanError)
+    assert again[0]["FX_IDC:EURUSD"] is first[0]["FX_IDC:EURUSD"]  # the same bytes, in place
+    assert again[0]["FX_IDC:USDJPY"].cells == (3, 4)
+
+
+def test_the_row_cache_reuses_rows_beside_braces_in_cells() -> None:
+    """A brace in a cell (within a string, or an object) is not a row's start: the rows are
+    then found by their own ``{"s":``, and still reused."""
+    request = ScanRequest("forex", _TICKERS[:2], ("a", "b"))
+    cache = RowCache()
+    for cells in (["{x", 1.0], [{"k": "}{"}, 1.0]):
+        rows = [(_TICKERS[0], cells), (_TICKERS[1], [2.0, 3.0])]
+        first = cache.parse(request, _body(rows, "plain"))
+        again = cache.parse(request, _body(rows, "plain"))
+        assert not isinstance(first, ScanError) and not isinstance(again, ScanError)
+        assert _plain(again) == _plain(parse_body(request, _body(rows, "plain")))
+        assert all(again[0][ticker] is first[0][ticker] for ticker in _TICKERS[:2])

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from hypercorn.config import Config
 
-from quartsig.server import StartError, listen
+from quartsig.server import StartError, freeze_start_up, listen
 from tests.support.net import eventually, free_port, http, wait_until
 from tests.support.processes import (
     REPO,
@@ -175,3 +175,24 @@ def test_a_second_signal_ends_a_process_whose_shutdown_hangs(
         stop_process(process)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_the_start_up_is_frozen_without_its_garbage() -> None:
+    """What start-up left alive is out of the full collections' way; a cycle that was garbage
+    by then is freed first, not frozen for ever."""
+    import gc
+    import weakref
+
+    class Cycle:
+        me: Any = None
+
+    garbage = Cycle()
+    garbage.me = garbage
+    gone = weakref.ref(garbage)
+    del garbage
+    try:
+        freeze_start_up()
+        assert gone() is None
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # the rest of the suite is not a server

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,8 @@ def is_refused(result: ScanResult) -> bool:
 
 
 #: A key's base names, its scanner columns, and how to pick their values from a row's cells.
-_Shape = tuple[tuple[str, ...], tuple[str, ...], Callable[[list[Any]], tuple[Any, ...]] | None]
+_Shape = tuple[tuple[str, ...], tuple[str, ...],
+               Callable[[Sequence[Any]], tuple[Any, ...]] | None]
 
 
 @dataclass(slots=True)
