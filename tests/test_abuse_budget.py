@@ -19,6 +19,7 @@ import pytest
 from quartsig.access import accounts
 from quartsig.app import create_app
 from quartsig.domain.model import Key
+from tests.support.clocks import HandClock
 from tests.support.redisdb import REDIS_URL
 from tests.test_broker_redis import cluster, until
 from tests.test_stream import KEY, Stack, authed, receive, standin_server
@@ -27,12 +28,6 @@ ROUNDS = 34  # 20 s / 0.6 s
 PER_ROUND = 7
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -80,7 +75,7 @@ def frame(round: int, socket: str) -> tuple[str, set[str]]:
 
 async def test_one_accounts_made_up_tickers_cost_a_handful_of_requests(stack: Stack):
     state = stack.app.extensions["quartsig"]
-    clock = Clock()
+    clock = HandClock()
     state.new_keys.clock = clock
     seen: dict[str, str] = {}
     async with stack.ws() as a, stack.ws() as b:
@@ -108,7 +103,7 @@ async def test_one_accounts_made_up_tickers_cost_a_handful_of_requests(stack: St
 
 async def test_an_honest_user_of_another_account_is_not_touched(stack: Stack):
     state = stack.app.extensions["quartsig"]
-    state.new_keys.clock = Clock()
+    state.new_keys.clock = HandClock()
     other = state.tokens.issue(43).token
     async with stack.ws() as noisy, stack.ws() as honest:
         await authed(noisy, stack.token)

@@ -15,11 +15,11 @@ from tortoise.context import TortoiseContext
 from quartsig.alerts import storage
 from quartsig.alerts.channels import Channel, Message, Outcome, Target
 from quartsig.alerts.delivery import SCHEDULE, Deliverer, message_of, next_step
-from quartsig.alerts.evaluation import Evaluator
 from quartsig.alerts.storage import AlertChannel, AlertDelivery
 from quartsig.alerts.webhooks import WebhookChannel, new_secret
 from quartsig.domain.model import Key
-from tests.support.alertsdb import alerts_database
+from tests.support.alertsdb import alerts_database, fire
+from tests.support.clocks import HandClock
 from tests.support.webhooks import Receiver, receiver
 
 OWNER = 3003
@@ -27,12 +27,6 @@ KEY = Key("summary", "FX_IDC:EURUSD", "1h")
 T0 = 1_700_000_000.0  # the injected wall clock, Unix seconds
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -58,14 +52,7 @@ async def webhook() -> AsyncIterator[WebhookChannel]:
 
 async def _fire(*labels: str) -> None:
     """Write the triggers a rule on KEY makes of ``labels`` (each a minute apart)."""
-    rule = await storage.create_rule(OWNER, {"keys": [list(KEY)],
-                                             "condition": {"kind": "label"}}, limit=10)
-    evaluator = Evaluator()
-    evaluator.add(rule)
-    fired = []
-    for i, value in enumerate(labels):
-        fired += evaluator.evaluate([(KEY, {"rec.all": value}, int(T0 * 1000) + i * 60_000)])
-    await storage.write_triggers(fired, term=1, now=T0)
+    await fire(OWNER, KEY, labels, T0)
 
 
 async def _endpoint(hook: Receiver, path: str, secret: str | None = None) -> int:
@@ -73,7 +60,7 @@ async def _endpoint(hook: Receiver, path: str, secret: str | None = None) -> int
                                      secret=secret or hook.secret)
 
 
-def _worker(clock: Clock, webhook: WebhookChannel, **options: Any) -> Deliverer:
+def _worker(clock: HandClock, webhook: WebhookChannel, **options: Any) -> Deliverer:
     return Deliverer({"webhook": webhook}, clock=clock, rng=lambda: 0.5, **options)
 
 
@@ -81,7 +68,7 @@ async def test_a_trigger_is_delivered_signed_and_marked_sent(
         hook: Receiver, webhook: WebhookChannel) -> None:
     await _endpoint(hook, "/a")
     await _fire("NEUTRAL", "BUY")
-    clock = Clock()
+    clock = HandClock(T0)
     assert await _worker(clock, webhook).drain() == 1
     [got] = hook.received
     assert got.valid and got.path == "/a" and got.id.startswith("msg_")
@@ -99,7 +86,7 @@ async def test_failures_retry_on_the_schedule_with_the_same_id(
     await _endpoint(hook, "/flaky")
     hook.script("/flaky", [500, 503, 200])
     await _fire("NEUTRAL", "BUY")
-    clock = Clock()
+    clock = HandClock(T0)
     worker = _worker(clock, webhook)
     await worker.drain()
     row = await AlertDelivery.get()
@@ -120,7 +107,7 @@ async def test_retry_after_is_honoured(hook: Receiver, webhook: WebhookChannel) 
     await _endpoint(hook, "/busy")
     hook.script("/busy", [(429, {"Retry-After": "120"})])
     await _fire("NEUTRAL", "BUY")
-    await _worker(Clock(), webhook).drain()
+    await _worker(HandClock(T0), webhook).drain()
     assert (await AlertDelivery.get()).due == int((T0 + 120) * 1000)
 
 
@@ -128,7 +115,7 @@ async def test_410_disables_the_endpoint(hook: Receiver, webhook: WebhookChannel
     gone = await _endpoint(hook, "/gone")
     hook.script("/gone", [410])
     await _fire("NEUTRAL", "BUY")
-    await _worker(Clock(), webhook).drain()
+    await _worker(HandClock(T0), webhook).drain()
     row = await AlertDelivery.get()
     assert (row.status, row.error) == ("failed", "410 Gone: the endpoint was removed")
     channel = await AlertChannel.get(id=gone)
@@ -141,7 +128,7 @@ async def test_a_wrong_secret_is_refused_by_the_receiver_and_not_retried(
         hook: Receiver, webhook: WebhookChannel) -> None:
     await _endpoint(hook, "/x", secret=new_secret())
     await _fire("NEUTRAL", "BUY")
-    await _worker(Clock(), webhook).drain()
+    await _worker(HandClock(T0), webhook).drain()
     assert [r.valid for r in hook.received] == [False]
     assert (await AlertDelivery.get()).status == "failed"
 
@@ -150,7 +137,7 @@ async def test_a_crashed_workers_claim_is_taken_over_after_its_lease(
         hook: Receiver, webhook: WebhookChannel) -> None:
     await _endpoint(hook, "/a")
     await _fire("NEUTRAL", "BUY")
-    clock = Clock()
+    clock = HandClock(T0)
     [due] = await storage.due_deliveries(int(T0 * 1000))
     delivery_id = due.id
     assert await storage.claim(delivery_id, int(T0 * 1000), 60_000) is not None  # then "dies"
@@ -165,7 +152,7 @@ async def test_two_workers_send_each_delivery_once(
         hook: Receiver, webhook: WebhookChannel) -> None:
     await _endpoint(hook, "/a")
     await _fire("NEUTRAL", "BUY", "SELL", "BUY", "STRONG_BUY", "NEUTRAL")
-    clock = Clock()
+    clock = HandClock(T0)
     first, second = _worker(clock, webhook), _worker(clock, webhook)
     await asyncio.gather(first.drain(), second.drain())
     assert first.sent + second.sent == 5
@@ -179,7 +166,7 @@ async def test_an_unreachable_endpoint_is_retried(webhook: WebhookChannel,
     await storage.add_channel(OWNER, "webhook", "http://127.0.0.1:9/nothing",
                               secret=new_secret())
     await _fire("NEUTRAL", "BUY")
-    await _worker(Clock(), webhook).drain()
+    await _worker(HandClock(T0), webhook).drain()
     row = await AlertDelivery.get()
     assert row.status == "pending" and row.attempts == 1 and row.error
 
@@ -195,7 +182,7 @@ async def test_a_channel_that_raises_costs_one_retry(db: TortoiseContext) -> Non
     await storage.add_channel(OWNER, "webhook", "http://x", secret=new_secret())
     await _fire("NEUTRAL", "BUY")
     raising: Channel = _Raising()
-    worker = Deliverer({"webhook": raising}, clock=Clock(), rng=lambda: 0.5)
+    worker = Deliverer({"webhook": raising}, clock=HandClock(T0), rng=lambda: 0.5)
     await worker.drain()
     assert (await AlertDelivery.get()).error == "channel error: KeyError"
 
@@ -218,7 +205,7 @@ async def test_waiting_for_a_turn_never_uses_up_the_retries(db: TortoiseContext)
     whole retry schedule is still pending, with no attempt counted."""
     await storage.add_channel(OWNER, "telegram", str(OWNER))
     await _fire("NEUTRAL", "BUY")
-    clock, waiting = Clock(), _Waiting()
+    clock, waiting = HandClock(T0), _Waiting()
     worker = Deliverer({"telegram": waiting}, clock=clock, rng=lambda: 0.5)
     for _ in range(len(SCHEDULE) + 5):
         await worker.drain()
@@ -236,7 +223,7 @@ async def test_a_node_claims_only_the_kinds_it_can_send(db: TortoiseContext,
     await storage.add_channel(OWNER, "telegram", str(OWNER))
     await _fire("NEUTRAL", "BUY")
     row = await AlertDelivery.get()
-    assert await _worker(Clock(), webhook).drain() == 0
+    assert await _worker(HandClock(T0), webhook).drain() == 0
     after = await AlertDelivery.get()
     assert (after.status, after.attempts, after.due) == ("pending", 0, row.due)
     assert await storage.next_due(kinds=["webhook"]) is None

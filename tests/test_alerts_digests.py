@@ -13,13 +13,12 @@ from tortoise.context import TortoiseContext
 from quartsig.alerts import storage, webhooks
 from quartsig.alerts.channels import Channel, Digesting, Message, Outcome, Target, load_channels
 from quartsig.alerts.delivery import SCHEDULE, Deliverer, groups
-from quartsig.alerts.evaluation import Evaluator
 from quartsig.alerts.storage import AlertDelivery, Due
 from quartsig.alerts.webhooks import WebhookChannel, new_secret
 from quartsig.domain.model import Key
 from quartsig.plugins.hookspecs import hookimpl
 from quartsig.plugins.loader import get_plugin_manager
-from tests.support.alertsdb import alerts_database
+from tests.support.alertsdb import alerts_database, fire
 from tests.support.webhooks import Receiver, receiver
 
 OWNER = 3004
@@ -82,14 +81,7 @@ async def channels() -> AsyncIterator[tuple[dict[str, Channel], Pager]]:
 
 async def _burst() -> list[int]:
     """The triggers of BURST on one rule, written in one transaction (the recorder's way)."""
-    rule = await storage.create_rule(OWNER, {"keys": [list(KEY)],
-                                             "condition": {"kind": "label"}}, limit=10)
-    evaluator = Evaluator()
-    evaluator.add(rule)
-    fired = []
-    for i, value in enumerate(BURST):
-        fired += evaluator.evaluate([(KEY, {"rec.all": value}, int(T0 * 1000) + i * 60_000)])
-    return (await storage.write_triggers(fired, term=1, now=T0)).triggers
+    return await fire(OWNER, KEY, BURST, T0)
 
 
 def _worker(channels: dict[str, Channel], **options: object) -> Deliverer:

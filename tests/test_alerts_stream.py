@@ -16,12 +16,12 @@ from tortoise.context import TortoiseContext
 from quartsig.alerts import storage
 from quartsig.alerts.channels import Channel, Message, Outcome, Target
 from quartsig.alerts.delivery import Deliverer
-from quartsig.alerts.evaluation import Evaluator
 from quartsig.alerts.recorder import Recorder
 from quartsig.alerts.storage import AlertDelivery
 from quartsig.cluster.deliveries import GROUP, MemoryDeliveries, RedisDeliveries, group_for
 from quartsig.domain.model import Batch, Key
-from tests.support.alertsdb import alerts_database
+from tests.support.alertsdb import alerts_database, fire
+from tests.support.clocks import HandClock
 from tests.support.net import eventually
 from tests.support.redisdb import REDIS_URL
 
@@ -31,12 +31,6 @@ T0 = 1_700_000_000.0
 LEASE = 60.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recording:
@@ -58,24 +52,17 @@ async def db(tmp_path: Path) -> AsyncIterator[TortoiseContext]:
 
 
 async def _fire(*labels: str) -> list[int]:
-    rule = await storage.create_rule(OWNER, {"keys": [list(KEY)],
-                                             "condition": {"kind": "label"}}, limit=10)
-    evaluator = Evaluator()
-    evaluator.add(rule)
-    fired = []
-    for i, value in enumerate(labels):
-        fired += evaluator.evaluate([(KEY, {"rec.all": value}, int(T0 * 1000) + i * 60_000)])
-    return (await storage.write_triggers(fired, term=1, now=T0)).triggers
+    return await fire(OWNER, KEY, labels, T0)
 
 
-def _worker(channel: Recording, clock: Clock, stream: object) -> Deliverer:
+def _worker(channel: Recording, clock: HandClock, stream: object) -> Deliverer:
     channels: dict[str, Channel] = {"webhook": channel}
     return Deliverer(channels, clock=clock, lease=LEASE, rng=lambda: 0.5,
                      announcements=stream)  # type: ignore[arg-type]
 
 
 async def test_announced_triggers_are_sent_and_acknowledged(db: TortoiseContext) -> None:
-    clock, channel = Clock(), Recording()
+    clock, channel = HandClock(T0), Recording()
     stream = MemoryDeliveries("a", idle=LEASE, clock=clock)
     worker = _worker(channel, clock, stream)
     await worker.written(await _fire("NEUTRAL", "BUY", "SELL"))
@@ -87,7 +74,7 @@ async def test_announced_triggers_are_sent_and_acknowledged(db: TortoiseContext)
 
 async def test_a_dead_consumers_entries_are_taken_over_once_idle_past_the_lease(
         db: TortoiseContext) -> None:
-    clock, channel = Clock(), Recording()
+    clock, channel = HandClock(T0), Recording()
     dead = MemoryDeliveries("dead", idle=LEASE, clock=clock)
     alive = MemoryDeliveries("alive", idle=LEASE, clock=clock, shared=dead)
     await dead.announce(await _fire("NEUTRAL", "BUY", "SELL"))
@@ -111,7 +98,7 @@ async def redis_client(prefix: str) -> AsyncIterator[aioredis.Redis]:
 
 async def test_redis_hands_a_dead_consumers_entries_to_another_with_xautoclaim(
         db: TortoiseContext, prefix: str, redis_client: aioredis.Redis) -> None:
-    clock, channel = Clock(), Recording()
+    clock, channel = HandClock(T0), Recording()
     rejected: list[str] = []
     dead = RedisDeliveries(redis_client, prefix, consumer="dead", idle=0.0)
     alive = RedisDeliveries(redis_client, prefix, consumer="alive", idle=0.0,
@@ -136,7 +123,7 @@ async def test_redis_hands_a_dead_consumers_entries_to_another_with_xautoclaim(
 async def test_a_malformed_entry_is_skipped_counted_logged_once_and_acknowledged(
         db: TortoiseContext, prefix: str, redis_client: aioredis.Redis,
         caplog: pytest.LogCaptureFixture) -> None:
-    clock, channel = Clock(), Recording()
+    clock, channel = HandClock(T0), Recording()
     rejected: list[str] = []
     stream = RedisDeliveries(redis_client, prefix, consumer="a", idle=LEASE,
                              on_reject=rejected.append)
@@ -157,7 +144,7 @@ async def test_a_malformed_entry_is_skipped_counted_logged_once_and_acknowledged
 
 
 async def test_redis_away_falls_back_to_the_poll(db: TortoiseContext) -> None:
-    clock, channel = Clock(), Recording()
+    clock, channel = HandClock(T0), Recording()
     away = RedisDeliveries.from_url("redis://127.0.0.1:9/0", "x:", consumer="a")
     worker = _worker(channel, clock, away)
     try:
@@ -172,7 +159,7 @@ async def test_redis_away_falls_back_to_the_poll(db: TortoiseContext) -> None:
 async def test_the_recorder_announces_what_it_committed(db: TortoiseContext) -> None:
     await storage.create_rule(OWNER, {"keys": [list(KEY)], "condition": {"kind": "label"}},
                               limit=10)
-    clock, channel = Clock(), Recording()
+    clock, channel = HandClock(T0), Recording()
     stream = MemoryDeliveries("a", idle=LEASE, clock=clock)
     worker = _worker(channel, clock, stream)
     recorder = Recorder(reload=3600, on_written=worker.written)

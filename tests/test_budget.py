@@ -8,18 +8,11 @@ import pytest
 
 from quartsig.access.admission import KeyQuota
 from quartsig.feed.budget import Backoff, RequestBudget
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clocks import HandClock
 
 
 def test_budget_grants_its_burst_then_refills_at_its_rate() -> None:
-    clock = Clock()
+    clock = HandClock()
     budget = RequestBudget(60, burst=5, clock=clock)
     assert budget.grant(3) == 3
     assert budget.grant(3) == 2  # partial: what is left
@@ -31,7 +24,7 @@ def test_budget_grants_its_burst_then_refills_at_its_rate() -> None:
 
 
 def test_quota_tiers_early_then_tick_then_refuse() -> None:
-    clock = Clock()
+    clock = HandClock()
     quota = KeyQuota(limit=4, early=2, clock=clock)
     verdicts = [quota.admit("alice", n) for n in range(6)]
     assert verdicts == ["early", "early", "tick", "tick", "refuse", "refuse"]
@@ -41,7 +34,7 @@ def test_quota_tiers_early_then_tick_then_refuse() -> None:
 
 
 def test_quota_window_slides() -> None:
-    clock = Clock()
+    clock = HandClock()
     quota = KeyQuota(limit=2, early=1, window=60, clock=clock)
     assert [quota.admit(1, n) for n in range(3)] == ["early", "tick", "refuse"]
     clock.now += 61
@@ -54,7 +47,7 @@ def test_quota_window_slides() -> None:
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
-    clock = Clock()
+    clock = HandClock()
     backoff = Backoff(4.0, 60.0, clock=clock, rng=random.Random(1))
     assert not backoff.active() and backoff.wait() == 0
     waits = []
@@ -69,7 +62,7 @@ def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
 
 
 def test_backoff_honours_retry_after_within_the_cap() -> None:
-    clock = Clock()
+    clock = HandClock()
     backoff = Backoff(1.0, 120.0, clock=clock, rng=random.Random(2))
     assert backoff.failed(retry_after=30.0) - clock.now == pytest.approx(30.0)
     assert backoff.failed(retry_after=86400.0) - clock.now == pytest.approx(120.0)

@@ -19,6 +19,7 @@ from quartsig.fanout.hub import Hub
 from quartsig.ops.metrics import Metrics
 from quartsig.plugins.guard import Failure, Quarantine, check_data, run_compute
 from quartsig.plugins.profiles import Profile
+from tests.support.clocks import HandClock
 from tests.test_collector import (
     EURUSD,
     PROFILES,
@@ -35,12 +36,6 @@ from tests.test_collector import (
 SUMMARY, FULL = PROFILES["summary"], PROFILES["full"]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _echo(columns: tuple[str, ...]) -> Any:
@@ -121,7 +116,7 @@ def test_run_compute_prefers_compute_values() -> None:
 
 
 def test_a_refused_column_is_withheld_from_its_owners_until_it_lifts() -> None:
-    clock = Clock()
+    clock = HandClock()
     quarantine = Quarantine({"momentum": MOMENTUM_COLUMNS, "ghost": ("Not.A.Column",),
                              "summary": ("Recommend.All",)}, period=60.0, clock=clock)
     assert quarantine.refuse_column("Not.A.Column", "Unknown field") == ["ghost", "momentum"]
@@ -257,7 +252,7 @@ class Refusing:
 
 
 async def test_a_refused_column_is_quarantined_and_the_request_fetched_again_in_the_tick():
-    market, clock, metrics = Market(), Clock(), Metrics()
+    market, clock, metrics = Market(), HandClock(), Metrics()
     client = Refusing(market, {"Not.A.Column"})
     col = collector({"momentum": MOMENTUM, "summary": SUMMARY, "full": FULL}, client=client,
                     clock=clock, quarantine=300.0, metrics=metrics)

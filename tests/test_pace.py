@@ -21,20 +21,15 @@ from quartsig.cluster.pace import (
     checked_turn,
     schedule,
 )
+from tests.support.clocks import HandClock
 from tests.support.redisdb import REDIS_URL, redis_up
 
 T0 = 1_700_000_000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
-Make = Callable[[Clock], Pace]
+Make = Callable[[HandClock], Pace]
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -45,7 +40,7 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
     if request.param == "memory":
         shared: dict[int, MemoryPace] = {}
 
-        def memory(clock: Clock) -> Pace:  # one process: the same object
+        def memory(clock: HandClock) -> Pace:  # one process: the same object
             return shared.setdefault(0, MemoryPace(chat_gap=1.0, gap=0.1, clock=clock))
 
         yield memory
@@ -54,7 +49,7 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
         pytest.skip("no Redis at 127.0.0.1:6379")
     prefix = f"test:{uuid.uuid4().hex[:8]}:"
 
-    def redis(clock: Clock) -> Pace:
+    def redis(clock: HandClock) -> Pace:
         pace = RedisPace.from_url(REDIS_URL, prefix, chat_gap=1.0, gap=0.1, clock=clock)
         made.append(pace)
         return pace
@@ -74,7 +69,7 @@ def _close(turn: Turn, granted: bool, wait: float) -> bool:
 
 
 async def test_each_chat_gets_one_slot_per_gap_and_the_bot_one_per_gap(make: Make) -> None:
-    clock = Clock()
+    clock = HandClock(T0)
     pace = make(clock)
     assert _close(await pace.turn(1, 10), True, 0.0)
     assert _close(await pace.turn(1, 10), True, 1.0)  # the chat's next slot
@@ -85,7 +80,7 @@ async def test_each_chat_gets_one_slot_per_gap_and_the_bot_one_per_gap(make: Mak
 
 
 async def test_a_turn_too_far_away_takes_nothing(make: Make) -> None:
-    clock = Clock()
+    clock = HandClock(T0)
     pace = make(clock)
     assert (await pace.turn(1, 10)).granted
     assert _close(await pace.turn(1, 0.5), False, 1.0)
@@ -95,7 +90,7 @@ async def test_a_turn_too_far_away_takes_nothing(make: Make) -> None:
 
 
 async def test_a_hold_is_seen_by_every_node(make: Make) -> None:
-    clock = Clock()
+    clock = HandClock(T0)
     one, two = make(clock), make(clock)
     await one.hold(7, 30)
     assert _close(await two.turn(7, 5), False, 30.0)
@@ -106,7 +101,7 @@ async def test_a_hold_is_seen_by_every_node(make: Make) -> None:
 
 
 async def test_two_nodes_share_one_schedule(make: Make) -> None:
-    clock = Clock()
+    clock = HandClock(T0)
     one, two = make(clock), make(clock)
     waits = [(await (one if i % 2 else two).turn(100 + i, 10)).wait for i in range(10)]
     assert waits == pytest.approx([i * 0.1 for i in range(10)], abs=0.002)
@@ -114,7 +109,7 @@ async def test_two_nodes_share_one_schedule(make: Make) -> None:
 
 @pytest.mark.usefixtures("prefix")
 async def test_redis_values_are_not_believed_unchecked(prefix: str) -> None:
-    clock = Clock()
+    clock = HandClock(T0)
     pace = RedisPace.from_url(REDIS_URL, prefix, chat_gap=1.0, gap=0.1, clock=clock)
     client = aioredis.Redis.from_url(REDIS_URL)
     try:

@@ -1,16 +1,9 @@
 from quartsig.domain.ratelimit import TokenBucket
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from tests.support.clocks import HandClock
 
 
 def test_burst_then_steady_rate():
-    clock = Clock()
+    clock = HandClock(0.0)
     bucket = TokenBucket(rate=10, burst=20, clock=clock)
     assert sum(bucket.take() for _ in range(50)) == 20
     clock.now += 0.5
@@ -18,7 +11,7 @@ def test_burst_then_steady_rate():
 
 
 def test_tokens_never_exceed_the_burst():
-    clock = Clock()
+    clock = HandClock(0.0)
     bucket = TokenBucket(rate=10, burst=3, clock=clock)
     clock.now += 100
     assert sum(bucket.take() for _ in range(10)) == 3
@@ -27,7 +20,7 @@ def test_tokens_never_exceed_the_burst():
 def test_grants_whole_tokens_and_a_failure_drains_even_an_empty_bucket():
     """The one bucket behind the early-fetch budget (``grant``) and the bot-secret limiter
     (``drain``, ``wait``): each had a copy of this arithmetic."""
-    clock = Clock()
+    clock = HandClock(0.0)
     bucket = TokenBucket(rate=0.5, burst=3, clock=clock)
     assert bucket.grant(2) == 2 and bucket.grant(5) == 1 and bucket.grant(1) == 0
     assert bucket.wait() == 2  # one token takes two seconds at 0.5 a second

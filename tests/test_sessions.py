@@ -18,6 +18,7 @@ from quartsig.access import accounts
 from quartsig.access.expiries import Expiries
 from quartsig.access.tokens import ExpiredToken, TokenAuthority
 from quartsig.app import create_app
+from tests.support.clocks import HandClock
 from tests.test_accounts import database_url  # noqa: F401 (the SQLite/PostgreSQL fixture)
 from tests.test_stream import KEY, authed, closed_with, standin_server
 
@@ -61,20 +62,14 @@ def test_the_token_authority_says_when_a_token_expires():
 # -- through the route ----------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).timestamp()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @contextlib.asynccontextmanager
-async def served(tmp_path: Any, database_url: str) -> AsyncIterator[tuple[Any, Any, Clock]]:  # noqa: F811
+async def served(tmp_path: Any, database_url: str) -> AsyncIterator[tuple[Any, Any, HandClock]]:  # noqa: F811
     async with standin_server() as (_, url):
         app = create_app(data_dir=tmp_path, database_url=database_url, scanner_url=url,
                          interval=30.0, secret_keys=(KEY,), auth_timeout=30.0)
-        clock = Clock()
+        clock = HandClock(datetime.now(UTC).timestamp())
         state = app.extensions["quartsig"]
         state.tokens = TokenAuthority([KEY], 5, clock=clock)  # TOKEN_TTL=5, as in finding 4
         async with app.test_app() as test_app:

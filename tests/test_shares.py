@@ -13,22 +13,14 @@ import pytest
 from quartsig.access import accounts
 from quartsig.access.shares import EarlyShare, KeyShare
 from quartsig.app import create_app
+from tests.support.clocks import HandClock
 from tests.test_stream import KEY, Stack, authed, receive, standin_server
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 # --- pure ---------------------------------------------------------------------------------------
 
 
 def test_the_first_key_of_a_group_in_a_step_takes_a_token_the_others_ride_along():
-    clock = Clock()
+    clock = HandClock()
     share = EarlyShare(3.0, clock=clock)
     assert all(share.admit(42, ("forex", "summary")) for _ in range(50))  # one frame: 1 token
     assert share.admit(42, ("crypto", "summary"))  # another screener: another request
@@ -46,7 +38,7 @@ def test_the_first_key_of_a_group_in_a_step_takes_a_token_the_others_ride_along(
 
 def test_a_share_settles_itself_when_given_a_scheduler():
     scheduled: list[Callable[[], None]] = []
-    share = EarlyShare(1.0, clock=Clock(), later=scheduled.append)
+    share = EarlyShare(1.0, clock=HandClock(), later=scheduled.append)
     assert share.admit(42, "g") and share.admit(42, "g") and share.admit(43, "g")
     assert len(scheduled) == 1  # once per step, however many accounts
     scheduled.pop()()
@@ -54,7 +46,7 @@ def test_a_share_settles_itself_when_given_a_scheduler():
 
 
 def test_prune_forgets_only_refilled_accounts():
-    clock = Clock()
+    clock = HandClock()
     share = EarlyShare(6.0, clock=clock)
     share.admit(42, "g")
     share.settle()
@@ -123,7 +115,7 @@ async def test_one_made_up_ticker_at_a_time_costs_the_accounts_share_not_a_reque
     each ticker was an early fetch of its own (40 requests here); now the account's burst of 5,
     then one more per 12 s, and the rest wait for the full tick."""
     state = stack.app.extensions["quartsig"]
-    clock = Clock()
+    clock = HandClock()
     state.early_share.clock = clock
     codes: list[str] = []
     async with stack.ws() as a, stack.ws() as b:
@@ -147,7 +139,7 @@ async def test_one_made_up_ticker_at_a_time_costs_the_accounts_share_not_a_reque
 
 async def test_another_accounts_early_fetch_is_untouched(stack: Stack):
     state = stack.app.extensions["quartsig"]
-    state.early_share.clock = Clock()
+    state.early_share.clock = HandClock()
     other = state.tokens.issue(43).token
     async with stack.ws() as noisy, stack.ws() as honest:
         await authed(noisy, stack.token)

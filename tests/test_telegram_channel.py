@@ -29,6 +29,7 @@ from quartsig.telegram.channel import DIGEST_LINES, MUTE, NO_BOT_RETRY, Telegram
 from quartsig.telegram.client import make_bot
 from quartsig.telegram.service import BotService
 from tests.support.alertsdb import alerts_database
+from tests.support.clocks import HandClock
 from tests.support.redisdb import REDIS_URL
 
 CHAT = 7007
@@ -38,12 +39,6 @@ T0 = 1_700_000_000.0
 EURUSD = Key("summary", "FX_IDC:EURUSD", "1h")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -73,7 +68,7 @@ class Channel:
     """The channel under test with its clock, its pace and the sleeps it asked for."""
 
     def __init__(self, service: BotService) -> None:
-        self.clock = Clock()
+        self.clock = HandClock(T0)
         self.pace = MemoryPace(clock=self.clock)
         self.slept: list[float] = []
         self.channel = TelegramChannel(service, self.pace, sleep=self._sleep)
@@ -229,7 +224,7 @@ async def test_two_nodes_sharing_the_redis_pace_get_no_429(
     channels' sleeps run on one injected clock, so the result is the schedule's, not the
     machine's: with the Redis pace shared, not one 429; with a pace per node (the control),
     each node keeps 25/s on its own and together they are refused."""
-    clock = Clock()
+    clock = HandClock(T0)
 
     async def sleep(seconds: float) -> None:
         clock.now += seconds

@@ -25,6 +25,7 @@ from quartsig.access.tokens import (
     load_or_create_keys,
 )
 from quartsig.config import ConfigError, Settings
+from tests.support.clocks import HandClock
 
 NOW = 1_750_000_000
 TTL = 3600
@@ -32,21 +33,15 @@ KEY = Fernet.generate_key().decode()
 OTHER_KEY = Fernet.generate_key().decode()
 
 
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> HandClock:
+    return HandClock(NOW)
 
 
 @pytest.fixture
-def authority(clock: Clock) -> TokenAuthority:
+def authority(clock: HandClock) -> TokenAuthority:
     return TokenAuthority([KEY], TTL, clock=clock)
 
 
@@ -67,7 +62,7 @@ def test_round_trip_of_the_largest_id(authority: TokenAuthority) -> None:
     assert authority.verify(authority.issue(MAX_TG_ID).token) == MAX_TG_ID
 
 
-def test_rotation_first_key_encrypts_all_keys_decrypt(clock: Clock) -> None:
+def test_rotation_first_key_encrypts_all_keys_decrypt(clock: HandClock) -> None:
     old = TokenAuthority([OTHER_KEY], TTL, clock=clock)
     rotated = TokenAuthority([KEY, OTHER_KEY], TTL, clock=clock)
     assert rotated.verify(old.issue(7).token) == 7
@@ -77,7 +72,7 @@ def test_rotation_first_key_encrypts_all_keys_decrypt(clock: Clock) -> None:
         old.verify(fresh)
 
 
-def test_wrong_key_is_a_bad_signature(clock: Clock) -> None:
+def test_wrong_key_is_a_bad_signature(clock: HandClock) -> None:
     token = TokenAuthority([OTHER_KEY], TTL, clock=clock).issue(42).token
     with pytest.raises(BadSignature):
         TokenAuthority([KEY], TTL, clock=clock).verify(token)
@@ -95,7 +90,7 @@ def test_tampering_with_any_byte_is_a_bad_signature(authority: TokenAuthority) -
 
 
 def test_expiry_is_fernets_timestamp_against_the_ttl(
-    authority: TokenAuthority, clock: Clock
+    authority: TokenAuthority, clock: HandClock
 ) -> None:
     token = authority.issue(42).token
     clock.now = NOW + TTL
@@ -105,7 +100,7 @@ def test_expiry_is_fernets_timestamp_against_the_ttl(
         authority.verify(token)
 
 
-def test_an_expired_token_under_a_wrong_key_is_a_bad_signature(clock: Clock) -> None:
+def test_an_expired_token_under_a_wrong_key_is_a_bad_signature(clock: HandClock) -> None:
     token = TokenAuthority([OTHER_KEY], TTL, clock=clock).issue(42).token
     clock.now = NOW + 10 * TTL
     with pytest.raises(BadSignature) as refused:

@@ -61,3 +61,14 @@ async def settle(rounds: int = 5) -> None:
     """Let the loop run what is ready now (tasks just created, their callbacks)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+class HandClock:
+    """What code that takes ``clock=time.time`` (or ``time.monotonic``) calls: ``now``, which
+    the test moves by hand (``clock.now += 5``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
