@@ -98,9 +98,9 @@ class RedisClaims:
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> RedisClaims:
-        from redis.asyncio import Redis
+        from quartsig.cluster.redis import connect  # timeouts, TLS, ACL users
 
-        return cls(Redis.from_url(url), prefix)
+        return cls(connect(url), prefix)
 
     async def claim(self, name: str, owner: str, ttl: float) -> bool:
         return bool(await self.client.set(self.prefix + name, owner, nx=True,

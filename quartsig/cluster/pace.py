@@ -201,9 +201,9 @@ class RedisPace:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, **options: Any) -> RedisPace:
-        from redis.asyncio import Redis
+        from quartsig.cluster.redis import connect  # timeouts, TLS, ACL users
 
-        return cls(Redis.from_url(url), prefix, **options)
+        return cls(connect(url), prefix, **options)
 
     def _now(self) -> str:
         return "" if self.clock is None else str(ms(self.clock()))
