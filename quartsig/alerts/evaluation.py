@@ -58,10 +58,12 @@ class Track:
     """The state of one rule on one key."""
 
     __slots__ = ("at_close", "bar", "condition", "fired_at", "fired_bar", "key", "last", "memory",
-                 "pending", "reads", "rule", "step")
+                 "pending", "reads", "rule", "seq", "step")
 
-    def __init__(self, rule: Rule, key: Key) -> None:
+    def __init__(self, rule: Rule, key: Key, seq: int = 0) -> None:
         self.rule = rule
+        #: The order of its making: triggers of one key come out in this order on either path.
+        self.seq = seq
         self.key = key
         self.reads = rule.condition.reads
         self.condition: Any = rule.condition
@@ -137,6 +139,13 @@ PAUSED = "paused"
 #: for a rule made on a board's card to start from the card's value, short enough that keys
 #: every board has left do not pile up in the collecting node's memory.
 UNWATCHED_KEEP = 3_600_000
+#: A read output a (snapshot of a) key's data does not hold.
+_MISSING: Any = object()
+_NO_READS: frozenset[str] = frozenset()
+
+
+def _first(pair: tuple[int, Trigger]) -> int:
+    return pair[0]
 
 
 class Evaluator:
@@ -150,6 +159,18 @@ class Evaluator:
     def __init__(self, storm: tuple[int, float] = (15, 180.0),
                  keep: int = UNWATCHED_KEEP) -> None:
         self._by_key: dict[Key, list[Track]] = {}
+        #: Per key, its tracks by the output they read (what a change of one output moves),
+        #: and the set of those outputs: both rebuilt only when the key's rules change.
+        self._index: dict[Key, dict[str, list[Track]]] = {}
+        self._reads: dict[Key, frozenset[str]] = {}
+        #: Keys whose tracks may not all hold the key's previous values (a rule just added, a
+        #: restart, a value missing from what was seen): their next publication is evaluated
+        #: in full, whatever its ``changes`` say (:meth:`evaluate`).
+        self.unsynced: set[Key] = set()
+        #: The latest read values of watched keys as changes update them (the data of their
+        #: ``latest`` entry, owned here: a partial publication is merged into it).
+        self._own: dict[Key, dict[str, Any]] = {}
+        self._seq = 0
         self._rules: dict[int, Rule] = {}
         self.storm = storm
         #: "Only once" rules that fired, and rules paused: silent until replaced.
@@ -172,13 +193,27 @@ class Evaluator:
     def keys(self) -> set[Key]:
         return set(self._by_key)
 
-    def reads_of(self, key: Key) -> set[str]:
-        """The outputs of ``key`` its rules read."""
-        return {track.reads for track in self._by_key.get(key, ())}
+    def reads_of(self, key: Key) -> frozenset[str]:
+        """The outputs of ``key`` its rules read (cached; empty for a key without rules)."""
+        return self._reads.get(key, _NO_READS)
+
+    def _reindex(self, key: Key) -> None:
+        tracks = self._by_key.get(key)
+        if not tracks:
+            self._index.pop(key, None)
+            self._reads.pop(key, None)
+            return
+        groups: dict[str, list[Track]] = {}
+        for track in tracks:
+            groups.setdefault(track.reads, []).append(track)
+        self._index[key] = groups
+        self._reads[key] = frozenset(groups)
 
     def restart(self, latest: Mapping[Key, tuple[Mapping[str, Any], int]]) -> None:
         """Start every rule again from ``latest`` (a new leader: what the last one saw)."""
         self.latest.update(latest)
+        for key in latest:
+            self._own.pop(key, None)
         rules = list(self._rules.values())
         self._by_key.clear()
         self._rules.clear()
@@ -196,8 +231,21 @@ class Evaluator:
         self.remove(rule.id)
         self._rules[rule.id] = rule
         for key in rule.keys:
-            track = Track(rule, key)
+            self._seq += 1
+            track = Track(rule, key, self._seq)
             self._by_key.setdefault(key, []).append(track)
+            groups = self._index.get(key)
+            if groups is None:
+                groups = self._index[key] = {}
+            group = groups.get(track.reads)
+            if group is None:
+                groups[track.reads] = [track]
+                self._reads[key] = frozenset(groups)
+            else:
+                group.append(track)
+            # It starts from the latest values, which need not be the key's previous ones
+            # (a publication's changes are taken from): its next one is seen in full.
+            self.unsynced.add(key)
             seen = self.latest.get(key)
             if seen is not None:  # a first sight: it fires nothing
                 self._see(track, seen[0], seen[1])
@@ -215,6 +263,9 @@ class Evaluator:
                 self._by_key[key] = tracks
             else:
                 self._by_key.pop(key, None)
+                self.unsynced.discard(key)
+                self._own.pop(key, None)  # its latest data stays, as a value no longer updated
+            self._reindex(key)
 
     def replace_all(self, rules: Iterable[Rule]) -> None:
         """Watch exactly ``rules``: new ones added, changed versions re-armed, gone ones
@@ -242,35 +293,96 @@ class Evaluator:
                  if key not in watched and newest - ts > self.keep]
         for key in stale:
             del latest[key]
+            self._own.pop(key, None)
         return len(stale)
 
-    def evaluate(self, values: Iterable[tuple[Key, Mapping[str, Any], int]]) -> list[Trigger]:
-        """The triggers one publication's ``values`` (key, data, ts) cause."""
+    def evaluate(self, values: Iterable[tuple[Key, Mapping[str, Any], int]],
+                 changes: Mapping[Key, Mapping[str, Any]] | None = None) -> list[Trigger]:
+        """The triggers one publication's ``values`` (key, data, ts) cause.
+
+        ``changes`` (the collector knows them: ``Batch.changes``), key -> the outputs that
+        changed since the key's previous publication, with their new values (more is harmless:
+        an unchanged value is compared and skipped): only the tracks reading those outputs are
+        looked at, the rest hold the key's previous values already, where the full evaluation
+        would skip them too. A key it does not name, and a key whose tracks may not hold its
+        previous values (:attr:`unsynced`), is evaluated in full from its ``data``; ``None``:
+        every key in full. Either way the same triggers, in the same order."""
         fired: list[Trigger] = []
-        by_key = self._by_key
+        index = self._index
         latest = self.latest
+        unsynced = self.unsynced
+        own = self._own
         gate, at_close = self._gate, self._at_close
         for key, data, ts in values:
-            latest[key] = (data, ts)
-            tracks = by_key.get(key)
-            if tracks is None:
+            groups = index.get(key)
+            if groups is None:
+                latest[key] = (data, ts)
                 continue
-            get = data.get
-            for track in tracks:  # _see, inlined: this loop is the hot path
-                value = get(track.reads)
-                last = track.last
-                if value == last and last is not None:
-                    continue
-                track.last = value
-                if track.at_close:
-                    trigger = at_close(track, value, ts)
-                else:
-                    moved = track.step(track.condition, track, value)
-                    if moved is None:
+            changed = None if changes is None else changes.get(key)
+            if changed is None or key in unsynced:
+                complete = True
+                get = data.get
+                for track in self._by_key[key]:  # _see, inlined: this loop is the hot path
+                    value = get(track.reads, _MISSING)
+                    if value is _MISSING:  # not seen (a snapshot made before its rule)
+                        complete = False
                         continue
-                    trigger = gate(track, moved, value, ts, None)
-                if trigger is not None:
-                    fired.append(trigger)
+                    last = track.last
+                    if value == last and last is not None:
+                        continue
+                    track.last = value
+                    if track.at_close:
+                        trigger = at_close(track, value, ts)
+                    else:
+                        moved = track.step(track.condition, track, value)
+                        if moved is None:
+                            continue
+                        trigger = gate(track, moved, value, ts, None)
+                    if trigger is not None:
+                        fired.append(trigger)
+                if complete:
+                    unsynced.discard(key)
+                    latest[key] = (data, ts)
+                    if own:
+                        own.pop(key, None)
+                else:  # the outputs not seen keep their latest values
+                    unsynced.add(key)
+                    prior = latest.get(key)
+                    before = prior[0].get if prior is not None else {}.get
+                    mine = own[key] = {name: get(name, before(name)) for name in groups}
+                    latest[key] = (mine, ts)
+                continue
+            mine = own.get(key)
+            if mine is None:  # the data seen last, made ours to update by changes
+                prior = latest.get(key)
+                get = prior[0].get if prior is not None else {}.get
+                mine = own[key] = {name: get(name) for name in groups}
+            latest[key] = (mine, ts)
+            these: list[tuple[int, Trigger]] | None = None
+            for name, value in changed.items():
+                tracks = groups.get(name)
+                if tracks is None:
+                    continue
+                mine[name] = value
+                for track in tracks:
+                    last = track.last
+                    if value == last and last is not None:
+                        continue
+                    track.last = value
+                    if track.at_close:
+                        trigger = at_close(track, value, ts)
+                    else:
+                        moved = track.step(track.condition, track, value)
+                        if moved is None:
+                            continue
+                        trigger = gate(track, moved, value, ts, None)
+                    if trigger is not None:
+                        if these is None:
+                            these = []
+                        these.append((track.seq, trigger))
+            if these is not None:  # in the tracks' order, as the full evaluation makes them
+                these.sort(key=_first)
+                fired.extend(trigger for _, trigger in these)
         return fired
 
     def _see(self, track: Track, data: Mapping[str, Any], ts: int) -> Trigger | None:
