@@ -216,6 +216,8 @@ class Evaluator:
             self._own.pop(key, None)
         rules = list(self._rules.values())
         self._by_key.clear()
+        self._index.clear()
+        self._reads.clear()
         self._rules.clear()
         self.spent.clear()
         self.paused.clear()
@@ -306,7 +308,12 @@ class Evaluator:
         looked at, the rest hold the key's previous values already, where the full evaluation
         would skip them too. A key it does not name, and a key whose tracks may not hold its
         previous values (:attr:`unsynced`), is evaluated in full from its ``data``; ``None``:
-        every key in full. Either way the same triggers, in the same order."""
+        every key in full. Either way the same triggers, in the same order.
+
+        A key's ``data`` may be its changes themselves (the recorder's copy of what changed,
+        ``data is changes[key]``): its latest values are then those it had, updated by them.
+        Evaluated in full, an output ``data`` lacks is not seen (the track is left as it is,
+        the key stays :attr:`unsynced`); a profile's data has every output."""
         fired: list[Trigger] = []
         index = self._index
         latest = self.latest
@@ -347,23 +354,31 @@ class Evaluator:
                         own.pop(key, None)
                 else:  # the outputs not seen keep their latest values
                     unsynced.add(key)
-                    prior = latest.get(key)
-                    before = prior[0].get if prior is not None else {}.get
-                    mine = own[key] = {name: get(name, before(name)) for name in groups}
-                    latest[key] = (mine, ts)
+                    earlier = latest.get(key)
+                    before = earlier[0].get if earlier is not None else {}.get
+                    merged = own[key] = {name: get(name, before(name)) for name in groups}
+                    latest[key] = (merged, ts)
                 continue
-            mine = own.get(key)
-            if mine is None:  # the data seen last, made ours to update by changes
-                prior = latest.get(key)
-                get = prior[0].get if prior is not None else {}.get
-                mine = own[key] = {name: get(name) for name in groups}
-            latest[key] = (mine, ts)
+            mine: dict[str, Any] | None
+            if data is changed:  # only what changed (the recorder's copy): merged into ours
+                mine = own.get(key)
+                if mine is None:  # the data seen last, made ours to update by changes
+                    prior = latest.get(key)
+                    recall = prior[0].get if prior is not None else {}.get
+                    mine = own[key] = {name: recall(name) for name in groups}
+                latest[key] = (mine, ts)
+            else:
+                mine = None  # the key's whole data: the latest values
+                latest[key] = (data, ts)
+                if own:
+                    own.pop(key, None)
             these: list[tuple[int, Trigger]] | None = None
             for name, value in changed.items():
                 tracks = groups.get(name)
                 if tracks is None:
                     continue
-                mine[name] = value
+                if mine is not None:
+                    mine[name] = value
                 for track in tracks:
                     last = track.last
                     if value == last and last is not None:
