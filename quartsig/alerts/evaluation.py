@@ -142,6 +142,7 @@ UNWATCHED_KEEP = 3_600_000
 #: A read output a (snapshot of a) key's data does not hold.
 _MISSING: Any = object()
 _NO_READS: frozenset[str] = frozenset()
+_EMPTY: Mapping[str, Any] = {}
 
 
 def _first(pair: tuple[int, Trigger]) -> int:
@@ -355,7 +356,7 @@ class Evaluator:
                 else:  # the outputs not seen keep their latest values
                     unsynced.add(key)
                     earlier = latest.get(key)
-                    before = earlier[0].get if earlier is not None else {}.get
+                    before = (earlier[0] if earlier is not None else _EMPTY).get
                     merged = own[key] = {name: get(name, before(name)) for name in groups}
                     latest[key] = (merged, ts)
                 continue
@@ -364,7 +365,7 @@ class Evaluator:
                 mine = own.get(key)
                 if mine is None:  # the data seen last, made ours to update by changes
                     prior = latest.get(key)
-                    recall = prior[0].get if prior is not None else {}.get
+                    recall = (prior[0] if prior is not None else _EMPTY).get
                     mine = own[key] = {name: recall(name) for name in groups}
                 latest[key] = (mine, ts)
             else:
