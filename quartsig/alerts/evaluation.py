@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from functools import lru_cache
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -139,14 +140,13 @@ PAUSED = "paused"
 #: for a rule made on a board's card to start from the card's value, short enough that keys
 #: every board has left do not pile up in the collecting node's memory.
 UNWATCHED_KEEP = 3_600_000
+#: A publication's keys share its time: each timeframe's bar is worked out once (a month's
+#: takes a datetime).
+_bar_open = lru_cache(maxsize=64)(bar_open)
 #: A read output a (snapshot of a) key's data does not hold.
 _MISSING: Any = object()
 _NO_READS: frozenset[str] = frozenset()
 _EMPTY: Mapping[str, Any] = {}
-
-
-def _first(pair: tuple[int, Trigger]) -> int:
-    return pair[0]
 
 
 class Evaluator:
@@ -373,7 +373,7 @@ class Evaluator:
                 latest[key] = (data, ts)
                 if own:
                     own.pop(key, None)
-            these: list[tuple[int, Trigger]] | None = None
+            start, first, mixed = len(fired), None, False
             for name, value in changed.items():
                 tracks = groups.get(name)
                 if tracks is None:
@@ -393,12 +393,14 @@ class Evaluator:
                             continue
                         trigger = gate(track, moved, value, ts, None)
                     if trigger is not None:
-                        if these is None:
-                            these = []
-                        these.append((track.seq, trigger))
-            if these is not None:  # in the tracks' order, as the full evaluation makes them
-                these.sort(key=_first)
-                fired.extend(trigger for _, trigger in these)
+                        fired.append(trigger)
+                        if first is None:
+                            first = name
+                        elif name != first:
+                            mixed = True
+            if mixed:  # in the tracks' order, as the full evaluation makes them
+                order = {track.rule.id: track.seq for track in self._by_key[key]}
+                fired[start:] = sorted(fired[start:], key=lambda t: order[t.rule.id])
         return fired
 
     def _see(self, track: Track, data: Mapping[str, Any], ts: int) -> Trigger | None:
@@ -415,7 +417,7 @@ class Evaluator:
     def _at_close(self, track: Track, value: Any, ts: int) -> Trigger | None:
         """Once per bar close: the condition sees only the last value of each bar, when the
         first value of a later bar shows that bar has closed."""
-        now_bar = bar_open(track.key.tf, ts)
+        now_bar = _bar_open(track.key.tf, ts)
         if track.bar is None or now_bar == track.bar:
             track.bar, track.pending = now_bar, value
             return None
@@ -439,7 +441,7 @@ class Evaluator:
         if rule.cooldown and track.fired_at is not None and t - track.fired_at < rule.cooldown:
             return None
         if bar is None:
-            bar = bar_open(track.key.tf, ts)
+            bar = _bar_open(track.key.tf, ts)
         if rule.frequency == "once_per_bar" and track.fired_bar == bar:
             return None
         if self._storming(rule.id, t):
@@ -453,7 +455,9 @@ class Evaluator:
     def _storming(self, rule_id: int, t: float) -> bool:
         """Whether one more firing at ``t`` would be more than the storm allows."""
         count, window = self.storm
-        times = self._fired.setdefault(rule_id, deque())
+        times = self._fired.get(rule_id)
+        if times is None:
+            times = self._fired[rule_id] = deque()
         while times and times[0] <= t - window:
             times.popleft()
         if len(times) >= count:
