@@ -247,3 +247,22 @@ def test_one_keys_triggers_come_in_the_order_of_its_rules_on_either_path() -> No
             fired = evaluator.evaluate(batch.values, changes if with_changes else None)
         made.append([t.rule.id for t in fired])
     assert made == [[1, 2], [1, 2]]
+
+
+def test_a_dropped_publications_change_is_seen_at_the_next(monkeypatch: Any) -> None:
+    """A publication dropped from a full queue (the database away for long) takes its changes
+    with it: the next one's changes are taken from it, so its keys are evaluated in full."""
+    from quartsig.alerts import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "MAX_QUEUED", 1)
+    key = KEYS[0]
+    recorder, collector = Recorder(), Collector()
+    recorder.term = 1
+    recorder.evaluator.add(Rule(1, 7, (key,), LabelChange()))
+    recorder.on_published(collector.publish({key: {}}, T0), 1)
+    assert recorder._evaluate(recorder.queue.popleft()[0], {}) == []
+    recorder.on_published(collector.publish({key: {"rating": -0.8}}, T0 + 1_000), 1)
+    recorder.on_published(collector.publish({key: {"RSI": 20.0}}, T0 + 2_000), 1)  # drops
+    assert len(recorder.queue) == 1
+    fired = recorder._evaluate(recorder.queue.popleft()[0], {})
+    assert [(t.before, t.after) for t in fired] == [("NEUTRAL", "STRONG_SELL")]
