@@ -10,8 +10,8 @@ steps of sigma 0.03 in the rating and 2 in RSI: most stay in their band, some cr
 the CPU time (``time.thread_time``) of :meth:`Evaluator.evaluate` per tick: median, p99
 (nearest rank) and max, the tracks on changed keys and the triggers made; once with each
 batch's changes (what the recorder on the collector has: only tracks reading a changed
-output are looked at), once without (every changed key in full, as for a batch from Redis). The target of
-issue #22 is <= 20 ms per tick at the defaults.
+output are looked at), once without (every changed key in full, as for a batch from Redis).
+The target of issue #22 is <= 20 ms per tick at the defaults.
 
 ``--delivery N`` measures instead the path a trigger takes after evaluation, end to end in one
 process: N publications (one every ``--gap`` seconds), each moving one key a rule watches, go

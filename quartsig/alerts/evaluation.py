@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from functools import lru_cache
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from quartsig.alerts.bars import bar_open
