@@ -15,6 +15,7 @@ first value it sees and fires nothing then: a rule fires on a *change* it watche
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -58,8 +59,8 @@ class Trigger:
 class Track:
     """The state of one rule on one key."""
 
-    __slots__ = ("at_close", "bar", "condition", "fired_at", "fired_bar", "key", "last", "memory",
-                 "pending", "reads", "rule", "seq", "step")
+    __slots__ = ("at_close", "bar", "condition", "fired_at", "fired_bar", "hi", "key", "last", "lo",
+                 "memory", "pending", "reads", "rule", "seq", "step")
 
     def __init__(self, rule: Rule, key: Key, seq: int = 0) -> None:
         self.rule = rule
@@ -78,6 +79,12 @@ class Track:
         self.fired_bar: int | None = None
         self.bar: int | None = None  # once per bar close: the bar of ``pending``
         self.pending: Any = None  # once per bar close: the last value seen in ``bar``
+        #: A crossing's quiet range: a float strictly between them moves nothing (armed and
+        #: not beyond the level, or not yet back past it by the margin), so the evaluator
+        #: skips the step; empty until the crossing knows its state, and always for "once per
+        #: bar close" (each of its values must reach the bar's bookkeeping).
+        self.lo = math.inf
+        self.hi = -math.inf
 
 
 def held_label(held: str | None, rating: object, margin: float) -> str | None:
@@ -123,15 +130,34 @@ def step_crossing(condition: Crossing, track: Track, value: Any) -> tuple[str, s
     armed = track.memory
     if armed is None:
         track.memory = not beyond
+        _quiet(condition, track)
         return None
     if armed:
         if beyond:
             track.memory = False
+            _quiet(condition, track)
             return f"{'above' if below else 'below'} {level:g}", condition.name
         return None
     if (x >= level + condition.margin) if below else (x <= level - condition.margin):
         track.memory = True
+        _quiet(condition, track)
     return None
+
+
+def _quiet(condition: Crossing, track: Track) -> None:
+    """Set the crossing's quiet range (:attr:`Track.lo`, :attr:`Track.hi`) for its state."""
+    if track.at_close:
+        return
+    level = condition.level
+    if condition.direction == "below":  # fires below the level; re-arms at level + margin
+        if track.memory:
+            track.lo, track.hi = math.nextafter(level, -math.inf), math.inf
+        else:
+            track.lo, track.hi = -math.inf, level + condition.margin
+    elif track.memory:  # above: fires above the level; re-arms at level - margin
+        track.lo, track.hi = -math.inf, math.nextafter(level, math.inf)
+    else:
+        track.lo, track.hi = level - condition.margin, math.inf
 
 
 #: The ``after`` of the trigger that says a rule fired too often and is paused.
@@ -339,6 +365,8 @@ class Evaluator:
                     if value == last and last is not None:
                         continue
                     track.last = value
+                    if type(value) is float and track.lo < value < track.hi:
+                        continue  # a crossing's quiet range: the step would move nothing
                     if track.at_close:
                         trigger = at_close(track, value, ts)
                     else:
@@ -380,11 +408,14 @@ class Evaluator:
                     continue
                 if mine is not None:
                     mine[name] = value
+                numeric = type(value) is float
                 for track in tracks:
                     last = track.last
                     if value == last and last is not None:
                         continue
                     track.last = value
+                    if numeric and track.lo < value < track.hi:
+                        continue  # a crossing's quiet range: the step would move nothing
                     if track.at_close:
                         trigger = at_close(track, value, ts)
                     else:
