@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from quartsig.alerts.bars import bar_open
 from quartsig.alerts.rules import RANK, Crossing, LabelChange, Rule
@@ -79,10 +79,11 @@ class Track:
         self.fired_bar: int | None = None
         self.bar: int | None = None  # once per bar close: the bar of ``pending``
         self.pending: Any = None  # once per bar close: the last value seen in ``bar``
-        #: A crossing's quiet range: a float strictly between them moves nothing (armed and
-        #: not beyond the level, or not yet back past it by the margin), so the evaluator
-        #: skips the step; empty until the crossing knows its state, and always for "once per
-        #: bar close" (each of its values must reach the bar's bookkeeping).
+        #: The quiet range: a float strictly between them moves nothing (a crossing armed and
+        #: not beyond the level, or not yet back past it by the margin; a label with a margin
+        #: that holds its label), so the evaluator skips the step; empty until the condition
+        #: knows its state, and always for "once per bar close" (each of its values must
+        #: reach the bar's bookkeeping).
         self.lo = math.inf
         self.hi = -math.inf
 
@@ -113,9 +114,19 @@ def step_label(condition: LabelChange, track: Track, value: Any) -> tuple[str, s
         return None
     before = track.memory
     track.memory = now
+    if before != now and condition.margin and not track.at_close:
+        # The quiet range of the label held: its band widened by the margin (less a hair,
+        # for rounding), where the label held stays (or the rating is out of range).
+        low, high = BANDS[now]
+        track.lo, track.hi = low - condition.margin + 1e-9, high + condition.margin - 1e-9
     if before is None or before == now or not condition.matches(before, now):
         return None
     return before, now
+
+
+#: Each label's band of ratings (its edges, whichever side holds them).
+BANDS: Final = {"STRONG_SELL": (-1.0, -0.5), "SELL": (-0.5, -0.1), "NEUTRAL": (-0.1, 0.1),
+                "BUY": (0.1, 0.5), "STRONG_BUY": (0.5, 1.0)}
 
 
 def step_crossing(condition: Crossing, track: Track, value: Any) -> tuple[str, str] | None:
