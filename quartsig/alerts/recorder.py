@@ -1,7 +1,9 @@
 """The recorder: the thin async shell around the evaluator, on the node that collects.
 
 The collector calls :meth:`Recorder.on_published` with each batch it published and the term it
-published under; that only queues the batch's values (the keys whose data changed). One writer
+published under; that only queues the batch's values (the keys whose data changed), with a copy
+of what their rules read (for a key whose changes the batch carries, only the outputs they read
+that changed: :meth:`Recorder._snapshot`). One writer
 task takes them in order, evaluates them (sync, cheap, off the tick's path) and writes their
 triggers, with the values of the rules' keys it saw, in one fenced transaction per burst
 (:func:`quartsig.alerts.storage.write_triggers`). No change is evaluated twice or skipped.
