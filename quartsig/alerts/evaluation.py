@@ -7,9 +7,11 @@ keys whose data changed) are looked at. With the batch's changes (the collector'
 that changed are looked at; without them (or for a key whose tracks may not hold its previous
 values, :attr:`Evaluator.unsynced`), a rule whose output did not change costs one dictionary
 read and one comparison. A crossing's or a margin label's step is skipped while the value stays
-in the range where it would move nothing (:attr:`Track.lo`, :attr:`Track.hi`). Time is the data's own time (``ts`` of each value), never a
-clock: cool-downs, expiry and bars then mean the same on a retry or on another leader, and
-tests move time by writing it in the values.
+in the range where it would move nothing (:attr:`Track.lo`, :attr:`Track.hi`).
+
+Time is the data's own time (``ts`` of each value), never a clock: cool-downs, expiry and bars
+then mean the same on a retry or on another leader, and tests move time by writing it in the
+values.
 
 Each (rule, key) pair has a :class:`Track`: the last value seen, the condition's memory (the
 label held, or whether a crossing is armed) and when it last fired. A track is born on the
