@@ -20,11 +20,11 @@ checkout in DIR (e.g. ``git worktree add /tmp/base main``) side by side: ``--rou
 each running this same script once per checkout in a fresh process with that checkout's
 ``quartsig`` first on the path, alternating, and prints medians and per-round ratios.
 
-``--alerts RULES`` also times the alerts' evaluation of each whole step's batch
-(``Evaluator.evaluate`` of its values, ``bench.alerts``' mix of rules over every key, primed
-with the first tick's data): in the service it runs in the recorder's writer task after the
-publication, not in the tick, so it is printed beside the step and added to it as
-"step + evaluation", the cost of one tick's data all told.
+``--alerts RULES`` also times the alerts' work on each whole step's batch (``bench.alerts``'
+mix of rules over every key, primed with the first tick's data), as the recorder does it:
+its snapshot of the batch (``Recorder.on_published``, on the tick's path) and its evaluation
+(``Recorder._evaluate``, in its writer task after the publication), printed beside the step and
+added to it as "step + evaluation", the cost of one tick's data all told.
 
 ``--ticks N`` then runs N steady-state ticks on one hub and collector (the two reply sets in
 turn, so half the keys change every tick) and prints their median CPU time and the time the
@@ -227,12 +227,18 @@ async def _run(args: argparse.Namespace) -> None:
 
     # The whole publish step, as the collector runs it, with one connection per key: from the
     # same first tick (the market is seeded) to a second one at each share of keys changing.
-    evaluator = None
+    evaluator = recorder = None
     if args.alerts:
-        evaluator, _ = _alerts_bench().build(args.alerts, len(keys), 1, over=keys)
+        from quartsig.alerts.recorder import Recorder
 
-    def publish_once(before: list[bytes], after: list[bytes]) -> tuple[float, float]:
-        """The step's CPU ms, and its batch's evaluation's (0 without ``--alerts``)."""
+        evaluator, _ = _alerts_bench().build(args.alerts, len(keys), 1, over=keys)
+        recorder = Recorder()  # its writer's evaluation, called by hand (no loop, no database)
+        recorder.evaluator = evaluator
+        recorder.term = 0  # the term it is in step with (the composer's batches carry 0)
+
+    def publish_once(before: list[bytes], after: list[bytes]) -> tuple[float, float, float]:
+        """The step's CPU ms, and its batch's alerts snapshot's (on the tick) and
+        evaluation's (in the recorder's writer) (0 without ``--alerts``)."""
         cache = RowCache() if RowCache is not None else None
         hub, collector, _ = _primed(keys, profiles, results(before, cache))
         if evaluator is not None:  # the rules' last values: the first tick's (copies: the
@@ -243,11 +249,14 @@ async def _run(args: argparse.Namespace) -> None:
         batch = collector.compose(keys, results(after, cache))
         hub.apply(batch)
         step = (time.process_time() - started) * 1000
-        if evaluator is None:
-            return step, 0.0
+        if recorder is None:
+            return step, 0.0, 0.0
         started = time.process_time()
-        evaluator.evaluate(batch.values)
-        return step, (time.process_time() - started) * 1000
+        recorder.on_published(batch, 0)
+        queued = time.process_time()
+        recorder._evaluate(recorder.queue.popleft()[0], {})
+        done = time.process_time()
+        return step, (queued - started) * 1000, (done - queued) * 1000
 
     changed_at: dict[str, int] = {}
     for share in args.change_share:
@@ -268,8 +277,10 @@ async def _run(args: argparse.Namespace) -> None:
             measured = [publish_once(before, replies) for _ in range(args.runs)]
             figures[f"whole step, {name} change"] = statistics.median(m[0] for m in measured)
             if evaluator is not None:
-                figures[f"evaluation, {name} change"] = statistics.median(
+                figures[f"alerts snapshot, {name} change"] = statistics.median(
                     m[1] for m in measured)
+                figures[f"evaluation, {name} change"] = statistics.median(
+                    m[2] for m in measured)
                 figures[f"step + evaluation, {name} change"] = statistics.median(
                     sum(m) for m in measured)
     if args.json:
@@ -286,7 +297,7 @@ async def _run(args: argparse.Namespace) -> None:
     print("| phase | ms per tick | us per key |")
     print("|---|---|---|")
     phases = {name: ms for name, ms in figures.items()
-              if not name.startswith(("whole", "evaluation", "step + "))}
+              if not name.startswith(("whole", "alerts", "evaluation", "step + "))}
     for phase, ms in figures.items():
         print(f"| {phase} | {ms:.1f} | {ms * 1000 / len(keys):.2f} |")
     print(f"| sum of phases (parse, compute and diff all keys, encode) | "

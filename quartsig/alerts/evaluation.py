@@ -2,10 +2,16 @@
 
 It runs on the collector after every publication, so it must cost little and see each change
 once: rules are indexed by key, and only the keys of the batch (the collector publishes only
-keys whose data changed) are looked at; a rule whose output did not change costs one
-dictionary read and one comparison. Time is the data's own time (``ts`` of each value), never a
-clock: cool-downs, expiry and bars then mean the same on a retry or on another leader, and
-tests move time by writing it in the values.
+keys whose data changed) are looked at. With the batch's changes (the collector's
+``Batch.changes``, which the recorder on the collector has) only the rules reading an output
+that changed are looked at; without them (or for a key whose tracks may not hold its previous
+values, :attr:`Evaluator.unsynced`), a rule whose output did not change costs one dictionary
+read and one comparison. A crossing's or a margin label's step is skipped while the value stays
+in the range where it would move nothing (:attr:`Track.lo`, :attr:`Track.hi`).
+
+Time is the data's own time (``ts`` of each value), never a clock: cool-downs, expiry and bars
+then mean the same on a retry or on another leader, and tests move time by writing it in the
+values.
 
 Each (rule, key) pair has a :class:`Track`: the last value seen, the condition's memory (the
 label held, or whether a crossing is armed) and when it last fired. A track is born on the
@@ -15,10 +21,12 @@ first value it sees and fires nothing then: a rule fires on a *change* it watche
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, Final
 
 from quartsig.alerts.bars import bar_open
 from quartsig.alerts.rules import RANK, Crossing, LabelChange, Rule
@@ -57,11 +65,13 @@ class Trigger:
 class Track:
     """The state of one rule on one key."""
 
-    __slots__ = ("at_close", "bar", "condition", "fired_at", "fired_bar", "key", "last", "memory",
-                 "pending", "reads", "rule", "step")
+    __slots__ = ("at_close", "bar", "condition", "fired_at", "fired_bar", "hi", "key", "last", "lo",
+                 "memory", "pending", "reads", "rule", "seq", "step")
 
-    def __init__(self, rule: Rule, key: Key) -> None:
+    def __init__(self, rule: Rule, key: Key, seq: int = 0) -> None:
         self.rule = rule
+        #: The order of its making: triggers of one key come out in this order on either path.
+        self.seq = seq
         self.key = key
         self.reads = rule.condition.reads
         self.condition: Any = rule.condition
@@ -75,6 +85,13 @@ class Track:
         self.fired_bar: int | None = None
         self.bar: int | None = None  # once per bar close: the bar of ``pending``
         self.pending: Any = None  # once per bar close: the last value seen in ``bar``
+        #: The quiet range: a float strictly between them moves nothing (a crossing armed and
+        #: not beyond the level, or not yet back past it by the margin; a label with a margin
+        #: that holds its label), so the evaluator skips the step; empty until the condition
+        #: knows its state, and always for "once per bar close" (each of its values must
+        #: reach the bar's bookkeeping).
+        self.lo = math.inf
+        self.hi = -math.inf
 
 
 def held_label(held: str | None, rating: object, margin: float) -> str | None:
@@ -103,9 +120,19 @@ def step_label(condition: LabelChange, track: Track, value: Any) -> tuple[str, s
         return None
     before = track.memory
     track.memory = now
+    if before != now and condition.margin and not track.at_close:
+        # The quiet range of the label held: its band widened by the margin (less a hair,
+        # for rounding), where the label held stays (or the rating is out of range).
+        low, high = BANDS[now]
+        track.lo, track.hi = low - condition.margin + 1e-9, high + condition.margin - 1e-9
     if before is None or before == now or not condition.matches(before, now):
         return None
     return before, now
+
+
+#: Each label's band of ratings (its edges, whichever side holds them).
+BANDS: Final = {"STRONG_SELL": (-1.0, -0.5), "SELL": (-0.5, -0.1), "NEUTRAL": (-0.1, 0.1),
+                "BUY": (0.1, 0.5), "STRONG_BUY": (0.5, 1.0)}
 
 
 def step_crossing(condition: Crossing, track: Track, value: Any) -> tuple[str, str] | None:
@@ -120,15 +147,34 @@ def step_crossing(condition: Crossing, track: Track, value: Any) -> tuple[str, s
     armed = track.memory
     if armed is None:
         track.memory = not beyond
+        _quiet(condition, track)
         return None
     if armed:
         if beyond:
             track.memory = False
+            _quiet(condition, track)
             return f"{'above' if below else 'below'} {level:g}", condition.name
         return None
     if (x >= level + condition.margin) if below else (x <= level - condition.margin):
         track.memory = True
+        _quiet(condition, track)
     return None
+
+
+def _quiet(condition: Crossing, track: Track) -> None:
+    """Set the crossing's quiet range (:attr:`Track.lo`, :attr:`Track.hi`) for its state."""
+    if track.at_close:
+        return
+    level = condition.level
+    if condition.direction == "below":  # fires below the level; re-arms at level + margin
+        if track.memory:
+            track.lo, track.hi = math.nextafter(level, -math.inf), math.inf
+        else:
+            track.lo, track.hi = -math.inf, level + condition.margin
+    elif track.memory:  # above: fires above the level; re-arms at level - margin
+        track.lo, track.hi = -math.inf, math.nextafter(level, math.inf)
+    else:
+        track.lo, track.hi = level - condition.margin, math.inf
 
 
 #: The ``after`` of the trigger that says a rule fired too often and is paused.
@@ -137,6 +183,13 @@ PAUSED = "paused"
 #: for a rule made on a board's card to start from the card's value, short enough that keys
 #: every board has left do not pile up in the collecting node's memory.
 UNWATCHED_KEEP = 3_600_000
+#: A publication's keys share its time: each timeframe's bar is worked out once (a month's
+#: takes a datetime).
+_bar_open = lru_cache(maxsize=64)(bar_open)
+#: A read output a (snapshot of a) key's data does not hold.
+_MISSING: Any = object()
+_NO_READS: frozenset[str] = frozenset()
+_EMPTY: Mapping[str, Any] = {}
 
 
 class Evaluator:
@@ -150,6 +203,18 @@ class Evaluator:
     def __init__(self, storm: tuple[int, float] = (15, 180.0),
                  keep: int = UNWATCHED_KEEP) -> None:
         self._by_key: dict[Key, list[Track]] = {}
+        #: Per key, its tracks by the output they read (what a change of one output moves),
+        #: and the set of those outputs: both rebuilt only when the key's rules change.
+        self._index: dict[Key, dict[str, list[Track]]] = {}
+        self._reads: dict[Key, frozenset[str]] = {}
+        #: Keys whose tracks may not all hold the key's previous values (a rule just added, a
+        #: restart, a value missing from what was seen): their next publication is evaluated
+        #: in full, whatever its ``changes`` say (:meth:`evaluate`).
+        self.unsynced: set[Key] = set()
+        #: The latest read values of watched keys as changes update them (the data of their
+        #: ``latest`` entry, owned here: a partial publication is merged into it).
+        self._own: dict[Key, dict[str, Any]] = {}
+        self._seq = 0
         self._rules: dict[int, Rule] = {}
         self.storm = storm
         #: "Only once" rules that fired, and rules paused: silent until replaced.
@@ -172,15 +237,31 @@ class Evaluator:
     def keys(self) -> set[Key]:
         return set(self._by_key)
 
-    def reads_of(self, key: Key) -> set[str]:
-        """The outputs of ``key`` its rules read."""
-        return {track.reads for track in self._by_key.get(key, ())}
+    def reads_of(self, key: Key) -> frozenset[str]:
+        """The outputs of ``key`` its rules read (cached; empty for a key without rules)."""
+        return self._reads.get(key, _NO_READS)
+
+    def _reindex(self, key: Key) -> None:
+        tracks = self._by_key.get(key)
+        if not tracks:
+            self._index.pop(key, None)
+            self._reads.pop(key, None)
+            return
+        groups: dict[str, list[Track]] = {}
+        for track in tracks:
+            groups.setdefault(track.reads, []).append(track)
+        self._index[key] = groups
+        self._reads[key] = frozenset(groups)
 
     def restart(self, latest: Mapping[Key, tuple[Mapping[str, Any], int]]) -> None:
         """Start every rule again from ``latest`` (a new leader: what the last one saw)."""
         self.latest.update(latest)
+        for key in latest:
+            self._own.pop(key, None)
         rules = list(self._rules.values())
         self._by_key.clear()
+        self._index.clear()
+        self._reads.clear()
         self._rules.clear()
         self.spent.clear()
         self.paused.clear()
@@ -196,8 +277,21 @@ class Evaluator:
         self.remove(rule.id)
         self._rules[rule.id] = rule
         for key in rule.keys:
-            track = Track(rule, key)
+            self._seq += 1
+            track = Track(rule, key, self._seq)
             self._by_key.setdefault(key, []).append(track)
+            groups = self._index.get(key)
+            if groups is None:
+                groups = self._index[key] = {}
+            group = groups.get(track.reads)
+            if group is None:
+                groups[track.reads] = [track]
+                self._reads[key] = frozenset(groups)
+            else:
+                group.append(track)
+            # It starts from the latest values, which need not be the key's previous ones
+            # (a publication's changes are taken from): its next one is seen in full.
+            self.unsynced.add(key)
             seen = self.latest.get(key)
             if seen is not None:  # a first sight: it fires nothing
                 self._see(track, seen[0], seen[1])
@@ -215,6 +309,9 @@ class Evaluator:
                 self._by_key[key] = tracks
             else:
                 self._by_key.pop(key, None)
+                self.unsynced.discard(key)
+                self._own.pop(key, None)  # its latest data stays, as a value no longer updated
+            self._reindex(key)
 
     def replace_all(self, rules: Iterable[Rule]) -> None:
         """Watch exactly ``rules``: new ones added, changed versions re-armed, gone ones
@@ -242,35 +339,116 @@ class Evaluator:
                  if key not in watched and newest - ts > self.keep]
         for key in stale:
             del latest[key]
+            self._own.pop(key, None)
         return len(stale)
 
-    def evaluate(self, values: Iterable[tuple[Key, Mapping[str, Any], int]]) -> list[Trigger]:
-        """The triggers one publication's ``values`` (key, data, ts) cause."""
+    def evaluate(self, values: Iterable[tuple[Key, Mapping[str, Any], int]],
+                 changes: Mapping[Key, Mapping[str, Any]] | None = None) -> list[Trigger]:
+        """The triggers one publication's ``values`` (key, data, ts) cause.
+
+        ``changes`` (the collector knows them: ``Batch.changes``), key -> the outputs that
+        changed since the key's previous publication, with their new values (more is harmless:
+        an unchanged value is compared and skipped): only the tracks reading those outputs are
+        looked at, the rest hold the key's previous values already, where the full evaluation
+        would skip them too. A key it does not name, and a key whose tracks may not hold its
+        previous values (:attr:`unsynced`), is evaluated in full from its ``data``; ``None``:
+        every key in full. Either way the same triggers, in the same order.
+
+        A key's ``data`` may be its changes themselves (the recorder's copy of what changed,
+        ``data is changes[key]``): its latest values are then those it had, updated by them.
+        Evaluated in full, an output ``data`` lacks is not seen (the track is left as it is,
+        the key stays :attr:`unsynced`); a profile's data has every output."""
         fired: list[Trigger] = []
-        by_key = self._by_key
+        index = self._index
         latest = self.latest
+        unsynced = self.unsynced
+        own = self._own
         gate, at_close = self._gate, self._at_close
         for key, data, ts in values:
-            latest[key] = (data, ts)
-            tracks = by_key.get(key)
-            if tracks is None:
+            groups = index.get(key)
+            if groups is None:
+                latest[key] = (data, ts)
                 continue
-            get = data.get
-            for track in tracks:  # _see, inlined: this loop is the hot path
-                value = get(track.reads)
-                last = track.last
-                if value == last and last is not None:
-                    continue
-                track.last = value
-                if track.at_close:
-                    trigger = at_close(track, value, ts)
-                else:
-                    moved = track.step(track.condition, track, value)
-                    if moved is None:
+            changed = None if changes is None else changes.get(key)
+            if changed is None or key in unsynced:
+                complete = True
+                get = data.get
+                for track in self._by_key[key]:  # _see, inlined: this loop is the hot path
+                    value = get(track.reads, _MISSING)
+                    if value is _MISSING:  # not seen (a snapshot made before its rule)
+                        complete = False
                         continue
-                    trigger = gate(track, moved, value, ts, None)
-                if trigger is not None:
-                    fired.append(trigger)
+                    last = track.last
+                    if value == last and last is not None:
+                        continue
+                    track.last = value
+                    if type(value) is float and track.lo < value < track.hi:
+                        continue  # a crossing's quiet range: the step would move nothing
+                    if track.at_close:
+                        trigger = at_close(track, value, ts)
+                    else:
+                        moved = track.step(track.condition, track, value)
+                        if moved is None:
+                            continue
+                        trigger = gate(track, moved, value, ts, None)
+                    if trigger is not None:
+                        fired.append(trigger)
+                if complete:
+                    unsynced.discard(key)
+                    latest[key] = (data, ts)
+                    if own:
+                        own.pop(key, None)
+                else:  # the outputs not seen keep their latest values
+                    unsynced.add(key)
+                    earlier = latest.get(key)
+                    before = (earlier[0] if earlier is not None else _EMPTY).get
+                    merged = own[key] = {name: get(name, before(name)) for name in groups}
+                    latest[key] = (merged, ts)
+                continue
+            mine: dict[str, Any] | None
+            if data is changed:  # only what changed (the recorder's copy): merged into ours
+                mine = own.get(key)
+                if mine is None:  # the data seen last, made ours to update by changes
+                    prior = latest.get(key)
+                    recall = (prior[0] if prior is not None else _EMPTY).get
+                    mine = own[key] = {name: recall(name) for name in groups}
+                latest[key] = (mine, ts)
+            else:
+                mine = None  # the key's whole data: the latest values
+                latest[key] = (data, ts)
+                if own:
+                    own.pop(key, None)
+            start, first, mixed = len(fired), None, False
+            for name, value in changed.items():
+                tracks = groups.get(name)
+                if tracks is None:
+                    continue
+                if mine is not None:
+                    mine[name] = value
+                numeric = type(value) is float
+                for track in tracks:
+                    last = track.last
+                    if value == last and last is not None:
+                        continue
+                    track.last = value
+                    if numeric and track.lo < value < track.hi:
+                        continue  # a crossing's quiet range: the step would move nothing
+                    if track.at_close:
+                        trigger = at_close(track, value, ts)
+                    else:
+                        moved = track.step(track.condition, track, value)
+                        if moved is None:
+                            continue
+                        trigger = gate(track, moved, value, ts, None)
+                    if trigger is not None:
+                        fired.append(trigger)
+                        if first is None:
+                            first = name
+                        elif name != first:
+                            mixed = True
+            if mixed:  # in the tracks' order, as the full evaluation makes them
+                order = {track.rule.id: track.seq for track in self._by_key[key]}
+                fired[start:] = sorted(fired[start:], key=lambda t: order[t.rule.id])
         return fired
 
     def _see(self, track: Track, data: Mapping[str, Any], ts: int) -> Trigger | None:
@@ -287,7 +465,7 @@ class Evaluator:
     def _at_close(self, track: Track, value: Any, ts: int) -> Trigger | None:
         """Once per bar close: the condition sees only the last value of each bar, when the
         first value of a later bar shows that bar has closed."""
-        now_bar = bar_open(track.key.tf, ts)
+        now_bar = _bar_open(track.key.tf, ts)
         if track.bar is None or now_bar == track.bar:
             track.bar, track.pending = now_bar, value
             return None
@@ -311,7 +489,7 @@ class Evaluator:
         if rule.cooldown and track.fired_at is not None and t - track.fired_at < rule.cooldown:
             return None
         if bar is None:
-            bar = bar_open(track.key.tf, ts)
+            bar = _bar_open(track.key.tf, ts)
         if rule.frequency == "once_per_bar" and track.fired_bar == bar:
             return None
         if self._storming(rule.id, t):
@@ -325,7 +503,9 @@ class Evaluator:
     def _storming(self, rule_id: int, t: float) -> bool:
         """Whether one more firing at ``t`` would be more than the storm allows."""
         count, window = self.storm
-        times = self._fired.setdefault(rule_id, deque())
+        times = self._fired.get(rule_id)
+        if times is None:
+            times = self._fired[rule_id] = deque()
         while times and times[0] <= t - window:
             times.popleft()
         if len(times) >= count:

@@ -1,7 +1,9 @@
 """The recorder: the thin async shell around the evaluator, on the node that collects.
 
 The collector calls :meth:`Recorder.on_published` with each batch it published and the term it
-published under; that only queues the batch's values (the keys whose data changed). One writer
+published under; that only queues the batch's values (the keys whose data changed), with a copy
+of what their rules read (for a key whose changes the batch carries, only the outputs they read
+that changed: :meth:`Recorder._snapshot`). One writer
 task takes them in order, evaluates them (sync, cheap, off the tick's path) and writes their
 triggers, with the values of the rules' keys it saw, in one fenced transaction per burst
 (:func:`quartsig.alerts.storage.write_triggers`). No change is evaluated twice or skipped.
@@ -47,6 +49,10 @@ def _plain(name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> async
     return asyncio.create_task(factory(), name=f"quartsig-{name}")
 
 
+#: One publication as queued: its values (key, data or the rules' outputs copied, ts), and
+#: for keys whose changes are known, the changed outputs their rules read (new values).
+Publication = tuple[list[tuple[Key, Any, int]], dict[Key, dict[str, Any]]]
+
 #: Batches of triggers the queue holds before the oldest are dropped (logged): a database away
 #: for long must not grow memory without bound.
 MAX_QUEUED = 10_000
@@ -70,7 +76,7 @@ class Recorder:
         self.on_written = on_written
         self.spawn = spawn
         #: Published values waiting to be evaluated and written, with their terms, oldest first.
-        self.queue: deque[tuple[list[tuple[Key, Any, int]], int]] = deque()
+        self.queue: deque[tuple[Publication, int]] = deque()
         #: The term whose publications this recorder evaluates (None: none yet).
         self.term: int | None = None
         self._queued = asyncio.Event()
@@ -116,24 +122,53 @@ class Recorder:
 
     def on_published(self, batch: Batch, term: int) -> None:
         """The collector's hook: queue the batch's values for the writer, which evaluates
-        them in order. Costs the collector an append."""
+        them in order. Costs the collector a look-up per key and, for keys with rules, a copy
+        of the outputs their rules read that changed (:meth:`_snapshot`)."""
         if not batch.values:
             return
         if len(self.queue) >= MAX_QUEUED:
             self.queue.popleft()
             log.error("alerts: database unreachable for long, a publication dropped")
+            # What it changed is not in the next one's changes: its keys are seen in full.
+            self.evaluator.unsynced.update(self.evaluator.keys)
         self.idle.clear()
-        self.queue.append((self._snapshot(batch.values), term))
+        self.queue.append((self._snapshot(batch, term), term))
         self._queued.set()
 
-    def _snapshot(self, values: list[tuple[Key, Any, int]]) -> list[tuple[Key, Any, int]]:
+    def _snapshot(self, batch: Batch, term: int) -> Publication:
         """What the rules of each key read, copied now: a profile may update a key's data
         in place at the next tick (``full`` does), and a publication queued behind a slow
         write must be evaluated with its own values. Keys without rules keep their data (it
-        only feeds the latest values, where a later value is right)."""
-        reads_of = self.evaluator.reads_of
-        return [(key, {name: data.get(name) for name in reads} if (reads := reads_of(key))
-                 else data, ts) for key, data, ts in values]
+        only feeds the latest values, where a later value is right).
+
+        A key whose changes the batch carries (``Batch.changes``: the collector's, not
+        carried over Redis) and whose tracks hold its previous values gets only the outputs
+        its rules read that changed, and the evaluator looks only at the tracks reading them;
+        any other key of rules (its first values, a rule just added, a new term whose rules
+        restart from what the last leader saw) gets all of them, evaluated in full."""
+        evaluator = self.evaluator
+        reads_of = evaluator._reads.get
+        unsynced = evaluator.unsynced
+        # Until the writer has started this term's rules, nothing is known to be in step.
+        known = batch.changes if term == self.term else {}
+        values: list[tuple[Key, Any, int]] = []
+        changes: dict[Key, dict[str, Any]] = {}
+        for item in batch.values:
+            key = item[0]
+            reads = reads_of(key)
+            if reads is None:
+                values.append(item)
+                continue
+            moved = known.get(key)
+            if moved is None or key in unsynced:
+                data = item[1]
+                values.append((key, {name: data.get(name) for name in reads}, item[2]))
+                continue
+            delta = moved[1]
+            changed = {name: delta[name] for name in reads if name in delta}
+            values.append((key, changed, item[2]))
+            changes[key] = changed
+        return values, changes
 
     async def _sync(self, term: int) -> None:
         """A new term (or the first): start the rules from what the last leader wrote it saw,
@@ -152,19 +187,22 @@ class Recorder:
         self.evaluator.restart(latest)
         self.term = term
 
-    def _evaluate(self, values: list[tuple[Key, Any, int]],
+    def _evaluate(self, publication: Publication,
                   seen: dict[Key, tuple[dict[str, Any], int]]) -> list[Trigger]:
         """The triggers of one publication; ``seen`` gets its rule keys' read outputs."""
         evaluator = self.evaluator
+        values, changes = publication
         try:
-            triggers = evaluator.evaluate(values)
+            triggers = evaluator.evaluate(values, changes)
         except Exception:
             log.exception("alert evaluation failed; this publication fires nothing")
             return []
-        for key, data, ts in values:
-            reads = evaluator.reads_of(key)
-            if reads:
-                seen[key] = ({name: data.get(name) for name in reads}, ts)
+        reads_of, latest = evaluator._reads.get, evaluator.latest
+        for key, _, ts in values:
+            reads = reads_of(key)
+            if reads is not None:  # the key's values as the evaluator now holds them
+                get = latest[key][0].get
+                seen[key] = ({name: get(name) for name in reads}, ts)
         return triggers
 
     async def _writing(self) -> None:
