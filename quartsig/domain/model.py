@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from bisect import bisect_right
 from itertools import chain
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -57,12 +58,42 @@ class Layout:
     dict was most of the parse), and a key's values come out through one ``itemgetter``.
     """
 
-    __slots__ = ("_pickers", "columns", "index")
+    __slots__ = ("_blocks_of", "_pickers", "blocks", "columns", "index")
 
     def __init__(self, columns: Sequence[str]) -> None:
         self.columns = tuple(columns)
         self.index = {name: position for position, name in enumerate(self.columns)}
         self._pickers: dict[tuple[str, ...], Callable[[Sequence[Any]], tuple[Any, ...]] | None] = {}
+        #: Runs of consecutive columns of one timeframe (the same ``|suffix``), as ``(start,
+        #: stop)`` positions: the planner orders columns by timeframe, so a request's rows hold
+        #: one run per timeframe, and a key's cells lie in one run. The scanner client's row
+        #: cache compares a moved row run by run and tells which runs moved (``Row.moved``).
+        blocks: list[tuple[int, int]] = []
+        start, last = 0, None
+        for position, name in enumerate(self.columns):
+            suffix = name.partition("|")[2]
+            if position and suffix != last:
+                blocks.append((start, position))
+                start = position
+            last = suffix
+        if self.columns:
+            blocks.append((start, len(self.columns)))
+        self.blocks = tuple(blocks)
+        self._blocks_of: dict[tuple[str, ...], frozenset[int] | None] = {}
+
+    def blocks_of(self, names: tuple[str, ...]) -> frozenset[int] | None:
+        """The runs (indexes into :attr:`blocks`) holding ``names``; None if one is absent."""
+        try:
+            return self._blocks_of[names]
+        except KeyError:
+            pass
+        index = self.index
+        found: frozenset[int] | None = None
+        if all(name in index for name in names):
+            starts = [start for start, _ in self.blocks]
+            found = frozenset(bisect_right(starts, index[name]) - 1 for name in names)
+        self._blocks_of[names] = found
+        return found
 
     def picker(self, names: tuple[str, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]] | None:
         """A function from a row's values to those of ``names``; ``None`` if one is absent."""
@@ -85,10 +116,18 @@ class Layout:
 class Row(Mapping[str, Any]):
     """One ticker's values in a reply, read by full column name (``"RSI|60"``)."""
 
-    __slots__ = ("cells", "layout")
+    __slots__ = ("cells", "layout", "moved", "since")
 
-    def __init__(self, layout: Layout, cells: Sequence[Any]) -> None:
+    def __init__(self, layout: Layout, cells: Sequence[Any], since: Row | None = None,
+                 moved: frozenset[int] = frozenset()) -> None:
         self.layout = layout
+        #: The row of the last reply this one replaces, when only the runs of columns in
+        #: ``moved`` (indexes into ``layout.blocks``) differ from it, to the byte; every other
+        #: cell is the very object ``since`` holds. Set by the scanner client's row cache (and
+        #: cleared on ``since`` when the next row replaces this one, so no chain builds up):
+        #: the composer skips a key whose runs did not move and which settled from ``since``.
+        self.since = since
+        self.moved = moved
         #: The raw ``d`` values, in the layout's order (not ``values``: a Mapping's method).
         #: The scanner client's row cache makes them a tuple: a tuple of numbers is untracked
         #: by the cycle collector at its first collection, where a list is traversed by every

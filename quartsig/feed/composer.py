@@ -42,9 +42,10 @@ def is_refused(result: ScanResult) -> bool:
     return result.error is not None and result.error.kind == "bad_column"
 
 
-#: A key's base names, its scanner columns, and how to pick their values from a row's cells.
+#: A key's base names, its scanner columns, how to pick their values from a row's cells, and
+#: the layout's runs of columns that hold them (see :attr:`Row.moved`).
 _Shape = tuple[tuple[str, ...], tuple[str, ...],
-               Callable[[Sequence[Any]], tuple[Any, ...]] | None]
+               Callable[[Sequence[Any]], tuple[Any, ...]] | None, frozenset[int] | None]
 
 
 @dataclass(slots=True)
@@ -106,7 +107,9 @@ class Composer:
         self.sources: dict[Key, tuple[Any, ...]] = {}
         #: The row each key's inputs were last found unchanged in or computed from: the
         #: scanner client hands back the very same row while its bytes do not move
-        #: (:class:`~quartsig.upstream.scanner.RowCache`), so such a key costs one look-up.
+        #: (:class:`~quartsig.upstream.scanner.RowCache`), so such a key costs one look-up;
+        #: and a moved row says which runs of columns moved since the row it replaces
+        #: (``Row.since``, ``Row.moved``), so a key of another run costs two.
         self.settled: dict[Key, Row] = {}
         #: The data each key was last published with: what its next changes are taken from.
         self.outputs: dict[Key, dict[str, Any]] = {}
@@ -158,14 +161,23 @@ class Composer:
                 if symbol in unknown:
                     rejected.setdefault(symbol, []).append(key)
                 continue
-            if settled.get(key) is row and (not owed or key not in owed):
+            was = settled.get(key)
+            if was is row and (not owed or key not in owed):
                 if reason is not None:
                     self._tell(batch, key, reason)
                 continue  # the very row it settled from: the same inputs, as below
             shape = shapes.get((row.layout, profile, tf))
             if shape is None:
                 shape = shapes[(row.layout, profile, tf)] = self._shape(row, profile, tf)
-            bases, columns, pick = shape
+            bases, columns, pick, runs = shape
+            if (was is not None and was is row.since and runs is not None
+                    and runs.isdisjoint(row.moved) and (not owed or key not in owed)):
+                # The row that replaced the one it settled from, in runs of columns other
+                # than its own: its cells are the very objects it settled from.
+                settled[key] = row
+                if reason is not None:
+                    self._tell(batch, key, reason)
+                continue
             if incomplete and symbol in incomplete and any(
                 col not in row
                 for base, col in zip(bases, columns, strict=True)
@@ -320,9 +332,10 @@ class Composer:
 
     def _shape(self, row: Row, profile: str, tf: str) -> _Shape:
         """A key's base names, its scanner columns and the picker of their values from rows
-        of ``row``'s layout (None: a column is absent, so :meth:`Row.pick` fills in nulls)."""
+        of ``row``'s layout (None: a column is absent, so :meth:`Row.pick` fills in nulls), and the
+        layout's runs holding them."""
         bases, columns = self._columns_for(profile, tf)
-        return bases, columns, row.layout.picker(columns)
+        return bases, columns, row.layout.picker(columns), row.layout.blocks_of(columns)
 
     def _count(self, results: list[ScanResult]) -> None:
         if self.metrics is None:
