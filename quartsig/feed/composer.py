@@ -43,9 +43,11 @@ def is_refused(result: ScanResult) -> bool:
 
 
 #: A key's base names, its scanner columns, how to pick their values from a row's cells, and
-#: the layout's runs of columns that hold them (see :attr:`Row.moved`).
+#: the layout's runs of columns that hold them (see :attr:`Row.moved`), and the one run that
+#: holds them all with a picker over its values (for :attr:`Row.runs`), if one does.
 _Shape = tuple[tuple[str, ...], tuple[str, ...],
-               Callable[[Sequence[Any]], tuple[Any, ...]] | None, frozenset[int] | None]
+               Callable[[Sequence[Any]], tuple[Any, ...]] | None, frozenset[int] | None,
+               tuple[int, Callable[[Sequence[Any]], tuple[Any, ...]]] | None]
 
 
 @dataclass(slots=True)
@@ -169,7 +171,7 @@ class Composer:
             shape = shapes.get((row.layout, profile, tf))
             if shape is None:
                 shape = shapes[(row.layout, profile, tf)] = self._shape(row, profile, tf)
-            bases, columns, pick, runs = shape
+            bases, columns, pick, runs, by_run = shape
             if (was is not None and was is row.since and runs is not None
                     and runs.isdisjoint(row.moved) and (not owed or key not in owed)):
                 # The row that replaced the one it settled from, in runs of columns other
@@ -184,7 +186,11 @@ class Composer:
                 if base not in quarantine.columns
             ):
                 continue  # part of its columns failed: keep the last good data
-            values = row.pick(columns) if pick is None else pick(row.cells)
+            runs_of_row = row.runs
+            if runs_of_row is not None and by_run is not None:
+                values = by_run[1](runs_of_row[by_run[0]])
+            else:
+                values = row.pick(columns) if pick is None else pick(row.cells)
             if sources.get(key) == values and (not owed or key not in owed):
                 settled[key] = row
                 if reason is not None:
@@ -335,7 +341,9 @@ class Composer:
         of ``row``'s layout (None: a column is absent, so :meth:`Row.pick` fills in nulls), and the
         layout's runs holding them."""
         bases, columns = self._columns_for(profile, tf)
-        return bases, columns, row.layout.picker(columns), row.layout.blocks_of(columns)
+        layout = row.layout
+        return (bases, columns, layout.picker(columns), layout.blocks_of(columns),
+                layout.run_picker(columns))
 
     def _count(self, results: list[ScanResult]) -> None:
         if self.metrics is None:

@@ -261,7 +261,7 @@ def _reusing(
             # loads), so where its runs of columns end is known for its next move.
             made = _separators_and_cells(piece, layout)
             if made is not None:
-                parsed[ticker] = (piece, Row(layout, made[1]), made[0])
+                parsed[ticker] = (piece, Row(layout, None, runs=made[1]), made[0])
                 continue
         elif old is not None and old[2] is not None and ticker in wanted:
             found = _moved_row(body, start, stop, old, layout)
@@ -346,7 +346,7 @@ def _run_values(
 
 def _separators_and_cells(
     row: bytes, layout: Layout
-) -> tuple[tuple[int, ...], tuple[Any, ...]] | None:
+) -> tuple[tuple[int, ...], tuple[tuple[Any, ...], ...]] | None:
     """Where ``row`` (``{"s":"T","d":[cells]}``) opens its cells, each comma between two runs
     of :attr:`Layout.blocks` and where it closes them, and its cells, parsed run by run;
     None when it is not that shape or a cell is not plain (a number, null, true or false)."""
@@ -360,17 +360,17 @@ def _separators_and_cells(
         return None
     per_cell = (closing - opening) / len(layout.columns)
     found = [opening]
-    cells: list[Any] = []
+    runs: list[tuple[Any, ...]] = []
     for start, stop in blocks:
         run = _run_values(row, found[-1] + 1, closing, stop - start,
                           round((stop - start) * per_cell))
         if run is None:
             return None
-        cells += run[0]
+        runs.append(tuple(run[0]))
         found.append(run[1])
     if found[-1] != closing:
         return None
-    return tuple(found), tuple(cells)
+    return tuple(found), tuple(runs)
 
 
 def _moved_row(
@@ -415,7 +415,7 @@ def _moved_row(
         return None
     inner: list[int] = []
     moved: list[int] = []
-    spans: list[tuple[int, int, list[Any]]] = []  # (first cell, last cell + 1, new values)
+    spans: list[list[Any]] = []  # the values of each moved run
     at = begin
     for run in range(first, last + 1):
         low, high = blocks[run]
@@ -427,11 +427,7 @@ def _moved_row(
             if found is None:
                 return None
             values, comma = found
-            if spans and spans[-1][1] == low:
-                spans[-1][2].extend(values)
-                spans[-1] = (spans[-1][0], high, spans[-1][2])
-            else:
-                spans.append((low, high, values))
+            spans.append(values)
             moved.append(run)
         if run != last:
             inner.append(comma - start)
@@ -439,17 +435,14 @@ def _moved_row(
             return None
         at = comma + 1
     new = (*seps[:first + 1], *inner, *(at + shift for at in seps[last + 1:]))
-    cells: Sequence[Any] = old_row.cells
-    if len(spans) == 1:
-        low_cell, high_cell, values = spans[0]
-        cells = cells[:low_cell] + tuple(values) + cells[high_cell:]  # type: ignore[operator]
-    else:
-        joined = list(cells)
-        for low_cell, high_cell, values in spans:
-            joined[low_cell:high_cell] = values
-        cells = tuple(joined)
+    runs = old_row.runs
+    if runs is None:
+        return None
+    made = list(runs)
+    for run, values in zip(moved, spans, strict=True):
+        made[run] = tuple(values)
     old_row.since = None  # the composer is done with the row before it: no chain
-    return Row(layout, cells, old_row, frozenset(moved)), new
+    return Row(layout, None, old_row, frozenset(moved), tuple(made)), new
 
 
 def parse_body(
