@@ -7,9 +7,9 @@ pulling in another's dependencies (the hub used to load aiohttp through the plan
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from bisect import bisect_right
 from itertools import chain
 from operator import itemgetter
 from typing import Any, NamedTuple

@@ -27,8 +27,8 @@ Because a group holds every ticker (or every column) of its cells, merging two n
 cell twice. Only a group too big for the limits is cut the other way, and its pieces are final.
 
 Column and ticker sets are handled as ``int`` bitsets over the screener's sorted tickers and
-the tick's columns (by timeframe, then name): unions and sizes are then single machine operations, which keeps a
-plan of thousands of keys to milliseconds.
+the tick's columns (by timeframe, then name): unions and sizes are then single machine
+operations, which keeps a plan of thousands of keys to milliseconds.
 """
 
 from __future__ import annotations

@@ -255,7 +255,7 @@ def _reusing(
     for ticker, start, stop in fresh:
         piece = body[start:stop]
         old = known.get(ticker)
-        if (ticker in wanted and (old is None or old[2] is None and _narrow(old[0], piece))
+        if (ticker in wanted and (old is None or (old[2] is None and _narrow(old[0], piece)))
                 and min(piece[6:6 + len(ticker)], default=32) >= 32):  # as loads would check
             # New (or moved within, last time parsed whole): parsed run by run (twice one
             # loads), so where its runs of columns end is known for its next move.
