@@ -135,7 +135,7 @@ class Row(Mapping[str, Any]):
     __slots__ = ("_cells", "layout", "moved", "runs", "since")
 
     def __init__(self, layout: Layout, cells: Sequence[Any] | None, since: Row | None = None,
-                 moved: frozenset[int] = frozenset(),
+                 moved: int = 0,
                  runs: tuple[tuple[Any, ...], ...] | None = None) -> None:
         self.layout = layout
         #: The cells as one tuple per run of :attr:`Layout.blocks` (the scanner client's row
@@ -145,7 +145,8 @@ class Row(Mapping[str, Any]):
         #: ``cells`` is then made from them when first read.
         self.runs = runs
         #: The row of the last reply this one replaces, when only the runs of columns in
-        #: ``moved`` (indexes into ``layout.blocks``) differ from it, to the byte; every other
+        #: ``moved`` (a bit mask of indexes into ``layout.blocks``: an int, which the cycle
+        #: collector does not track, where a set is) differ from it, to the byte; every other
         #: cell is the very object ``since`` holds. Set by the scanner client's row cache (and
         #: cleared on ``since`` when the next row replaces this one, so no chain builds up):
         #: the composer skips a key whose runs did not move and which settled from ``since``.

@@ -42,11 +42,11 @@ def is_refused(result: ScanResult) -> bool:
     return result.error is not None and result.error.kind == "bad_column"
 
 
-#: A key's base names, its scanner columns, how to pick their values from a row's cells, and
-#: the layout's runs of columns that hold them (see :attr:`Row.moved`), and the one run that
-#: holds them all with a picker over its values (for :attr:`Row.runs`), if one does.
+#: A key's base names, its scanner columns, how to pick their values from a row's cells, the
+#: layout's runs of columns that hold them (a bit mask, as :attr:`Row.moved`), and the one run
+#: that holds them all with a picker over its values (for :attr:`Row.runs`), if one does.
 _Shape = tuple[tuple[str, ...], tuple[str, ...],
-               Callable[[Sequence[Any]], tuple[Any, ...]] | None, frozenset[int] | None,
+               Callable[[Sequence[Any]], tuple[Any, ...]] | None, int | None,
                tuple[int, Callable[[Sequence[Any]], tuple[Any, ...]]] | None]
 
 
@@ -173,7 +173,7 @@ class Composer:
                 shape = shapes[(row.layout, profile, tf)] = self._shape(row, profile, tf)
             bases, columns, pick, runs, by_run = shape
             if (was is not None and was is row.since and runs is not None
-                    and runs.isdisjoint(row.moved) and (not owed or key not in owed)):
+                    and not runs & row.moved and (not owed or key not in owed)):
                 # The row that replaced the one it settled from, in runs of columns other
                 # than its own: its cells are the very objects it settled from.
                 settled[key] = row
@@ -342,8 +342,9 @@ class Composer:
         layout's runs holding them."""
         bases, columns = self._columns_for(profile, tf)
         layout = row.layout
-        return (bases, columns, layout.picker(columns), layout.blocks_of(columns),
-                layout.run_picker(columns))
+        runs = layout.blocks_of(columns)
+        mask = None if runs is None else sum(1 << run for run in runs)
+        return bases, columns, layout.picker(columns), mask, layout.run_picker(columns)
 
     def _count(self, results: list[ScanResult]) -> None:
         if self.metrics is None:

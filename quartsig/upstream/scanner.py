@@ -442,7 +442,10 @@ def _moved_row(
     for run, values in zip(moved, spans, strict=True):
         made[run] = tuple(values)
     old_row.since = None  # the composer is done with the row before it: no chain
-    return Row(layout, None, old_row, frozenset(moved), tuple(made)), new
+    mask = 0
+    for run in moved:
+        mask |= 1 << run
+    return Row(layout, None, old_row, mask, tuple(made)), new
 
 
 def parse_body(
