@@ -503,6 +503,15 @@ def gc_table(runs: list[Run]) -> str:
                          f"{run.census['tracked']} objects tracked once connected "
                          f"({run.census['tracked'] / per:.0f} per connection; "
                          f"{run.census['frozen']} frozen); per connection: {top}")
+            if run.census.get("layers"):  # by package, where an object says (gcwatch._layer)
+                layers: dict[str, float] = {}
+                for name, count in run.census["layers"]:
+                    layer = name.partition(" ")[0]
+                    layers[layer] = layers.get(layer, 0) + count / per
+                lines.append("by package, per connection: " + ", ".join(
+                    f"{layer} {count:.1f}" for layer, count in
+                    sorted(layers.items(), key=lambda item: -item[1])) + "; top: " + ", ".join(
+                    f"{name} {count / per:.1f}" for name, count in run.census["layers"][:25]))
     return "\n".join(lines)
 
 

@@ -41,15 +41,41 @@ def watch(out: Path) -> list[list[float]]:
                            time.thread_time() - began[1]])
 
     def census(_signum: int, _frame: Any) -> None:
-        counts = Counter(type(thing).__qualname__ for thing in gc.get_objects())
+        things = gc.get_objects()
+        counts = Counter(type(thing).__qualname__ for thing in things)
+        layers = Counter(f"{_layer(thing)} {type(thing).__qualname__}" for thing in things)
         out.with_suffix(".census.json").write_text(json.dumps(
             {"tracked": sum(counts.values()), "frozen": gc.get_freeze_count(),
-             "types": counts.most_common(40)}))
+             "types": counts.most_common(40), "layers": layers.most_common(60)}))
 
     gc.callbacks.append(timed)
     signal.signal(signal.SIGUSR2, census)
     atexit.register(lambda: out.write_text(json.dumps(pauses)))
     return pauses
+
+
+def _layer(thing: Any) -> str:
+    """The package an object comes from, where it says: a coroutine's or a task's code, a
+    bound method's object, an instance's class; ``?`` for plain containers, futures, cells."""
+    code = getattr(thing, "cr_code", None) or getattr(thing, "gi_code", None) \
+        or getattr(thing, "ag_code", None)
+    if code is None and hasattr(thing, "get_coro"):  # a task: where its coroutine is from
+        coro = thing.get_coro()
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+    if code is not None:
+        path = code.co_filename.replace("\\", "/")
+        for layer in ("quartsig", "hypercorn", "quart", "wsproto", "h11", "asyncio",
+                      "uvloop", "aiohttp", "redis"):
+            if f"/{layer}/" in path:
+                return layer
+        return "?"
+    owner = getattr(thing, "__self__", None)
+    module = type(owner).__module__ if owner is not None and not isinstance(
+        owner, type(gc)) else getattr(thing, "__module__", None) \
+        if callable(thing) else type(thing).__module__
+    if not isinstance(module, str) or module == "builtins":
+        return "?"
+    return module.partition(".")[0]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,10 +15,11 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartsig.domain.model import Key, Row, ScanResult
-from quartsig.domain.timeframes import column
+from quartsig.domain.model import Key, Row, ScanError, ScanResult
+from quartsig.domain.timeframes import column, frame_order
 from quartsig.feed.composer import merge_results
 from quartsig.upstream.planner import Limits
+from quartsig.upstream.scanner import RowCache, layout_for, parse_body
 from tests.test_collector import (
     BTC,
     EURUSD,
@@ -404,3 +405,59 @@ def test_incremental_ticks_send_exactly_what_whole_recomputes_did(data: st.DataO
     """Random ticks through the incremental path (``compute_changes``, changes handed to the
     hub) and through today's (whole data, diffed by the hub): the same frames."""
     asyncio.run(_both_paths(data))
+
+
+# ------------------------------------------------------------------------ runs of a moved row
+
+#: Cells as TradingView spells them, few enough that a cell often keeps its value.
+_TOKENS = ["25.0", "25", "70", "80.5", "-1", "-100", "0.3", "-0.6", "0.05", "null", "1e2",
+           "-0.0", "0", "1.0"]
+
+
+async def _through_the_row_cache(data: st.DataObject) -> None:
+    keys = [Key(profile, symbol, tf) for profile in ("full", "summary")
+            for symbol in (USDJPY, EURUSD) for tf in _TFS]
+    columns = tuple(sorted((column(base, tf) for tf in _TFS for base in FULL.columns),
+                           key=frame_order))
+    req = request([USDJPY, EURUSD], columns)
+    layout = layout_for(columns)
+    # The fast path: replies through the scanner client's row cache (a moved row says which
+    # runs moved, the composer skips the keys of the others). The straightforward one: every
+    # reply parsed whole, every row new, every key's values picked and compared.
+    fast, whole = collector(wall=lambda: 1.7e9), collector(wall=lambda: 1.7e9)
+    conns = {col: attach(hub_of(col), *keys) for col in (fast, whole)}
+    cache = RowCache()
+    cells: dict[str, list[str]] = {}
+    for _ in range(data.draw(st.integers(2, 6))):
+        for symbol in (USDJPY, EURUSD):
+            old = cells.get(symbol)
+            made: list[str] = []
+            for start, stop in layout.blocks:
+                if old is None or data.draw(st.integers(0, 2)) == 0:
+                    made += data.draw(st.lists(st.sampled_from(_TOKENS),
+                                               min_size=stop - start, max_size=stop - start))
+                else:
+                    made += old[start:stop]
+            cells[symbol] = made
+        text = ",".join(f'{{"s":"{symbol}","d":[{",".join(cells[symbol])}]}}'
+                        for symbol in data.draw(st.permutations([USDJPY, EURUSD])))
+        body = b'{"totalCount":2,"data":[%s]}' % text.encode()
+        parsed, anew = cache.parse(req, body), parse_body(req, body)
+        assert not isinstance(parsed, ScanError) and not isinstance(anew, ScanError)
+        frames = {}
+        for col, (rows, missing) in ((fast, parsed), (whole, anew)):
+            hub_of(col).apply(col.compose(keys, [ScanResult(req, rows, missing, None, 1, 0.0)]))
+            frames[col] = conns[col].take()
+        assert frames[fast] == frames[whole]  # byte for byte: the same updates, in order
+    for key in keys:
+        assert hub_of(fast).entries[key].data == hub_of(whole).entries[key].data
+        assert fast.composer.sources[key] == whole.composer.sources[key]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_keys_of_runs_that_did_not_move_are_skipped_exactly(data: st.DataObject) -> None:
+    """Random ticks through the row cache, whose moved rows say which runs of columns (one
+    per timeframe) moved so the composer skips the keys of the others, and through whole
+    parses with every key picked and compared: the same frames, data and inputs."""
+    asyncio.run(_through_the_row_cache(data))

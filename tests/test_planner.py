@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from quartsig.domain.columns import FULL_COLUMNS
 from quartsig.domain.model import Key, ScanRequest
 from quartsig.domain.symbols import screener_for
-from quartsig.domain.timeframes import TIMEFRAMES, column
+from quartsig.domain.timeframes import TIMEFRAMES, column, frame_order
 from quartsig.upstream.planner import Limits, needed_cells, overfetch, plan, seed_grouping
 
 PROFILES: dict[str, tuple[str, ...]] = {"full": FULL_COLUMNS, "summary": ("Recommend.All",)}
@@ -34,7 +34,8 @@ def test_the_seed_example_is_one_request() -> None:
         ScanRequest(
             "forex",
             ("FX_IDC:NZDUSD", "FX_IDC:USDCHF", "FX_IDC:USDJPY"),
-            tuple(sorted(column(base, tf) for base in FULL_COLUMNS for tf in ("1m", "5m"))),
+            tuple(sorted((column(base, tf) for base in FULL_COLUMNS for tf in ("1m", "5m")),
+                         key=frame_order)),
         )
     ]
     assert seed_grouping(demand, PROFILES, screener_for) == expected
@@ -316,7 +317,13 @@ def test_plan_properties(
         assert set(request.columns) <= set().union(*(needed[t] for t in request.tickers))
         assert within(request, limits)
         assert list(request.tickers) == sorted(request.tickers)
-        assert list(request.columns) == sorted(request.columns)
+        # Columns by timeframe, then name (no longer plainly sorted): each key's columns are
+        # contiguous in a reply's rows, so the row cache tells which timeframes of a moved
+        # row moved from their bytes.
+        assert list(request.columns) == sorted(request.columns, key=frame_order)
+        runs = [frame_order(name)[0] for name in request.columns]
+        assert len(set(runs)) == len(
+            [s for i, s in enumerate(runs) if i == 0 or runs[i - 1] != s])
 
     # Never over the cap: each screener's plan starts exact and refuses a merge that would
     # cross it.

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quartsig import __version__
@@ -576,3 +576,85 @@ def test_the_row_cache_reuses_rows_beside_braces_in_cells() -> None:
         assert not isinstance(first, ScanError) and not isinstance(again, ScanError)
         assert _plain(again) == _plain(parse_body(request, _body(rows, "plain")))
         assert all(again[0][ticker] is first[0][ticker] for ticker in _TICKERS[:2])
+
+
+# ------------------------------------------------------------------------ runs of a moved row
+
+#: Cells as text, as an upstream may write them: numbers in several spellings, null, true,
+#: false, spaces, and now and then what is not plain (a string or an array holding a comma)
+#: or not JSON at all (an empty cell, a bare word).
+_PLAIN_TOKENS = ["1", "1.0", "1.50", "15e-1", "-0.0", "0", "25.5", "70", "-100.25",
+                 "0.30000000000000004", "null", "true", "false", " 2 ", "3"]
+_ODD_TOKENS = ['"x,y"', "[1,2]", "", "nan", "{}", "123456789012345678901234567890"]
+
+
+@st.composite
+def _token(draw: Any) -> str:
+    """A plain cell mostly; one in a few hundred odd (so that most replies parse)."""
+    if draw(st.integers(0, 299)) == 0:
+        return str(draw(st.sampled_from(_ODD_TOKENS)))
+    return str(draw(st.sampled_from(_PLAIN_TOKENS)))
+#: Runs of columns, one per timeframe suffix, in the planner's order (frame_order).
+_SUFFIXES = ("", "|1", "|5", "|60")
+
+
+def _run_columns(sizes: list[int]) -> tuple[str, ...]:
+    return tuple(f"c{i}{suffix}" for suffix, size in zip(_SUFFIXES, sizes, strict=False)
+                 for i in range(size))
+
+
+def _reply_of(rows: list[tuple[str, list[str]]]) -> bytes:
+    text = ",".join(f'{{"s":"{ticker}","d":[{",".join(cells)}]}}' for ticker, cells in rows)
+    return b'{"totalCount":%d,"data":[%s]}' % (len(rows), text.encode())
+
+
+def _strict(parsed: Any) -> Any:
+    """Rows as comparable values that tell 1 from 1.0 and 0.0 from -0.0."""
+    if isinstance(parsed, ScanError):
+        return parsed
+    rows, missing = parsed
+    return {ticker: [(type(cell).__name__, repr(cell)) for cell in row.cells]
+            for ticker, row in rows.items()}, missing
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_moved_rows_runs_are_what_parse_body_makes_of_it(data: st.DataObject) -> None:
+    """Reply after reply, rows whose runs of columns (one per timeframe) move now and then,
+    each spelt in its own way: the row cache's rows are parse_body's, cell for cell, and a
+    run it says did not move (not in ``Row.moved``) holds the very values of ``Row.since``,
+    which is what lets the composer skip the keys of that run."""
+    sizes = data.draw(st.lists(st.integers(1, 4), min_size=2, max_size=4))
+    columns = _run_columns(sizes)
+    request = ScanRequest("forex", _TICKERS[:3], columns)
+    cache = RowCache()
+    cells: dict[str, list[str]] = {}
+    for _ in range(data.draw(st.integers(2, 6))):
+        for ticker in _TICKERS[:3]:
+            old = cells.get(ticker)
+            runs, at = [], 0
+            for size in sizes:
+                if old is None or data.draw(st.integers(0, 3)) == 0:
+                    runs.append(data.draw(st.lists(_token(), min_size=size, max_size=size)))
+                else:
+                    runs.append(old[at:at + size])
+                at += size
+            cells[ticker] = [token for run in runs for token in run]
+            if data.draw(st.integers(0, 60)) == 0:  # a cell too many or too few
+                grown = [*cells[ticker], "1"]
+                cells[ticker] = cells[ticker][:-1] if len(cells[ticker]) > 1 else grown
+        order = data.draw(st.permutations(_TICKERS[:3]))
+        body = _reply_of([(ticker, cells[ticker]) for ticker in order])
+        got, expected = cache.parse(request, body), parse_body(request, body)
+        assert _strict(got) == _strict(expected)
+        if isinstance(got, ScanError):
+            continue
+        for row in got[0].values():
+            if row.since is None:
+                continue
+            assert row.runs is not None and row.since.runs is not None
+            for run, (start, stop) in enumerate(row.layout.blocks):
+                if not row.moved >> run & 1:
+                    assert row.runs[run] is row.since.runs[run]
+                    assert _strict(({"": Row(row.layout, row.since.cells)}, frozenset()))[0][
+                        ""][start:stop] == _strict(({"": row}, frozenset()))[0][""][start:stop]

@@ -7,6 +7,7 @@ pulling in another's dependencies (the hub used to load aiohttp through the plan
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -57,12 +58,58 @@ class Layout:
     dict was most of the parse), and a key's values come out through one ``itemgetter``.
     """
 
-    __slots__ = ("_pickers", "columns", "index")
+    __slots__ = ("_blocks_of", "_pickers", "blocks", "columns", "index")
 
     def __init__(self, columns: Sequence[str]) -> None:
         self.columns = tuple(columns)
         self.index = {name: position for position, name in enumerate(self.columns)}
         self._pickers: dict[tuple[str, ...], Callable[[Sequence[Any]], tuple[Any, ...]] | None] = {}
+        #: Runs of consecutive columns of one timeframe (the same ``|suffix``), as ``(start,
+        #: stop)`` positions: the planner orders columns by timeframe, so a request's rows hold
+        #: one run per timeframe, and a key's cells lie in one run. The scanner client's row
+        #: cache compares a moved row run by run and tells which runs moved (``Row.moved``).
+        blocks: list[tuple[int, int]] = []
+        start, last = 0, None
+        for position, name in enumerate(self.columns):
+            suffix = name.partition("|")[2]
+            if position and suffix != last:
+                blocks.append((start, position))
+                start = position
+            last = suffix
+        if self.columns:
+            blocks.append((start, len(self.columns)))
+        self.blocks = tuple(blocks)
+        self._blocks_of: dict[tuple[str, ...], frozenset[int] | None] = {}
+
+    def run_picker(
+        self, names: tuple[str, ...]
+    ) -> tuple[int, Callable[[Sequence[Any]], tuple[Any, ...]]] | None:
+        """The run holding all of ``names`` and a function from that run's values to theirs
+        (for :attr:`Row.runs`); None if they are not all in one run."""
+        runs = self.blocks_of(names)
+        if not names or runs is None or len(runs) != 1:
+            return None
+        run = next(iter(runs))
+        offset = self.blocks[run][0]
+        positions = [self.index[name] - offset for name in names]
+        if len(positions) == 1:
+            position = positions[0]
+            return run, lambda values: (values[position],)
+        return run, itemgetter(*positions)
+
+    def blocks_of(self, names: tuple[str, ...]) -> frozenset[int] | None:
+        """The runs (indexes into :attr:`blocks`) holding ``names``; None if one is absent."""
+        try:
+            return self._blocks_of[names]
+        except KeyError:
+            pass
+        index = self.index
+        found: frozenset[int] | None = None
+        if all(name in index for name in names):
+            starts = [start for start, _ in self.blocks]
+            found = frozenset(bisect_right(starts, index[name]) - 1 for name in names)
+        self._blocks_of[names] = found
+        return found
 
     def picker(self, names: tuple[str, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]] | None:
         """A function from a row's values to those of ``names``; ``None`` if one is absent."""
@@ -85,11 +132,28 @@ class Layout:
 class Row(Mapping[str, Any]):
     """One ticker's values in a reply, read by full column name (``"RSI|60"``)."""
 
-    __slots__ = ("cells", "layout")
+    __slots__ = ("_cells", "layout", "moved", "runs", "since")
 
-    def __init__(self, layout: Layout, cells: Sequence[Any]) -> None:
+    def __init__(self, layout: Layout, cells: Sequence[Any] | None, since: Row | None = None,
+                 moved: int = 0,
+                 runs: tuple[tuple[Any, ...], ...] | None = None) -> None:
         self.layout = layout
-        #: The raw ``d`` values, in the layout's order (not ``values``: a Mapping's method).
+        #: The cells as one tuple per run of :attr:`Layout.blocks` (the scanner client's row
+        #: cache), or None. A moved row shares the runs that did not move with the row it
+        #: replaces, as the same tuples: making it touches 10 references, not the 910 cells
+        #: (each an increment of a float allocated ticks ago, out of the cache: 45 us a row).
+        #: ``cells`` is then made from them when first read.
+        self.runs = runs
+        #: The row of the last reply this one replaces, when only the runs of columns in
+        #: ``moved`` (a bit mask of indexes into ``layout.blocks``: an int, which the cycle
+        #: collector does not track, where a set is) differ from it, to the byte; every other
+        #: cell is the very object ``since`` holds. Set by the scanner client's row cache (and
+        #: cleared on ``since`` when the next row replaces this one, so no chain builds up):
+        #: the composer skips a key whose runs did not move and which settled from ``since``.
+        self.since = since
+        self.moved = moved
+        #: The raw ``d`` values, in the layout's order (not ``values``: a Mapping's method);
+        #: None when made from ``runs``.
         #: The scanner client's row cache makes them a tuple: a tuple of numbers is untracked
         #: by the cycle collector at its first collection, where a list is traversed by every
         #: collection of its generation while it lives. A tick's rows hold ~910 000 cells and
@@ -98,7 +162,15 @@ class Row(Mapping[str, Any]):
         #: is cheap only while orjson's floats are in the cache (one row just parsed), so
         #: :func:`~quartsig.upstream.scanner.parse_body`, which parses a whole reply at once,
         #: keeps orjson's lists (a fallback: 1.26x its parse with the copy).
-        self.cells = cells
+        self._cells = cells
+
+    @property
+    def cells(self) -> Sequence[Any]:
+        """The raw ``d`` values, in the layout's order (see ``_cells`` in ``__init__``)."""
+        cells = self._cells
+        if cells is None:
+            cells = self._cells = tuple(chain.from_iterable(self.runs or ()))
+        return cells
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> Row:

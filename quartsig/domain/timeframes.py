@@ -43,6 +43,13 @@ def column(base: str, timeframe: str) -> str:
     return base + SUFFIXES[timeframe]
 
 
+def frame_order(name: str) -> tuple[str, str]:
+    """A sort key for scanner columns: by timeframe suffix, then name, so the columns of one
+    timeframe sit together in a request and in each row of its reply (``"RSI"`` and
+    ``"MACD.macd"`` first, then ``"MACD.macd|1"``, ``"RSI|1"``, ...)."""
+    return name.partition("|")[2], name
+
+
 def split_column(name: str) -> tuple[str, str]:
     """Inverse of :func:`column`: ``"RSI|5" -> ("RSI", "5m")``, ``"RSI" -> ("RSI", "1d")``."""
     base, bar, suffix = name.partition("|")

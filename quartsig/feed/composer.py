@@ -42,9 +42,12 @@ def is_refused(result: ScanResult) -> bool:
     return result.error is not None and result.error.kind == "bad_column"
 
 
-#: A key's base names, its scanner columns, and how to pick their values from a row's cells.
+#: A key's base names, its scanner columns, how to pick their values from a row's cells, the
+#: layout's runs of columns that hold them (a bit mask, as :attr:`Row.moved`), and the one run
+#: that holds them all with a picker over its values (for :attr:`Row.runs`), if one does.
 _Shape = tuple[tuple[str, ...], tuple[str, ...],
-               Callable[[Sequence[Any]], tuple[Any, ...]] | None]
+               Callable[[Sequence[Any]], tuple[Any, ...]] | None, int | None,
+               tuple[int, Callable[[Sequence[Any]], tuple[Any, ...]]] | None]
 
 
 @dataclass(slots=True)
@@ -106,7 +109,9 @@ class Composer:
         self.sources: dict[Key, tuple[Any, ...]] = {}
         #: The row each key's inputs were last found unchanged in or computed from: the
         #: scanner client hands back the very same row while its bytes do not move
-        #: (:class:`~quartsig.upstream.scanner.RowCache`), so such a key costs one look-up.
+        #: (:class:`~quartsig.upstream.scanner.RowCache`), so such a key costs one look-up;
+        #: and a moved row says which runs of columns moved since the row it replaces
+        #: (``Row.since``, ``Row.moved``), so a key of another run costs two.
         self.settled: dict[Key, Row] = {}
         #: The data each key was last published with: what its next changes are taken from.
         self.outputs: dict[Key, dict[str, Any]] = {}
@@ -158,21 +163,34 @@ class Composer:
                 if symbol in unknown:
                     rejected.setdefault(symbol, []).append(key)
                 continue
-            if settled.get(key) is row and (not owed or key not in owed):
+            was = settled.get(key)
+            if was is row and (not owed or key not in owed):
                 if reason is not None:
                     self._tell(batch, key, reason)
                 continue  # the very row it settled from: the same inputs, as below
             shape = shapes.get((row.layout, profile, tf))
             if shape is None:
                 shape = shapes[(row.layout, profile, tf)] = self._shape(row, profile, tf)
-            bases, columns, pick = shape
+            bases, columns, pick, runs, by_run = shape
+            if (was is not None and was is row.since and runs is not None
+                    and not runs & row.moved and (not owed or key not in owed)):
+                # The row that replaced the one it settled from, in runs of columns other
+                # than its own: its cells are the very objects it settled from.
+                settled[key] = row
+                if reason is not None:
+                    self._tell(batch, key, reason)
+                continue
             if incomplete and symbol in incomplete and any(
                 col not in row
                 for base, col in zip(bases, columns, strict=True)
                 if base not in quarantine.columns
             ):
                 continue  # part of its columns failed: keep the last good data
-            values = row.pick(columns) if pick is None else pick(row.cells)
+            runs_of_row = row.runs
+            if runs_of_row is not None and by_run is not None:
+                values = by_run[1](runs_of_row[by_run[0]])
+            else:
+                values = row.pick(columns) if pick is None else pick(row.cells)
             if sources.get(key) == values and (not owed or key not in owed):
                 settled[key] = row
                 if reason is not None:
@@ -320,9 +338,13 @@ class Composer:
 
     def _shape(self, row: Row, profile: str, tf: str) -> _Shape:
         """A key's base names, its scanner columns and the picker of their values from rows
-        of ``row``'s layout (None: a column is absent, so :meth:`Row.pick` fills in nulls)."""
+        of ``row``'s layout (None: a column is absent, so :meth:`Row.pick` fills in nulls), and the
+        layout's runs holding them."""
         bases, columns = self._columns_for(profile, tf)
-        return bases, columns, row.layout.picker(columns)
+        layout = row.layout
+        runs = layout.blocks_of(columns)
+        mask = None if runs is None else sum(1 << run for run in runs)
+        return bases, columns, layout.picker(columns), mask, layout.run_picker(columns)
 
     def _count(self, results: list[ScanResult]) -> None:
         if self.metrics is None:

@@ -27,8 +27,8 @@ Because a group holds every ticker (or every column) of its cells, merging two n
 cell twice. Only a group too big for the limits is cut the other way, and its pieces are final.
 
 Column and ticker sets are handled as ``int`` bitsets over the screener's sorted tickers and
-the tick's sorted columns: unions and sizes are then single machine operations, which keeps a
-plan of thousands of keys to milliseconds.
+the tick's columns (by timeframe, then name): unions and sizes are then single machine
+operations, which keeps a plan of thousands of keys to milliseconds.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from itertools import compress
 
 from quartsig.domain.model import Key, ScanRequest
-from quartsig.domain.timeframes import column
+from quartsig.domain.timeframes import column, frame_order
 
 __all__ = [
     "Limits",
@@ -138,7 +138,8 @@ class _Bounds:
 
 @dataclass(slots=True)
 class _Catalogue:
-    """Names in sorted order; bit ``i`` of a mask stands for ``names[i]``."""
+    """Names in order (tickers sorted, columns by :func:`frame_order`); bit ``i`` of a mask
+    stands for ``names[i]``."""
 
     names: list[str]
 
@@ -199,7 +200,10 @@ def _screeners(
         if block not in blocks:
             blocks[block] = tuple(column(base, tf) for base in profile_columns[profile])
         symbols[symbol].add(block)
-    names = sorted({name for columns in blocks.values() for name in columns})
+    # Ordered by timeframe, then name: a key's columns sit together in every row of a reply,
+    # so the scanner client can tell which timeframes of a moved row moved by comparing bytes
+    # (scanner.RowCache) and parse only those.
+    names = sorted({name for columns in blocks.values() for name in columns}, key=frame_order)
     bit = {name: 1 << i for i, name in enumerate(names)}
     block_masks = {block: _or(bit[name] for name in columns) for block, columns in blocks.items()}
     screeners: dict[str, _Screener] = defaultdict(_Screener)
@@ -291,7 +295,7 @@ def _by_columns_pieces(
     and every piece is final: a piece missing some of the group's tickers, merged, would fetch
     a cell a sibling fetches.
     """
-    columns = sorted(columns)
+    columns = sorted(columns, key=frame_order)
     width = mask.bit_count()
     size = len(columns)
     if size <= bounds.members and width <= bounds.width and size * width <= bounds.cells:
@@ -413,7 +417,8 @@ def plan(
     - every unneeded cell fetched buys a saved request: the cells beyond the demand are at
       most ``request_cost`` times the requests saved against the seed (so cut);
     - the same demand gives the same requests, in the same order, with sorted tickers and
-      columns.
+      columns ordered by timeframe, then name (:func:`~quartsig.domain.timeframes.frame_order`:
+      a key's columns are contiguous in a reply's rows).
 
     ``screener_of`` is called once per distinct symbol and may raise for an unknown exchange;
     callers are expected to have refused such symbols at subscribe time.
@@ -426,7 +431,8 @@ def plan(
         tickers, pieces = _by_columns(screener, blocks, allowance, limits)
         if _cost(pieces, limits) < _cost(rows, limits):
             requests.extend(
-                ScanRequest(name, tickers.decode(group.mask), tuple(sorted(group.members)))
+                ScanRequest(name, tickers.decode(group.mask),
+                            tuple(sorted(group.members, key=frame_order)))
                 for group in pieces
             )
         else:

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import orjson
@@ -141,6 +141,11 @@ _HEAD: Final = re.compile(rb'\{"totalCount":\d+,"data":\[')
 CACHED_REPLIES: Final = 64
 
 
+#: A row's bytes, its row, and where in those bytes its runs of columns are separated (None
+#: when its cells are not all plain: then it is parsed whole when it moves).
+_Entry = tuple[bytes, Row, tuple[int, ...] | None]
+
+
 class RowCache:
     """The rows of the last reply to each request, with their bytes: a row whose bytes did not
     move since then is not parsed again and comes back as the very same :class:`Row`.
@@ -153,7 +158,7 @@ class RowCache:
 
     def __init__(self, replies: int = CACHED_REPLIES) -> None:
         self.replies = replies
-        self._rows: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, tuple[bytes, Row]]]
+        self._rows: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, _Entry]]
         self._rows = {}
         #: Rows parsed and rows reused, for tests and tools.
         self.parsed = 0
@@ -204,13 +209,17 @@ def _row_starts(body: bytes) -> list[int]:
 
 
 def _reusing(
-    request: ScanRequest, body: bytes, known: dict[str, tuple[bytes, Row]]
-) -> tuple[dict[str, Row], frozenset[str], dict[str, tuple[bytes, Row]], int] | None:
+    request: ScanRequest, body: bytes, known: dict[str, _Entry]
+) -> tuple[dict[str, Row], frozenset[str], dict[str, _Entry], int] | None:
     """Rows of ``body``, each the bytes from one :data:`_ROW` to the next (its comma left
     out), parsing only those whose bytes are not in ``known`` and copying no other; None when
     the body is not exactly ``{"totalCount":N,"data":[rows]}`` with every row an object whose
     ``s`` is a plain string, or a row is not what :func:`parse_body` would accept (it then
-    parses the whole body and says why)."""
+    parses the whole body and says why).
+
+    A moved row whose last bytes are known is compared run of columns by run (one run per
+    timeframe, see :attr:`Layout.blocks`): only the runs that moved are parsed, the other
+    cells are the last row's objects, and the row says which runs moved (:attr:`Row.moved`)."""
     starts = _row_starts(body)
     if not starts or not _HEAD.fullmatch(body, 0, starts[0]) or not body.endswith(b"}]}"):
         return None
@@ -218,9 +227,9 @@ def _reusing(
     stops = [at - 1 for at in starts[1:]]
     stops.append(last)
     startswith, find = body.startswith, body.find
-    kept: dict[str, tuple[bytes, Row]] = {}
-    order: list[tuple[str, bytes | None]] = []  # None: its bytes moved (or are new)
-    fresh: list[tuple[str, bytes]] = []
+    kept: dict[str, _Entry] = {}
+    order: list[tuple[str, _Entry | None]] = []  # None: its bytes moved (or are new)
+    fresh: list[tuple[str, int, int]] = []
     for start, stop in zip(starts, stops, strict=True):
         end = find(b'"', start + 6, stop)
         if (not startswith(b'{"s":"', start) or end < 0
@@ -232,18 +241,33 @@ def _reusing(
         ticker = name.decode()
         old = known.get(ticker)
         if old is not None and len(old[0]) == stop - start and startswith(old[0], start):
-            order.append((ticker, old[0]))  # the same bytes: the same row
+            order.append((ticker, old))  # the same bytes: the same row
         else:
             order.append((ticker, None))
-            fresh.append((ticker, body[start:stop]))
+            fresh.append((ticker, start, stop))
     if len({ticker for ticker, _ in order}) != len(order):
         return None  # a ticker twice: the whole parse keeps the later one
     wanted = set(request.tickers)
     width = len(request.columns)
     layout = layout_for(request.columns)
-    parsed: dict[str, Row] = {}
+    parsed: dict[str, _Entry] = {}
     loads = orjson.loads
-    for ticker, piece in fresh:
+    for ticker, start, stop in fresh:
+        piece = body[start:stop]
+        old = known.get(ticker)
+        if (ticker in wanted and (old is None or (old[2] is None and _narrow(old[0], piece)))
+                and min(piece[6:6 + len(ticker)], default=32) >= 32):  # as loads would check
+            # New (or moved within, last time parsed whole): parsed run by run (twice one
+            # loads), so where its runs of columns end is known for its next move.
+            made = _separators_and_cells(piece, layout)
+            if made is not None:
+                parsed[ticker] = (piece, Row(layout, None, runs=made[1]), made[0])
+                continue
+        elif old is not None and old[2] is not None and ticker in wanted:
+            found = _moved_row(body, start, stop, old, layout)
+            if found is not None:
+                parsed[ticker] = (piece, found[0], found[1])
+                continue
         # One row at a time, made a Row at once: its cells become a tuple (a copy of 910
         # references, each incremented) while the floats orjson just made are still in the
         # cache, not after one loads of all the moved rows.
@@ -255,21 +279,173 @@ def _reusing(
             return None  # e.g. a second "s" key: the whole parse decides
         values = item.get("d")
         if ticker not in wanted:
-            parsed[ticker] = Row(layout, ())  # not asked for: only its shape was checked
+            parsed[ticker] = (piece, Row(layout, ()), None)  # only its shape was checked
         elif isinstance(values, list) and len(values) == width:
-            parsed[ticker] = Row(layout, tuple(values))  # see Row.cells
+            parsed[ticker] = (piece, Row(layout, tuple(values)), None)  # see Row.cells
         else:
             return None
-    moved = dict(fresh)
     rows: dict[str, Row] = {}
     for ticker, same in order:
-        if same is None:
-            kept[ticker] = entry = (moved[ticker], parsed[ticker])
-        else:
-            kept[ticker] = entry = known[ticker]
+        entry = parsed[ticker] if same is None else same
+        kept[ticker] = entry
         if ticker in wanted:
             rows[ticker] = entry[1]
     return rows, frozenset(wanted - rows.keys()), kept, len(parsed)
+
+
+def _plain(body: bytes, begin: int, end: int) -> bool:
+    """No string, array or object in ``body[begin:end]``: its commas separate cells."""
+    return body.find(b'"', begin, end) < 0 and body.find(b"[", begin, end) < 0 \
+        and body.find(b"{", begin, end) < 0
+
+
+def _narrow(old: bytes, new: bytes) -> bool:
+    """Whether a row's bytes moved only within: the first and the last tenth stand still."""
+    tenth = min(len(old), len(new)) // 10
+    return new.startswith(old[:tenth]) and new.endswith(old[len(old) - tenth:])
+
+
+def _run_values(
+    body: bytes, at: int, end: int, size: int, guess: int
+) -> tuple[list[Any], int] | None:
+    """The values of the run of ``size`` plain cells from ``at``, and where the comma closing
+    it lies (``end`` for a row's last run, closed by its bracket); None when they are not
+    there or do not parse.
+
+    Cells are not tokenized, nor counted: the bytes up to a comma near a guess of the run's
+    end (``guess``: its length with its closing comma, e.g. the last row's run's) are parsed
+    (in C), and their number of values says how many commas on it is (a few ``find`` or
+    ``rfind``). Counting the commas of a row with ``bytes.count`` took as long as parsing it."""
+    near = min(at + max(guess, 1), end)
+    comma = end if near >= end else body.rfind(b",", at, near)
+    if comma < 0:
+        comma = body.find(b",", at, end)
+        if comma < 0:
+            comma = end
+    try:
+        values = orjson.loads(b"[" + body[at:comma] + b"]")
+        if not isinstance(values, list) or not values:
+            return None  # an empty cell (which one loads refuses) or a run of none
+        # A JSON array has no empty element: its values are its commas + 1 (none nested).
+        while len(values) < size:
+            if comma >= end:
+                return None
+            following = body.find(b",", comma + 1, end)
+            if following < 0:
+                following = end
+            values.append(orjson.loads(body[comma + 1:following]))
+            comma = following
+    except orjson.JSONDecodeError:
+        return None
+    if len(values) > size:
+        for _ in range(len(values) - size):
+            comma = body.rfind(b",", at, comma)
+        del values[size:]
+    return values, comma
+
+
+def _separators_and_cells(
+    row: bytes, layout: Layout
+) -> tuple[tuple[int, ...], tuple[tuple[Any, ...], ...]] | None:
+    """Where ``row`` (``{"s":"T","d":[cells]}``) opens its cells, each comma between two runs
+    of :attr:`Layout.blocks` and where it closes them, and its cells, parsed run by run;
+    None when it is not that shape or a cell is not plain (a number, null, true or false)."""
+    blocks = layout.blocks
+    opening = row.find(b'"', 6) + 6  # after the ticker (a plain string: no escaped quote)
+    if (opening < 6 or not row.startswith(b'","d":[', opening - 6) or not blocks
+            or not row.endswith(b"]}")):
+        return None
+    closing = len(row) - 2
+    if not _plain(row, opening + 1, closing):
+        return None
+    per_cell = (closing - opening) / len(layout.columns)
+    found = [opening]
+    runs: list[tuple[Any, ...]] = []
+    for start, stop in blocks:
+        run = _run_values(row, found[-1] + 1, closing, stop - start,
+                          round((stop - start) * per_cell))
+        if run is None:
+            return None
+        runs.append(tuple(run[0]))
+        found.append(run[1])
+    if found[-1] != closing:
+        return None
+    return tuple(found), tuple(runs)
+
+
+def _moved_row(
+    body: bytes, start: int, stop: int, old: _Entry, layout: Layout
+) -> tuple[Row, tuple[int, ...]] | None:
+    """The row in ``body[start:stop]`` from the last one (``old``, whose separators are
+    known), parsing only its runs of columns whose bytes moved; None to parse it whole.
+
+    The runs that did not move are found from both ends: the new bytes match the old from
+    the front up to the first run that moved and from the back down to the last one, at the
+    same distance from the row's start or end (each run compared with its separators, so a
+    run matched is the same run). Between those, the runs are found by counting plain cells
+    (a regular expression, in C) and compared one by one. Only whole rows of plain cells
+    (numbers, null, true, false) take this path, checked as for a new row."""
+    old_bytes, old_row, seps = old
+    if seps is None:
+        return None
+    blocks = layout.blocks
+    count = len(blocks)
+    startswith = body.startswith
+    opening = seps[0]
+    if not startswith(old_bytes[:opening + 1], start) or not startswith(b"]}", stop - 2):
+        return None
+    first = 0
+    while first < count and startswith(old_bytes[seps[first] + 1:seps[first + 1] + 1],
+                                       start + seps[first] + 1):
+        first += 1
+    if first == count:
+        return None  # the same cells, other bytes after them: parsed whole
+    shift = (stop - start) - len(old_bytes)
+    last = count - 1
+    while last > first and startswith(old_bytes[seps[last]:seps[last + 1]],
+                                      start + shift + seps[last]):
+        last -= 1
+    if first == 0 and last == count - 1 and count > 2:
+        return None  # moved at both ends (TradingView's: every timeframe): one loads is faster
+    # Runs first..last: where they are separated now, all of them plain cells, or parse whole.
+    # Walked from the front: a run whose bytes and closing comma are the old run's is that
+    # run (as above); a moved run's closing comma is counted. The last one's is known.
+    begin, end = start + seps[first] + 1, start + shift + seps[last + 1]
+    if end <= begin or not _plain(body, begin, end):
+        return None
+    inner: list[int] = []
+    moved: list[int] = []
+    spans: list[list[Any]] = []  # the values of each moved run
+    at = begin
+    for run in range(first, last + 1):
+        low, high = blocks[run]
+        old_run = old_bytes[seps[run] + 1:seps[run + 1] + 1]
+        if run != first and run != last and startswith(old_run, at):
+            comma = at + len(old_run) - 1
+        else:
+            found = _run_values(body, at, end, high - low, len(old_run))
+            if found is None:
+                return None
+            values, comma = found
+            spans.append(values)
+            moved.append(run)
+        if run != last:
+            inner.append(comma - start)
+        elif comma != end:
+            return None
+        at = comma + 1
+    new = (*seps[:first + 1], *inner, *(at + shift for at in seps[last + 1:]))
+    runs = old_row.runs
+    if runs is None:
+        return None
+    made = list(runs)
+    for run, values in zip(moved, spans, strict=True):
+        made[run] = tuple(values)
+    old_row.since = None  # the composer is done with the row before it: no chain
+    mask = 0
+    for run in moved:
+        mask |= 1 << run
+    return Row(layout, None, old_row, mask, tuple(made)), new
 
 
 def parse_body(
