@@ -151,3 +151,19 @@ def test_the_setting_turns_it_off_and_the_server_thaws_only_between_ticks() -> N
     assert freezer.quiet()  # no tick for two intervals: no fan-out either
     state.caps.left, state.caps.open = 3, 7
     assert (freezer.closed(), freezer.open()) == (3, 7)
+
+
+def test_a_few_closed_connections_are_freed_once_closes_stop() -> None:
+    """Fewer than ``floor`` closed, with one connection left open (a flood's end): the
+    first quiet step with no new close thaws, so no garbage stays frozen after a burst."""
+    counts, connections = Counts(), list[Connection]()
+    freezer = counts.freezer(floor=64, every=0)
+    refs = [_open(counts, connections) for _ in range(4)]
+    freezer.step()
+    for _ in range(3):
+        _close(counts, connections)
+        assert not freezer.step()  # still closing: below the floor, no thaw
+    assert all(ref() is not None for ref in refs)
+    assert freezer.step()  # no close since the last step
+    assert [ref() is None for ref in refs] == [True, True, True, False]
+    assert not freezer.step()  # nothing closed since: frozen again, no thaw

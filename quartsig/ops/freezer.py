@@ -14,9 +14,10 @@ before; what dies in a cycle (a closed connection's coroutines, a task and its f
 not, until a *thaw*: ``gc.unfreeze()``, one full collection of everything, ``gc.freeze()``
 again. That one walks everything, so it runs only
 
-- when the connections closed since the last thaw reach ``share`` of those open now (at
-  least ``floor`` of them): so that the garbage kept frozen is at most a fixed share of what
-  is alive, as CPython's own rule keeps it for its oldest generation, and a server whose
+- when the connections closed since the last thaw reach ``share`` of those open now, and
+  either ``floor`` of them or no more closed since the last step (a burst settled): so that
+  the garbage kept frozen is at most a fixed share of what is alive, as CPython's own rule
+  keeps it for its oldest generation, none is kept once closes stop, and a server whose
   clients stay connected never pays it; or when ``every`` seconds have passed since the last
   thaw (garbage in cycles not made by connections: requests, failures);
 - and only at a quiet moment (``quiet()``: a tick was just published, the next is most of an
@@ -57,15 +58,18 @@ class Freezer:
     freezes: int = 0
     _closed_at_thaw: int = field(default=0, init=False)
     _thawed_at: float = field(default=0.0, init=False)
+    _closed_seen: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        self._closed_at_thaw = self.closed()
+        self._closed_at_thaw = self._closed_seen = self.closed()
         self._thawed_at = self.clock()
 
     def due(self) -> bool:
         """Whether the garbage frozen since the last thaw may be worth a full collection."""
-        closed = self.closed() - self._closed_at_thaw
-        if closed >= max(self.floor, self.share * self.open()):
+        now = self.closed()
+        closed, settled = now - self._closed_at_thaw, now == self._closed_seen
+        self._closed_seen = now
+        if closed and closed >= self.share * self.open() and (closed >= self.floor or settled):
             return True
         return bool(self.every) and self.clock() - self._thawed_at >= self.every
 
