@@ -40,7 +40,7 @@ from quartsig.config import ConfigError, Settings
 from quartsig.hosting import StreamLimits
 from quartsig.hosting import install as decline_permessage_deflate
 from quartsig.ops import health, probes
-from quartsig.ops.freezer import Freezer
+from quartsig.ops.freezer import Freezer, count_sockets
 from quartsig.state import State
 
 __all__ = ["DEFAULT_BIND", "StartError", "apply_stream_settings", "decline_permessage_deflate",
@@ -167,9 +167,9 @@ def freezer_of(state: State) -> Freezer | None:
         age = time.monotonic() - state.published_at
         return age < interval / 2 or age > 2 * interval
 
-    caps = state.caps
-    return Freezer(closed=lambda: caps.left, open=lambda: caps.open, quiet=quiet,
-                   period=settings.gc_freeze_period)
+    sockets = count_sockets()
+    return Freezer(closed=lambda: sockets.closed, open=lambda: sockets.opened - sockets.closed,
+                   quiet=quiet, period=settings.gc_freeze_period)
 
 
 async def serve_until_signalled(app: Quart, config: Config,

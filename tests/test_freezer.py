@@ -13,9 +13,8 @@ from typing import cast
 
 import pytest
 
-from quartsig.access.admission import Caps
 from quartsig.config import Settings
-from quartsig.ops.freezer import Freezer
+from quartsig.ops.freezer import Freezer, count_sockets
 from quartsig.server import freezer_of
 from quartsig.state import State
 
@@ -133,7 +132,7 @@ def test_garbage_not_from_connections_is_freed_after_every_seconds() -> None:
 
 
 def _state(**settings: float) -> State:
-    state = SimpleNamespace(settings=Settings(**settings), caps=Caps(0, 0, 0),  # type: ignore[arg-type]
+    state = SimpleNamespace(settings=Settings(**settings),  # type: ignore[arg-type]
                             published_at=time.monotonic())
     return cast(State, state)
 
@@ -149,8 +148,12 @@ def test_the_setting_turns_it_off_and_the_server_thaws_only_between_ticks() -> N
     assert not freezer.quiet()  # the next tick is due within 5 s
     state.published_at -= 30
     assert freezer.quiet()  # no tick for two intervals: no fan-out either
-    state.caps.left, state.caps.open = 3, 7
-    assert (freezer.closed(), freezer.open()) == (3, 7)
+    sockets = count_sockets()
+    assert count_sockets() is sockets  # one count per process
+    closed, open_ = freezer.closed(), freezer.open()
+    sockets.opened += 7
+    sockets.closed += 3
+    assert (freezer.closed(), freezer.open()) == (closed + 3, open_ + 4)
 
 
 def test_a_few_closed_connections_are_freed_once_closes_stop() -> None:

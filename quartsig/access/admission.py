@@ -89,8 +89,6 @@ class Caps:
     on_refused: Callable[[str], None] = lambda cap: None
     open: int = 0
     pending: int = 0
-    #: Sockets closed so far (only grows): :class:`quartsig.ops.freezer.Freezer` thaws by it.
-    left: int = 0
     addresses: dict[str, int] = field(default_factory=dict)
     accounts: dict[int, int] = field(default_factory=dict)
 
@@ -120,7 +118,6 @@ class Caps:
 
     def _leave(self, ticket: Ticket) -> None:
         self.open -= 1
-        self.left += 1
         if ticket.account is None:
             self.pending -= 1
         else:
