@@ -39,8 +39,9 @@ from quartsig.app import state_of
 from quartsig.config import ConfigError, Settings
 from quartsig.hosting import StreamLimits
 from quartsig.hosting import install as decline_permessage_deflate
+from quartsig.hosting.sockets import count_sockets
 from quartsig.ops import health, probes
-from quartsig.ops.freezer import Freezer, count_sockets
+from quartsig.ops.freezer import Freezer
 from quartsig.state import State
 
 __all__ = ["DEFAULT_BIND", "StartError", "apply_stream_settings", "decline_permessage_deflate",

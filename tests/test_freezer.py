@@ -14,7 +14,8 @@ from typing import cast
 import pytest
 
 from quartsig.config import Settings
-from quartsig.ops.freezer import Freezer, count_sockets
+from quartsig.hosting.sockets import count_sockets
+from quartsig.ops.freezer import Freezer
 from quartsig.server import freezer_of
 from quartsig.state import State
 

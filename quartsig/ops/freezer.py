@@ -24,7 +24,8 @@ again. That one walks everything, so it runs only
   interval away), never during a fan-out.
 
 The clock, the counts and the quiet moment are injected (the tests drive them by hand); the
-server counts connections as Hypercorn's TCP sockets (:func:`count_sockets`).
+server counts connections as Hypercorn's TCP sockets
+(:func:`quartsig.hosting.sockets.count_sockets`).
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-__all__ = ["Freezer", "Sockets", "count_sockets"]
+__all__ = ["Freezer"]
 
 
 @dataclass
@@ -97,35 +97,3 @@ class Freezer:
             await asyncio.sleep(self.period)
             self.step()
 
-
-@dataclass
-class Sockets:
-    """How many TCP connections Hypercorn has served so far, and how many of them ended."""
-
-    opened: int = 0
-    closed: int = 0
-
-
-def count_sockets() -> Sockets:
-    """Count every TCP connection Hypercorn's asyncio worker serves (idempotent: one count per
-    process). Not only websockets: a socket that hangs up before its upgrade leaves a task
-    and its coroutines in a cycle too (seen: the flood test's task count one above its
-    baseline when only the admitted websockets counted)."""
-    from hypercorn.asyncio import tcp_server
-
-    run = tcp_server.TCPServer.run
-    counted: Sockets | None = getattr(run, "sockets", None)
-    if counted is not None:
-        return counted
-    sockets = Sockets()
-
-    async def counting(self: Any) -> None:
-        sockets.opened += 1
-        try:
-            await run(self)
-        finally:
-            sockets.closed += 1
-
-    counting.sockets = sockets  # type: ignore[attr-defined]
-    tcp_server.TCPServer.run = counting  # type: ignore[method-assign]
-    return sockets
