@@ -320,6 +320,11 @@ class Settings:
     heartbeat_timeout: float = _setting(
         10.0, _positive_float, "Seconds a peer has to answer a ping before it is dropped."
     )
+    gc_freeze_period: float = _setting(
+        1.0, _non_negative_float, "Seconds between two freezes of what survived into the cycle "
+        "collector's permanent generation, with a full collection now and then between ticks "
+        "(quartsig.ops.freezer); 0 turns it off (the start-up is frozen still).",
+    )
     send_timeout: float = _setting(
         10.0, _positive_float, "Seconds a stalled send may last before the client is closed."
     )

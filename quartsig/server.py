@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -21,6 +22,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
@@ -37,7 +39,9 @@ from quartsig.app import state_of
 from quartsig.config import ConfigError, Settings
 from quartsig.hosting import StreamLimits
 from quartsig.hosting import install as decline_permessage_deflate
+from quartsig.hosting.sockets import count_sockets
 from quartsig.ops import health, probes
+from quartsig.ops.freezer import Freezer
 from quartsig.state import State
 
 __all__ = ["DEFAULT_BIND", "StartError", "apply_stream_settings", "decline_permessage_deflate",
@@ -135,10 +139,38 @@ def freeze_start_up() -> None:
     gc.freeze()
 
 
-async def _frozen_once_started() -> AsyncGenerator[None, None]:
-    """A lifespan step after the app's own (Quart runs them in order of registration)."""
+async def _frozen_once_started(app: Quart) -> AsyncGenerator[None, None]:
+    """A lifespan step after the app's own (Quart runs them in order of registration): the
+    start-up frozen, then what connections keep, as it settles (:func:`freezer_of`)."""
     freeze_start_up()
-    yield
+    freezer = freezer_of(state_of(app))
+    task = None if freezer is None else asyncio.get_running_loop().create_task(
+        freezer.run(), name="gc-freezer")
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def freezer_of(state: State) -> Freezer | None:
+    """The server's :class:`quartsig.ops.freezer.Freezer` (``None`` when the setting turns it
+    off): it thaws only in the first half of an interval after a publication (the next tick
+    is at least half an interval away), or when none came for two intervals (no fan-out)."""
+    settings = state.settings
+    if not settings.gc_freeze_period:
+        return None
+    interval = settings.interval
+
+    def quiet() -> bool:
+        age = time.monotonic() - state.published_at
+        return age < interval / 2 or age > 2 * interval
+
+    sockets = count_sockets()
+    return Freezer(closed=lambda: sockets.closed, open=lambda: sockets.opened - sockets.closed,
+                   quiet=quiet, period=settings.gc_freeze_period)
 
 
 async def serve_until_signalled(app: Quart, config: Config,
@@ -151,7 +183,7 @@ async def serve_until_signalled(app: Quart, config: Config,
     """
     if sockets is None:
         sockets = listen(config)
-    app.while_serving(_frozen_once_started)
+    app.while_serving(functools.partial(_frozen_once_started, app))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     on_signal(loop, stop)

@@ -20,6 +20,7 @@ HYPERCORN_VERSIONS = ">=0.18,<0.19"
 #: Every Hypercorn name quartsig overrides, replaces or relies on -> the parameters it must
 #: have. ``None``: a class, constant or module attribute (no signature to check).
 PATCHED: dict[str, tuple[str, ...] | None] = {
+    "hypercorn.asyncio.tcp_server.TCPServer.run": ("self",),  # quartsig.hosting.sockets
     "hypercorn.protocol.ws_stream.WSStream.__init__": (
         "self", "app", "config", "context", "task_group", "ssl", "client", "server", "send",
         "stream_id",
