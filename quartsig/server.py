@@ -143,9 +143,9 @@ async def _frozen_once_started(app: Quart) -> AsyncGenerator[None, None]:
     """A lifespan step after the app's own (Quart runs them in order of registration): the
     start-up frozen, then what connections keep, as it settles (:func:`freezer_of`)."""
     freeze_start_up()
-    freezer = freezer_of(state_of(app))
-    task = None if freezer is None else asyncio.get_running_loop().create_task(
-        freezer.run(), name="gc-freezer")
+    state = state_of(app)
+    freezer = freezer_of(state)
+    task = None if freezer is None else state.supervisor.spawn("gc-freezer", freezer.run)
     try:
         yield
     finally:
