@@ -170,9 +170,27 @@ def test_too_many_tickers_are_split_evenly_by_the_limit() -> None:
 def test_a_ticker_wider_than_max_columns_is_split_by_columns() -> None:
     demand = keys("full", ["FX_IDC:EURUSD"], TIMEFRAMES)
     requests = plan(demand, PROFILES, screener_for, Limits(max_columns=100))
-    assert [len(r.columns) for r in requests] == [100] * 9 + [10]
+    assert sorted((len(r.columns) for r in requests), reverse=True) == [100] * 9 + [10]
     fetched = [c for r in requests for c in r.columns]
     assert len(fetched) == len(set(fetched)) == 910
+
+
+def test_a_timeframes_full_columns_come_in_the_profiles_order() -> None:
+    """So a ``full`` key's run of a reply is its values as the kernel takes them: the row
+    cache's tuple is handed over as it stands (``Layout.run_picker``), with no per-key pick."""
+    demand = keys("full", ["FX_IDC:EURUSD"], ["1h", "5m"]) + keys("summary", ["FX_IDC:EURUSD"],
+                                                                    ["1h"])
+    [request] = plan(demand, PROFILES, screener_for)
+    for tf in ("5m", "1h"):
+        suffix = column("", tf)
+        assert [c for c in request.columns if c.endswith(suffix) and "|" in c] == [
+            column(base, tf) for base in FULL_COLUMNS]
+
+
+def test_columns_of_no_profile_follow_the_full_ones_by_name() -> None:
+    names = ["Zeta|60", "RSI|60", "ATR|60", "Recommend.All|60", "RSI", "ATR|5"]
+    assert sorted(names, key=frame_order) == [
+        "RSI", "ATR|5", "Recommend.All|60", "RSI|60", "ATR|60", "Zeta|60"]
 
 
 def test_empty_demand_and_empty_profiles_need_no_request() -> None:
@@ -317,9 +335,9 @@ def test_plan_properties(
         assert set(request.columns) <= set().union(*(needed[t] for t in request.tickers))
         assert within(request, limits)
         assert list(request.tickers) == sorted(request.tickers)
-        # Columns by timeframe, then name (no longer plainly sorted): each key's columns are
-        # contiguous in a reply's rows, so the row cache tells which timeframes of a moved
-        # row moved from their bytes.
+        # Columns by timeframe, then in the full profile's order (not plainly sorted): each
+        # key's columns are contiguous in a reply's rows, so the row cache tells which
+        # timeframes of a moved row moved from their bytes.
         assert list(request.columns) == sorted(request.columns, key=frame_order)
         runs = [frame_order(name)[0] for name in request.columns]
         assert len(set(runs)) == len(

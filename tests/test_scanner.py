@@ -121,6 +121,19 @@ def test_replies_to_requests_for_the_same_columns_share_one_layout():
     assert [row.pick(("c1", "c2")) for row in rows] == [(1, 2), (3, 4), (6, 5)]
 
 
+def test_a_key_whose_columns_are_a_whole_run_gets_the_run_itself():
+    """No tuple picked per key out of every moved row: the run's own (the planner orders a
+    timeframe's columns as the ``full`` profile lists them); any other choice is picked."""
+    layout = Layout(("a|5", "b|5", "a|60", "b|60", "c|60"))
+    run = (1.0, 2.0)
+    whole = layout.run_picker(("a|5", "b|5"))
+    assert whole is not None and whole[0] == 0 and whole[1](run) is run
+    swapped = layout.run_picker(("b|5", "a|5"))
+    assert swapped is not None and swapped[1](run) == (2.0, 1.0)
+    part = layout.run_picker(("a|60", "b|60"))
+    assert part is not None and part[0] == 1 and part[1]((3.0, 4.0, 5.0)) == (3.0, 4.0)
+
+
 @pytest.mark.parametrize(("body", "kind", "retryable"), [
     (b"", "throttled", True),
     (b"  \n", "throttled", True),

@@ -50,6 +50,11 @@ class ScanError:
     retry_after: float | None = None
 
 
+
+def _whole(values: Sequence[Any]) -> tuple[Any, ...]:
+    """The picker of a key whose names are its run, in order: the run's tuple itself."""
+    return values  # type: ignore[return-value]  # Row.runs holds tuples
+
 class Layout:
     """One request's columns: where each sits in a row's ``d`` list, and pickers over them.
 
@@ -92,6 +97,8 @@ class Layout:
         run = next(iter(runs))
         offset = self.blocks[run][0]
         positions = [self.index[name] - offset for name in names]
+        if positions == list(range(self.blocks[run][1] - offset)):
+            return run, _whole  # the run is the names, in their order: no tuple to pick
         if len(positions) == 1:
             position = positions[0]
             return run, lambda values: (values[position],)

@@ -8,6 +8,8 @@ month, not a minute.
 
 from __future__ import annotations
 
+from quartsig.domain.columns import FULL_COLUMNS
+
 SUFFIXES: dict[str, str] = {
     "1m": "|1",
     "5m": "|5",
@@ -43,11 +45,19 @@ def column(base: str, timeframe: str) -> str:
     return base + SUFFIXES[timeframe]
 
 
-def frame_order(name: str) -> tuple[str, str]:
-    """A sort key for scanner columns: by timeframe suffix, then name, so the columns of one
-    timeframe sit together in a request and in each row of its reply (``"RSI"`` and
-    ``"MACD.macd"`` first, then ``"MACD.macd|1"``, ``"RSI|1"``, ...)."""
-    return name.partition("|")[2], name
+#: Where each base column of the ``full`` profile sits in a timeframe's run of columns: in the
+#: profile's own order, so that a run of exactly its columns is, as it stands, the values the
+#: profile's kernel takes (no per-key tuple picked out of it, see ``Layout.run_picker``).
+_RANK: dict[str, int] = {base: rank for rank, base in enumerate(FULL_COLUMNS)}
+
+
+def frame_order(name: str) -> tuple[str, int, str]:
+    """A sort key for scanner columns: by timeframe suffix, so the columns of one timeframe sit
+    together in a request and in each row of its reply (``"Recommend.Other"``,
+    ``"Recommend.All"`` first, then ``"Recommend.Other|1"``, ...); within one, the ``full``
+    profile's columns in its order, then any other by name."""
+    base, _, suffix = name.partition("|")
+    return suffix, _RANK.get(base, len(_RANK)), name
 
 
 def split_column(name: str) -> tuple[str, str]:

@@ -27,8 +27,8 @@ Because a group holds every ticker (or every column) of its cells, merging two n
 cell twice. Only a group too big for the limits is cut the other way, and its pieces are final.
 
 Column and ticker sets are handled as ``int`` bitsets over the screener's sorted tickers and
-the tick's columns (by timeframe, then name): unions and sizes are then single machine
-operations, which keeps a plan of thousands of keys to milliseconds.
+the tick's columns (by timeframe, then in the ``full`` profile's order): unions and sizes are
+then single machine operations, which keeps a plan of thousands of keys to milliseconds.
 """
 
 from __future__ import annotations
@@ -200,8 +200,9 @@ def _screeners(
         if block not in blocks:
             blocks[block] = tuple(column(base, tf) for base in profile_columns[profile])
         symbols[symbol].add(block)
-    # Ordered by timeframe, then name: a key's columns sit together in every row of a reply,
-    # so the scanner client can tell which timeframes of a moved row moved by comparing bytes
+    # Ordered by timeframe, then as ``full`` lists them: a key's columns sit together in every
+    # row of a reply (a ``full`` key's run is its values as they stand), so the scanner
+    # client can tell which timeframes of a moved row moved by comparing bytes
     # (scanner.RowCache) and parse only those.
     names = sorted({name for columns in blocks.values() for name in columns}, key=frame_order)
     bit = {name: 1 << i for i, name in enumerate(names)}
@@ -417,8 +418,9 @@ def plan(
     - every unneeded cell fetched buys a saved request: the cells beyond the demand are at
       most ``request_cost`` times the requests saved against the seed (so cut);
     - the same demand gives the same requests, in the same order, with sorted tickers and
-      columns ordered by timeframe, then name (:func:`~quartsig.domain.timeframes.frame_order`:
-      a key's columns are contiguous in a reply's rows).
+      columns ordered by timeframe, then as ``full`` lists them, then by name
+      (:func:`~quartsig.domain.timeframes.frame_order`: a key's columns are contiguous in a
+      reply's rows).
 
     ``screener_of`` is called once per distinct symbol and may raise for an unknown exchange;
     callers are expected to have refused such symbols at subscribe time.
