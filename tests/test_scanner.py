@@ -134,6 +134,17 @@ def test_a_key_whose_columns_are_a_whole_run_gets_the_run_itself():
     assert part is not None and part[0] == 1 and part[1]((3.0, 4.0, 5.0)) == (3.0, 4.0)
 
 
+def test_a_pick_of_adjacent_columns_is_a_tuple_whatever_the_cells_are():
+    """One slice, and a tuple even of ``parse_body``'s lists: the composer compares a key's
+    inputs with the tuple it last computed from, and a list is never equal to a tuple."""
+    layout = Layout(("a|5", "b|5", "c|5", "d|5"))
+    for cells in ([1.0, 2.0, 3.0, 4.0], (1.0, 2.0, 3.0, 4.0)):
+        pick = layout.picker(("b|5", "c|5"))
+        assert pick is not None and pick(cells) == (2.0, 3.0)
+        apart = layout.picker(("a|5", "d|5"))
+        assert apart is not None and apart(cells) == (1.0, 4.0)
+
+
 @pytest.mark.parametrize(("body", "kind", "retryable"), [
     (b"", "throttled", True),
     (b"  \n", "throttled", True),

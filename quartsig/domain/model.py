@@ -131,7 +131,12 @@ class Layout:
             position = index[names[0]]
             found = lambda values: (values[position],)  # noqa: E731 (itemgetter of one is no tuple)
         else:
-            found = itemgetter(*(index[name] for name in names))
+            positions = [index[name] for name in names]
+            start, stop = positions[0], positions[-1] + 1
+            if positions == list(range(start, stop)):  # one slice, not an item at a time
+                found = lambda values: tuple(values[start:stop])  # noqa: E731
+            else:
+                found = itemgetter(*positions)
         self._pickers[names] = found
         return found
 
