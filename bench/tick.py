@@ -29,7 +29,10 @@ added to it as "step + evaluation", the cost of one tick's data all told.
 ``--ticks N`` then runs N steady-state ticks on one hub and collector (the two reply sets in
 turn, so half the keys change every tick) and prints their median CPU time and the time the
 cycle collector took in them, by generation: a loop to record with a profiler
-(``py-spy record -- python -m bench.tick --ticks 60``).
+(``py-spy record -- python -m bench.tick --ticks 60``). With ``--freeze`` what survived each
+tick is frozen after it (``gc.collect(1)``, ``gc.freeze()``, untimed), as the server's
+:class:`~quartsig.ops.freezer.Freezer` does every second between its 20 s ticks: the cost of a
+tick in a server, where full collections no longer walk every key's data.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="full")
     parser.add_argument("--ticks", type=int, default=0,
                         help="then run this many steady-state ticks (for a profiler)")
+    parser.add_argument("--freeze", action="store_true",
+                        help="with --ticks: freeze what survived each tick, as the server does")
     parser.add_argument("--change-share", type=_shares, default=(0.5, 0.1),
                         help="shares of keys that change, comma-separated (default 0.5,0.1)")
     parser.add_argument("--compare", metavar="DIR", type=Path,
@@ -306,7 +311,7 @@ async def _run(args: argparse.Namespace) -> None:
     print(f"body size: {sum(map(len, second)) / 1e6:.1f} MB; "
           f"update frames: {sum(len(orjson.dumps(c)) for c in changes) / 1e6:.1f} MB of data")
     if args.ticks:
-        _steady(args.ticks, keys, profiles, [results, first, second])
+        _steady(args.ticks, keys, profiles, [results, first, second], freeze=args.freeze)
 
 
 def _alerts_bench() -> Any:
@@ -354,7 +359,8 @@ def _primed(keys: list[Key], profiles: Any,
     return hub, collector, conn
 
 
-def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any]) -> None:
+def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any],
+            freeze: bool = False) -> None:
     """``ticks`` ticks of one collector into one hub, the replies alternating; CPU per tick,
     and the cycle collector's share of it by generation (``gc.callbacks``)."""
     results, first, second = inputs
@@ -380,11 +386,16 @@ def _steady(ticks: int, keys: list[Key], profiles: Any, inputs: list[Any]) -> No
             times.append((time.process_time() - started) * 1000)
             inside[0] = False
             conn.take()
+            if freeze:
+                gc.collect(1)
+                gc.freeze()
     finally:
         gc.callbacks.remove(timed)
+        gc.unfreeze()
     per_tick = ", ".join(f"gen{g} {ms * 1000 / ticks:.1f}" for g, ms in enumerate(collected))
-    print(f"{ticks} steady-state ticks: median {statistics.median(times):.1f} ms CPU a tick "
-          f"(min {min(times):.1f}); cycle collector, ms a tick: {per_tick} "
+    frozen = ", frozen after each" if freeze else ""
+    print(f"{ticks} steady-state ticks{frozen}: median {statistics.median(times):.1f} ms CPU "
+          f"a tick (min {min(times):.1f}); cycle collector, ms a tick: {per_tick} "
           "(CPU time between the collections' start and stop)")
 
 
