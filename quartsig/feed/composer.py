@@ -67,10 +67,14 @@ def merge_results(results: Iterable[ScanResult]) -> Outcome:
     missing: set[str] = set()
     for result in results:
         if result.ok:
-            for ticker, row in result.rows.items():
-                known = rows.setdefault(ticker, row)
-                if known is not row:
-                    split.setdefault(ticker, [known]).append(row)
+            found = result.rows
+            if rows.keys().isdisjoint(found):
+                rows.update(found)  # each ticker in one request, as the planner makes them
+            else:
+                for ticker, row in found.items():
+                    known = rows.setdefault(ticker, row)
+                    if known is not row:
+                        split.setdefault(ticker, [known]).append(row)
             missing.update(result.missing)
         else:
             outcome.incomplete.update(result.request.tickers)

@@ -305,6 +305,11 @@ def _narrow(old: bytes, new: bytes) -> bool:
     return new.startswith(old[:tenth]) and new.endswith(old[len(old) - tenth:])
 
 
+#: A run's guessed length is its last length plus this fraction (1/_SLACK): a cell short of
+#: the guess costs a ``loads`` and a ``find`` of its own, a cell past it one ``rfind``.
+_SLACK: Final = 40
+
+
 def _run_values(
     body: bytes, at: int, end: int, size: int, guess: int
 ) -> tuple[list[Any], int] | None:
@@ -363,7 +368,7 @@ def _separators_and_cells(
     runs: list[tuple[Any, ...]] = []
     for start, stop in blocks:
         run = _run_values(row, found[-1] + 1, closing, stop - start,
-                          round((stop - start) * per_cell))
+                          round((stop - start) * per_cell * (_SLACK + 1) / _SLACK))
         if run is None:
             return None
         runs.append(tuple(run[0]))
@@ -423,7 +428,7 @@ def _moved_row(
         if run != first and run != last and startswith(old_run, at):
             comma = at + len(old_run) - 1
         else:
-            found = _run_values(body, at, end, high - low, len(old_run))
+            found = _run_values(body, at, end, high - low, len(old_run) * (_SLACK + 1) // _SLACK)
             if found is None:
                 return None
             values, comma = found
