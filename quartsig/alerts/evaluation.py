@@ -66,8 +66,8 @@ class Track:
     """The state of one rule on one key."""
 
     __slots__ = ("at_close", "bar", "condition", "fired_at", "fired_bar", "hi", "key", "last",
-                 "limited", "lo", "memory", "once", "pending", "per_bar", "reads", "rule", "seq",
-                 "step")
+                 "limited", "lo", "memory", "once", "pending", "per_bar", "plain", "reads", "rule",
+                 "seq", "step")
 
     def __init__(self, rule: Rule, key: Key, seq: int = 0) -> None:
         self.rule = rule
@@ -80,6 +80,8 @@ class Track:
         self.step: Callable[[Any, Track, Any], tuple[str, str] | None] = (
             step_label if isinstance(rule.condition, LabelChange) else step_crossing)
         self.at_close = rule.frequency == "once_per_bar_close"
+        #: A label without a margin: never quiet, and stepped in the evaluator's loop itself.
+        self.plain = isinstance(rule.condition, LabelChange) and not rule.condition.margin
         #: The gate's questions about the rule, asked once: whether it may be silenced by
         #: mute, expiry or cool-down (:meth:`Evaluator._limited`), fires once per bar, or once.
         self.limited = rule.muted or rule.expires_at is not None or bool(rule.cooldown)
@@ -105,15 +107,19 @@ class Group:
     range where all of them are quiet (the intersection of their quiet ranges): a value there
     costs the whole group one comparison, however many rules it holds."""
 
-    __slots__ = ("hi", "lo", "tracks")
+    __slots__ = ("hi", "lo", "quiets", "tracks")
 
     def __init__(self) -> None:
         self.tracks: list[Track] = []
         self.lo = math.inf
         self.hi = -math.inf
+        #: Whether all its tracks can be quiet (none is "once per bar close" or a label
+        #: without margin): if not, its range stays empty and is never narrowed again.
+        self.quiets = True
 
     def settle(self) -> None:
         """Take the tracks' quiet ranges as they are now (after some of them stepped)."""
+        self.quiets = not any(t.plain or t.at_close for t in self.tracks)
         lo, hi = -math.inf, math.inf
         for track in self.tracks:
             if track.lo > lo:
@@ -452,6 +458,7 @@ class Evaluator:
                     # same whether or not the value came before).
                     continue
                 stepped = False
+                named = value if isinstance(value, str) and value in RANK else None
                 for track in group.tracks:
                     last = track.last
                     if value == last and last is not None:
@@ -467,9 +474,22 @@ class Evaluator:
                             continue
                         moved, seen, bar = closed
                     else:
-                        moved = track.step(track.condition, track, value)
-                        if moved is None:
-                            continue
+                        if track.plain:  # step_label without a margin, inlined
+                            if named is None:
+                                continue
+                            before = track.memory
+                            track.memory = named
+                            if before is None or before == named:
+                                continue
+                            condition = track.condition
+                            to, from_ = condition.to, condition.from_
+                            if (to and named not in to) or (from_ and before not in from_):
+                                continue
+                            moved = before, named
+                        else:
+                            moved = track.step(track.condition, track, value)
+                            if moved is None:
+                                continue
                         if key_bar is None:
                             key_bar = _bar_open(key.tf, ts)
                         seen, bar = value, key_bar
@@ -503,7 +523,7 @@ class Evaluator:
                         first = name
                     elif name != first:
                         mixed = True
-                if stepped:
+                if stepped and group.quiets:
                     group.settle()
             if mixed:  # in the tracks' order, as they were made
                 order = sorted(range(start, len(fired)), key=seqs.__getitem__)
