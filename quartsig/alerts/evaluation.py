@@ -446,6 +446,8 @@ class Evaluator:
                     own.pop(key, None)
             start, first, mixed = len(fired), None, False
             key_bar = None  # the key's bar at ``ts``, worked out at its first move
+            t = ts / 1000  # the data's time in seconds, as cool-downs and storms count it
+            since = t - window
             for name, value in changed.items():
                 group = groups.get(name)
                 if group is None:
@@ -467,29 +469,28 @@ class Evaluator:
                     if numeric and track.lo < value < track.hi:
                         continue  # a crossing's quiet range: the step would move nothing
                     stepped = True
-                    moved: tuple[str, str] | None
                     if track.at_close:
                         closed = at_close(track, value, ts)
                         if closed is None:
                             continue
-                        moved, seen, bar = closed
+                        (moved_from, moved_to), seen, bar = closed
                     else:
                         if track.plain:  # step_label without a margin, inlined
                             if named is None:
                                 continue
-                            before = track.memory
-                            track.memory = named
-                            if before is None or before == named:
+                            moved_from = track.memory
+                            track.memory = moved_to = named
+                            if moved_from is None or moved_from == named:
                                 continue
                             condition = track.condition
                             to, from_ = condition.to, condition.from_
-                            if (to and named not in to) or (from_ and before not in from_):
+                            if (to and named not in to) or (from_ and moved_from not in from_):
                                 continue
-                            moved = before, named
                         else:
                             moved = track.step(track.condition, track, value)
                             if moved is None:
                                 continue
+                            moved_from, moved_to = moved
                         if key_bar is None:
                             key_bar = _bar_open(key.tf, ts)
                         seen, bar = value, key_bar
@@ -498,15 +499,14 @@ class Evaluator:
                     rule_id = rule.id
                     if rule_id in spent or rule_id in paused:
                         continue
-                    if track.limited and limited(track, ts / 1000):
+                    if track.limited and limited(track, t):
                         continue
                     if track.per_bar and track.fired_bar == bar:
                         continue
-                    t = ts / 1000
                     times = storms.get(rule_id)
                     if times is None:
                         times = storms[rule_id] = deque()
-                    while times and times[0] <= t - window:
+                    while times and times[0] <= since:
                         times.popleft()
                     if len(times) >= count:  # too many: paused, and its user told so
                         paused.add(rule_id)
@@ -516,7 +516,7 @@ class Evaluator:
                         track.fired_at, track.fired_bar = t, bar
                         if track.once:
                             spent.add(rule_id)
-                        trigger = new(Trigger, (rule, key, moved[0], moved[1], bar, ts, seen))
+                        trigger = new(Trigger, (rule, key, moved_from, moved_to, bar, ts, seen))
                     fired.append(trigger)
                     seqs.append(track.seq)
                     if first is None:
