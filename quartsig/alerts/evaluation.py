@@ -107,10 +107,13 @@ class Group:
     range where all of them are quiet (the intersection of their quiet ranges): a value there
     costs the whole group one comparison, however many rules it holds."""
 
-    __slots__ = ("hi", "lo", "quiets", "tracks")
+    __slots__ = ("hi", "last", "lo", "quiets", "tracks")
 
     def __init__(self) -> None:
         self.tracks: list[Track] = []
+        #: The value the group saw last (None: unknown, as after a track joined it): the same
+        #: value again steps none of its tracks.
+        self.last: Any = None
         self.lo = math.inf
         self.hi = -math.inf
         #: Whether all its tracks can be quiet (none is "once per bar close" or a label
@@ -331,6 +334,7 @@ class Evaluator:
                 group = groups[track.reads] = Group()
                 self._reads[key] = frozenset(groups)
             group.tracks.append(track)
+            group.last = None  # the new track's last value may be another
             # It starts from the latest values, which need not be the key's previous ones
             # (a publication's changes are taken from): its next one is seen in full.
             self.unsynced.add(key)
@@ -454,6 +458,10 @@ class Evaluator:
                     continue
                 if mine is not None:
                     mine[name] = value
+                last = group.last
+                if value == last and last is not None:
+                    continue
+                group.last = value
                 numeric = type(value) is float
                 if numeric and group.lo < value < group.hi:
                     # Every track quiet: none steps, and none needs ``last`` (a step is the
