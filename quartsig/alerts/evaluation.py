@@ -5,9 +5,12 @@ once: rules are indexed by key, and only the keys of the batch (the collector pu
 keys whose data changed) are looked at. With the batch's changes (the collector's
 ``Batch.changes``, which the recorder on the collector has) only the rules reading an output
 that changed are looked at; without them (or for a key whose tracks may not hold its previous
-values, :attr:`Evaluator.unsynced`), a rule whose output did not change costs one dictionary
-read and one comparison. A crossing's or a margin label's step is skipped while the value stays
-in the range where it would move nothing (:attr:`Track.lo`, :attr:`Track.hi`).
+values, :attr:`Evaluator.unsynced`), an output that did not change costs one dictionary read and
+one comparison for all the rules reading it (a :class:`Group`). A crossing's or a margin label's
+step is skipped while the value stays in the range where it would move nothing
+(:attr:`Track.lo`, :attr:`Track.hi`), and a whole group's while it stays in all of theirs: the
+cost follows the rules that move, then the rules that fire (each through the gate: mute, expiry,
+cool-down, frequency, storm).
 
 Time is the data's own time (``ts`` of each value), never a clock: cool-downs, expiry and bars
 then mean the same on a retry or on another leader, and tests move time by writing it in the
