@@ -444,8 +444,11 @@ class Evaluator:
                 mine = own.get(key)
                 if mine is None:  # the data seen last, made ours to update by changes
                     prior = latest.get(key)
-                    recall = (prior[0] if prior is not None else _EMPTY).get
-                    mine = own[key] = {name: recall(name) for name in groups}
+                    held = prior[0] if prior is not None else _EMPTY
+                    # Mostly it holds exactly what the rules read (the recorder's copy): a
+                    # plain copy, in C.
+                    mine = own[key] = (dict(held) if held.keys() == groups.keys()
+                                       else {name: held.get(name) for name in groups})
                 latest[key] = (mine, ts)
             else:  # the key's whole data: the latest values
                 latest[key] = (data, ts)
