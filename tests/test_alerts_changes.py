@@ -266,3 +266,22 @@ def test_a_dropped_publications_change_is_seen_at_the_next(monkeypatch: Any) -> 
     assert len(recorder.queue) == 1
     fired = recorder._evaluate(recorder.queue.popleft()[0], {})
     assert [(t.before, t.after) for t in fired] == [("NEUTRAL", "STRONG_SELL")]
+
+
+def test_the_values_recorded_are_those_the_rules_read_after_one_goes() -> None:
+    """The recorder copies the evaluator's values of a key for ``alert_seen``: after a rule
+    is deleted, only what the key's remaining rules read, though the evaluator's own copy of
+    the key's values (kept up to date by changes) still holds the deleted rule's output."""
+    key = KEYS[0]
+    recorder, collector = Recorder(), Collector()
+    recorder.term = 1
+    recorder.evaluator.add(Rule(1, 7, (key,), Crossing("RSI", "below", 30.0)))
+    recorder.evaluator.add(Rule(2, 7, (key,), LabelChange()))
+    for move, ts in (({key: {}}, T0), ({key: {"RSI": 40.0}}, T0 + 1_000)):
+        recorder.on_published(collector.publish(move, ts), 1)
+        recorder._evaluate(recorder.queue.popleft()[0], {})
+    recorder.evaluator.remove(2)
+    recorder.on_published(collector.publish({key: {"RSI": 35.0}}, T0 + 2_000), 1)
+    seen: dict[Key, tuple[dict[str, Any], int]] = {}
+    recorder._evaluate(recorder.queue.popleft()[0], seen)
+    assert seen == {key: ({"RSI": 35.0}, T0 + 2_000)}

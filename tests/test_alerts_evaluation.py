@@ -323,3 +323,18 @@ def test_a_deleted_rules_memory_goes_at_the_next_reload() -> None:
     assert set(evaluator.latest) == {other}  # watched keys stay however old
     _feed(evaluator, "rec.all", ["BUY"], key=other, start=T0 + 5 * HOUR)
     assert evaluator.prune() == 0 and set(evaluator.latest) == {other}
+
+
+def test_a_rule_added_from_newer_values_than_its_keys_rules_saw_sees_the_next_one() -> None:
+    """The latest values a new rule starts from may be newer than those the key's other rules
+    saw (a profile's data updated in place before its next publication): the next value is
+    then a change for the new rule even where it is none for the others."""
+    evaluator = Evaluator()
+    evaluator.add(_rule(Crossing("RSI", "below", 30), id=1))
+    data = {"RSI": 50.0}
+    evaluator.evaluate([(KEY, data, T0)])
+    data["RSI"] = 20.0  # updated in place, not yet published
+    evaluator.add(_rule(Crossing("RSI", "below", 30), id=2))  # starts below 30: not armed
+    evaluator.evaluate([(KEY, {"RSI": 50.0}, T0 + 60_000)])  # re-arms rule 2 only
+    fired = evaluator.evaluate([(KEY, {"RSI": 25.0}, T0 + 120_000)])
+    assert [t.rule.id for t in fired] == [1, 2]

@@ -5,9 +5,12 @@ once: rules are indexed by key, and only the keys of the batch (the collector pu
 keys whose data changed) are looked at. With the batch's changes (the collector's
 ``Batch.changes``, which the recorder on the collector has) only the rules reading an output
 that changed are looked at; without them (or for a key whose tracks may not hold its previous
-values, :attr:`Evaluator.unsynced`), a rule whose output did not change costs one dictionary
-read and one comparison. A crossing's or a margin label's step is skipped while the value stays
-in the range where it would move nothing (:attr:`Track.lo`, :attr:`Track.hi`).
+values, :attr:`Evaluator.unsynced`), an output that did not change costs one dictionary read and
+one comparison for all the rules reading it (a :class:`Group`). A crossing's or a margin label's
+step is skipped while the value stays in the range where it would move nothing
+(:attr:`Track.lo`, :attr:`Track.hi`), and a whole group's while it stays in all of theirs: the
+cost follows the rules that move, then the rules that fire (each through the gate: mute, expiry,
+cool-down, frequency, storm).
 
 Time is the data's own time (``ts`` of each value), never a clock: cool-downs, expiry and bars
 then mean the same on a retry or on another leader, and tests move time by writing it in the
@@ -24,9 +27,8 @@ import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from quartsig.alerts.bars import bar_open
 from quartsig.alerts.rules import RANK, Crossing, LabelChange, Rule
@@ -34,9 +36,10 @@ from quartsig.domain.model import Key
 from quartsig.domain.rules import label, number
 
 
-@dataclass(frozen=True, slots=True)
-class Trigger:
-    """One firing of a rule on a key: what moved, from what to what, in which bar."""
+class Trigger(NamedTuple):
+    """One firing of a rule on a key: what moved, from what to what, in which bar. A named
+    tuple: a frozen dataclass costs four times as much to build, and a publication may make
+    thousands."""
 
     rule: Rule
     key: Key
@@ -65,8 +68,9 @@ class Trigger:
 class Track:
     """The state of one rule on one key."""
 
-    __slots__ = ("at_close", "bar", "condition", "fired_at", "fired_bar", "hi", "key", "last", "lo",
-                 "memory", "pending", "reads", "rule", "seq", "step")
+    __slots__ = ("at_close", "bar", "condition", "fired_at", "fired_bar", "hi", "key", "last",
+                 "limited", "lo", "memory", "once", "pending", "per_bar", "plain", "reads", "rule",
+                 "seq", "step")
 
     def __init__(self, rule: Rule, key: Key, seq: int = 0) -> None:
         self.rule = rule
@@ -79,6 +83,13 @@ class Track:
         self.step: Callable[[Any, Track, Any], tuple[str, str] | None] = (
             step_label if isinstance(rule.condition, LabelChange) else step_crossing)
         self.at_close = rule.frequency == "once_per_bar_close"
+        #: A label without a margin: never quiet, and stepped in the evaluator's loop itself.
+        self.plain = isinstance(rule.condition, LabelChange) and not rule.condition.margin
+        #: The gate's questions about the rule, asked once: whether it may be silenced by
+        #: mute, expiry or cool-down (:meth:`Evaluator._limited`), fires once per bar, or once.
+        self.limited = rule.muted or rule.expires_at is not None or bool(rule.cooldown)
+        self.per_bar = rule.frequency == "once_per_bar"
+        self.once = rule.frequency == "only_once"
         self.last: Any = None  # the last value of ``reads`` seen
         self.memory: Any = None  # LabelChange: the label held; Crossing: armed (None: unknown)
         self.fired_at: float | None = None  # Unix seconds (data time)
@@ -92,6 +103,36 @@ class Track:
         #: reach the bar's bookkeeping).
         self.lo = math.inf
         self.hi = -math.inf
+
+
+class Group:
+    """The tracks of one key that read one output, in the order of their making, and the
+    range where all of them are quiet (the intersection of their quiet ranges): a value there
+    costs the whole group one comparison, however many rules it holds."""
+
+    __slots__ = ("hi", "last", "lo", "quiets", "tracks")
+
+    def __init__(self) -> None:
+        self.tracks: list[Track] = []
+        #: The value the group saw last (None: unknown, as after a track joined it): the same
+        #: value again steps none of its tracks.
+        self.last: Any = None
+        self.lo = math.inf
+        self.hi = -math.inf
+        #: Whether all its tracks can be quiet (none is "once per bar close" or a label
+        #: without margin): if not, its range stays empty and is never narrowed again.
+        self.quiets = True
+
+    def settle(self) -> None:
+        """Take the tracks' quiet ranges as they are now (after some of them stepped)."""
+        self.quiets = not any(t.plain or t.at_close for t in self.tracks)
+        lo, hi = -math.inf, math.inf
+        for track in self.tracks:
+            if track.lo > lo:
+                lo = track.lo
+            if track.hi < hi:
+                hi = track.hi
+        self.lo, self.hi = lo, hi
 
 
 def held_label(held: str | None, rating: object, margin: float) -> str | None:
@@ -125,7 +166,10 @@ def step_label(condition: LabelChange, track: Track, value: Any) -> tuple[str, s
         # for rounding), where the label held stays (or the rating is out of range).
         low, high = BANDS[now]
         track.lo, track.hi = low - condition.margin + 1e-9, high + condition.margin - 1e-9
-    if before is None or before == now or not condition.matches(before, now):
+    if before is None or before == now:
+        return None
+    to, from_ = condition.to, condition.from_  # condition.matches, inlined
+    if (to and now not in to) or (from_ and before not in from_):
         return None
     return before, now
 
@@ -205,7 +249,7 @@ class Evaluator:
         self._by_key: dict[Key, list[Track]] = {}
         #: Per key, its tracks by the output they read (what a change of one output moves),
         #: and the set of those outputs: both rebuilt only when the key's rules change.
-        self._index: dict[Key, dict[str, list[Track]]] = {}
+        self._index: dict[Key, dict[str, Group]] = {}
         self._reads: dict[Key, frozenset[str]] = {}
         #: Keys whose tracks may not all hold the key's previous values (a rule just added, a
         #: restart, a value missing from what was seen): their next publication is evaluated
@@ -247,9 +291,14 @@ class Evaluator:
             self._index.pop(key, None)
             self._reads.pop(key, None)
             return
-        groups: dict[str, list[Track]] = {}
+        groups: dict[str, Group] = {}
         for track in tracks:
-            groups.setdefault(track.reads, []).append(track)
+            group = groups.get(track.reads)
+            if group is None:
+                group = groups[track.reads] = Group()
+            group.tracks.append(track)
+        for group in groups.values():
+            group.settle()
         self._index[key] = groups
         self._reads[key] = frozenset(groups)
 
@@ -285,16 +334,17 @@ class Evaluator:
                 groups = self._index[key] = {}
             group = groups.get(track.reads)
             if group is None:
-                groups[track.reads] = [track]
+                group = groups[track.reads] = Group()
                 self._reads[key] = frozenset(groups)
-            else:
-                group.append(track)
+            group.tracks.append(track)
+            group.last = None  # the new track's last value may be another
             # It starts from the latest values, which need not be the key's previous ones
             # (a publication's changes are taken from): its next one is seen in full.
             self.unsynced.add(key)
             seen = self.latest.get(key)
             if seen is not None:  # a first sight: it fires nothing
                 self._see(track, seen[0], seen[1])
+            group.settle()
 
     def remove(self, rule_id: int) -> None:
         rule = self._rules.pop(rule_id, None)
@@ -359,156 +409,171 @@ class Evaluator:
         Evaluated in full, an output ``data`` lacks is not seen (the track is left as it is,
         the key stays :attr:`unsynced`); a profile's data has every output."""
         fired: list[Trigger] = []
+        seqs: list[int] = []  # each trigger's track's seq, to put a key's triggers in order
         index = self._index
         latest = self.latest
         unsynced = self.unsynced
         own = self._own
-        gate, at_close = self._gate, self._at_close
+        at_close, limited = self._at_close, self._limited
+        spent, paused, storms = self.spent, self.paused, self._fired
+        count, window = self.storm
+        new = tuple.__new__  # Trigger(...) without its Python-level __new__
         for key, data, ts in values:
             groups = index.get(key)
             if groups is None:
                 latest[key] = (data, ts)
                 continue
             changed = None if changes is None else changes.get(key)
-            if changed is None or key in unsynced:
-                complete = True
+            mine: dict[str, Any] | None = None
+            if changed is None or key in unsynced:  # in full: every output its rules read
                 get = data.get
-                for track in self._by_key[key]:  # _see, inlined: this loop is the hot path
-                    value = get(track.reads, _MISSING)
-                    if value is _MISSING:  # not seen (a snapshot made before its rule)
-                        complete = False
-                        continue
-                    last = track.last
-                    if value == last and last is not None:
-                        continue
-                    track.last = value
-                    if type(value) is float and track.lo < value < track.hi:
-                        continue  # a crossing's quiet range: the step would move nothing
-                    if track.at_close:
-                        trigger = at_close(track, value, ts)
-                    else:
-                        moved = track.step(track.condition, track, value)
-                        if moved is None:
-                            continue
-                        trigger = gate(track, moved, value, ts, None)
-                    if trigger is not None:
-                        fired.append(trigger)
-                if complete:
+                changed = {name: value for name in groups
+                           if (value := get(name, _MISSING)) is not _MISSING}
+                if len(changed) == len(groups):
                     unsynced.discard(key)
                     latest[key] = (data, ts)
                     if own:
                         own.pop(key, None)
-                else:  # the outputs not seen keep their latest values
+                else:  # not seen (a snapshot made before its rule): keep its latest values
                     unsynced.add(key)
                     earlier = latest.get(key)
                     before = (earlier[0] if earlier is not None else _EMPTY).get
                     merged = own[key] = {name: get(name, before(name)) for name in groups}
                     latest[key] = (merged, ts)
-                continue
-            mine: dict[str, Any] | None
-            if data is changed:  # only what changed (the recorder's copy): merged into ours
+            elif data is changed:  # only what changed (the recorder's copy): merged into ours
                 mine = own.get(key)
                 if mine is None:  # the data seen last, made ours to update by changes
                     prior = latest.get(key)
-                    recall = (prior[0] if prior is not None else _EMPTY).get
-                    mine = own[key] = {name: recall(name) for name in groups}
+                    held = prior[0] if prior is not None else _EMPTY
+                    # Mostly it holds exactly what the rules read (the recorder's copy): a
+                    # plain copy, in C.
+                    mine = own[key] = (dict(held) if held.keys() == groups.keys()
+                                       else {name: held.get(name) for name in groups})
                 latest[key] = (mine, ts)
-            else:
-                mine = None  # the key's whole data: the latest values
+            else:  # the key's whole data: the latest values
                 latest[key] = (data, ts)
                 if own:
                     own.pop(key, None)
             start, first, mixed = len(fired), None, False
+            key_bar = None  # the key's bar at ``ts``, worked out at its first move
+            t = ts / 1000  # the data's time in seconds, as cool-downs and storms count it
+            since = t - window
             for name, value in changed.items():
-                tracks = groups.get(name)
-                if tracks is None:
+                group = groups.get(name)
+                if group is None:
                     continue
                 if mine is not None:
                     mine[name] = value
+                last = group.last
+                if value == last and last is not None:
+                    continue
+                group.last = value
                 numeric = type(value) is float
-                for track in tracks:
+                if numeric and group.lo < value < group.hi:
+                    # Every track quiet: none steps, and none needs ``last`` (a step is the
+                    # same whether or not the value came before).
+                    continue
+                stepped = False
+                named = value if isinstance(value, str) and value in RANK else None
+                for track in group.tracks:
                     last = track.last
                     if value == last and last is not None:
                         continue
                     track.last = value
                     if numeric and track.lo < value < track.hi:
                         continue  # a crossing's quiet range: the step would move nothing
+                    stepped = True
                     if track.at_close:
-                        trigger = at_close(track, value, ts)
-                    else:
-                        moved = track.step(track.condition, track, value)
-                        if moved is None:
+                        closed = at_close(track, value, ts)
+                        if closed is None:
                             continue
-                        trigger = gate(track, moved, value, ts, None)
-                    if trigger is not None:
-                        fired.append(trigger)
-                        if first is None:
-                            first = name
-                        elif name != first:
-                            mixed = True
-            if mixed:  # in the tracks' order, as the full evaluation makes them
-                order = {track.rule.id: track.seq for track in self._by_key[key]}
-                fired[start:] = sorted(fired[start:], key=lambda t: order[t.rule.id])
+                        (moved_from, moved_to), seen, bar = closed
+                    else:
+                        if track.plain:  # step_label without a margin, inlined
+                            if named is None:
+                                continue
+                            moved_from = track.memory
+                            track.memory = moved_to = named
+                            if moved_from is None or moved_from == named:
+                                continue
+                            condition = track.condition
+                            to, from_ = condition.to, condition.from_
+                            if (to and named not in to) or (from_ and moved_from not in from_):
+                                continue
+                        else:
+                            moved = track.step(track.condition, track, value)
+                            if moved is None:
+                                continue
+                            moved_from, moved_to = moved
+                        if key_bar is None:
+                            key_bar = _bar_open(key.tf, ts)
+                        seen, bar = value, key_bar
+                    # The gate (does the move fire?), inlined: it runs for every move.
+                    rule = track.rule
+                    rule_id = rule.id
+                    if rule_id in spent or rule_id in paused:
+                        continue
+                    if track.limited and limited(track, t):
+                        continue
+                    if track.per_bar and track.fired_bar == bar:
+                        continue
+                    times = storms.get(rule_id)
+                    if times is None:
+                        times = storms[rule_id] = deque()
+                    while times and times[0] <= since:
+                        times.popleft()
+                    if len(times) >= count:  # too many: paused, and its user told so
+                        paused.add(rule_id)
+                        trigger = new(Trigger, (rule, key, "firing", PAUSED, bar, ts, None))
+                    else:
+                        times.append(t)
+                        track.fired_at, track.fired_bar = t, bar
+                        if track.once:
+                            spent.add(rule_id)
+                        trigger = new(Trigger, (rule, key, moved_from, moved_to, bar, ts, seen))
+                    fired.append(trigger)
+                    seqs.append(track.seq)
+                    if first is None:
+                        first = name
+                    elif name != first:
+                        mixed = True
+                if stepped and group.quiets:
+                    group.settle()
+            if mixed:  # in the tracks' order, as they were made
+                order = sorted(range(start, len(fired)), key=seqs.__getitem__)
+                fired[start:] = [fired[i] for i in order]
+                seqs[start:] = [seqs[i] for i in order]
         return fired
 
-    def _see(self, track: Track, data: Mapping[str, Any], ts: int) -> Trigger | None:
-        value = data.get(track.reads)
-        last = track.last
-        if value == last and last is not None:
-            return None
-        track.last = value
+    def _see(self, track: Track, data: Mapping[str, Any], ts: int) -> None:
+        """A new track's first sight of its key: it moves nothing (there is no change it
+        watched happen), so no gate."""
+        value = track.last = data.get(track.reads)
         if track.at_close:
-            return self._at_close(track, value, ts)
-        moved = track.step(track.condition, track, value)
-        return None if moved is None else self._gate(track, moved, value, ts, None)
+            self._at_close(track, value, ts)
+        else:
+            track.step(track.condition, track, value)
 
-    def _at_close(self, track: Track, value: Any, ts: int) -> Trigger | None:
+    def _at_close(self, track: Track, value: Any,
+                  ts: int) -> tuple[tuple[str, str], Any, int] | None:
         """Once per bar close: the condition sees only the last value of each bar, when the
-        first value of a later bar shows that bar has closed."""
+        first value of a later bar shows that bar has closed. The move, with the value and the
+        bar that closed, if it moved."""
         now_bar = _bar_open(track.key.tf, ts)
         if track.bar is None or now_bar == track.bar:
             track.bar, track.pending = now_bar, value
             return None
         close, bar = track.pending, track.bar  # the bar that ended, and its last value
         track.bar, track.pending = now_bar, value
-        value = close
-        moved = track.step(track.condition, track, value)
-        if moved is None:
-            return None
-        return self._gate(track, moved, value, ts, bar)
+        moved = track.step(track.condition, track, close)
+        return None if moved is None else (moved, close, bar)
 
-    def _gate(self, track: Track, moved: tuple[str, str], value: Any, ts: int,
-              bar: int | None) -> Trigger | None:
-        """Whether a move fires, by the rule's mute, expiry, frequency and cool-down."""
+    @staticmethod
+    def _limited(track: Track, t: float) -> bool:
+        """Whether the rule's mute, expiry or cool-down (on this key) silences a move at
+        ``t`` (Unix seconds, data time)."""
         rule = track.rule
-        t = ts / 1000
-        if rule.muted or rule.id in self.spent or rule.id in self.paused:
-            return None
-        if rule.expires_at is not None and t >= rule.expires_at:
-            return None
-        if rule.cooldown and track.fired_at is not None and t - track.fired_at < rule.cooldown:
-            return None
-        if bar is None:
-            bar = _bar_open(track.key.tf, ts)
-        if rule.frequency == "once_per_bar" and track.fired_bar == bar:
-            return None
-        if self._storming(rule.id, t):
-            self.paused.add(rule.id)
-            return Trigger(rule, track.key, "firing", PAUSED, bar, ts, None)
-        track.fired_at, track.fired_bar = t, bar
-        if rule.frequency == "only_once":
-            self.spent.add(rule.id)
-        return Trigger(rule, track.key, moved[0], moved[1], bar, ts, value)
-
-    def _storming(self, rule_id: int, t: float) -> bool:
-        """Whether one more firing at ``t`` would be more than the storm allows."""
-        count, window = self.storm
-        times = self._fired.get(rule_id)
-        if times is None:
-            times = self._fired[rule_id] = deque()
-        while times and times[0] <= t - window:
-            times.popleft()
-        if len(times) >= count:
+        if rule.muted or (rule.expires_at is not None and t >= rule.expires_at):
             return True
-        times.append(t)
-        return False
+        return bool(rule.cooldown and track.fired_at is not None
+                    and t - track.fired_at < rule.cooldown)

@@ -201,8 +201,10 @@ class Recorder:
         for key, _, ts in values:
             reads = reads_of(key)
             if reads is not None:  # the key's values as the evaluator now holds them
-                get = latest[key][0].get
-                seen[key] = ({name: get(name) for name in reads}, ts)
+                held = latest[key][0]
+                # Mostly it holds exactly what its rules read: a plain copy, in C.
+                seen[key] = (dict(held) if held.keys() == reads
+                             else {name: held.get(name) for name in reads}, ts)
         return triggers
 
     async def _writing(self) -> None:
