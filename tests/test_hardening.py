@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.frames import Frame, Opcode
 
 from tests.support.clients import Client
@@ -339,8 +339,8 @@ class Reconnecting:
             except ConnectionClosed as closed:
                 if session is not None:
                     session.close = closed.rcvd.code if closed.rcvd else None
-            except (OSError, InvalidStatus, TimeoutError):
-                pass
+            except (OSError, InvalidHandshake, TimeoutError):
+                pass  # refused, or cut mid-handshake by the process going down: try again
             if self.stop or (session and session.close in (4401, 4403, 1008, 1009)):
                 return
             failures += 1
