@@ -26,6 +26,10 @@ its snapshot of the batch (``Recorder.on_published``, on the tick's path) and it
 (``Recorder._evaluate``, in its writer task after the publication), printed beside the step and
 added to it as "step + evaluation", the cost of one tick's data all told.
 
+Each measured step starts as a server's tick does: the earlier runs' garbage collected and
+what lives frozen (the server's freezer freezes every second, between 20 s ticks), so that no
+full collection of the bench's own leftovers lands in a measured step.
+
 ``--ticks N`` then runs N steady-state ticks on one hub and collector (the two reply sets in
 turn, so half the keys change every tick) and prints their median CPU time and the time the
 cycle collector took in them, by generation: a loop to record with a profiler
@@ -259,14 +263,15 @@ async def _run(args: argparse.Namespace) -> None:
         batch = collector.compose(keys, results(after, cache))
         hub.apply(batch)
         step = (time.process_time() - started) * 1000
-        gc.unfreeze()
         if recorder is None:
+            gc.unfreeze()
             return step, 0.0, 0.0
         started = time.process_time()
         recorder.on_published(batch, 0)
         queued = time.process_time()
         recorder._evaluate(recorder.queue.popleft()[0], {})
         done = time.process_time()
+        gc.unfreeze()
         return step, (queued - started) * 1000, (done - queued) * 1000
 
     changed_at: dict[str, int] = {}
