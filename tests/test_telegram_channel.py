@@ -21,7 +21,7 @@ from quartsig.alerts.channels import Digesting, Message, Outcome, Target
 from quartsig.alerts.delivery import Deliverer
 from quartsig.alerts.evaluation import Evaluator
 from quartsig.alerts.storage import AlertChannel, AlertDelivery
-from quartsig.cluster.pace import MemoryPace, RedisPace
+from quartsig.cluster.pace import CHAT_GAP, MemoryPace, RedisPace
 from quartsig.demo.telegram import TOKEN, TelegramStandin
 from quartsig.domain.model import Key
 from quartsig.telegram import subscriptions
@@ -164,7 +164,7 @@ async def test_a_turn_far_away_is_later_then_and_a_near_one_is_waited_for(
         db: TortoiseContext, telegram: TelegramStandin, channel: Channel) -> None:
     assert await channel.channel.send(_message(), TARGET) == Outcome("sent")
     assert await channel.channel.send(_message(), TARGET) == Outcome("sent")
-    assert channel.slept == [pytest.approx(1.1, abs=0.04)]  # the gap, to its slot
+    assert channel.slept == [pytest.approx(CHAT_GAP, abs=0.04)]  # the gap, to its slot
     await channel.pace.hold(CHAT, 30)
     later = await channel.channel.send(_message(), TARGET)
     assert later.status == "later" and later.retry_after == pytest.approx(30, abs=0.05)
