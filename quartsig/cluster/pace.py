@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 #: Seconds between two messages to one chat: Telegram's "about one a second", counted where
 #: they arrive, with room for a send that arrives late after an on-time one (a loaded node, the
 #: network): a tenth of a second was not enough on a busy 2-core machine (a 429 in the cluster
-#: test, 1 of 5 runs beside the suite), half a second costs a burst's next digest 0.4 s.
+#: failover test, once in a full run of the suite); half a second costs a burst's next digest
+#: 0.4 s.
 CHAT_GAP: Final = 1.5
 #: Seconds per slot of the bot: 25 messages a second, under Telegram's ~30.
 GAP: Final = 1 / 25

@@ -50,10 +50,10 @@ class ScanError:
     retry_after: float | None = None
 
 
-
 def _whole(values: Sequence[Any]) -> tuple[Any, ...]:
     """The picker of a key whose names are its run, in order: the run's tuple itself."""
     return values  # type: ignore[return-value]  # Row.runs holds tuples
+
 
 class Layout:
     """One request's columns: where each sits in a row's ``d`` list, and pickers over them.
