@@ -27,6 +27,7 @@ import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
@@ -135,6 +136,14 @@ class Group:
         self.lo, self.hi = lo, hi
 
 
+def only(values: Mapping[str, Any], names: AbstractSet[str]) -> dict[str, Any]:
+    """A copy of ``values`` holding exactly ``names`` (None for those it lacks). Mostly it
+    holds exactly them already (what a key's rules read): then a plain copy, made in C."""
+    if values.keys() == names:
+        return dict(values)
+    return {name: values.get(name) for name in names}
+
+
 def held_label(held: str | None, rating: object, margin: float) -> str | None:
     """The label to hold for ``rating`` when ``held`` is held: the plain label, unless moving
     to it would not take the rating ``margin`` past the boundary crossed (hysteresis). A jump
@@ -168,10 +177,7 @@ def step_label(condition: LabelChange, track: Track, value: Any) -> tuple[str, s
         track.lo, track.hi = low - condition.margin + 1e-9, high + condition.margin - 1e-9
     if before is None or before == now:
         return None
-    to, from_ = condition.to, condition.from_  # condition.matches, inlined
-    if (to and now not in to) or (from_ and before not in from_):
-        return None
-    return before, now
+    return (before, now) if condition.matches(before, now) else None
 
 
 #: Each label's band of ratings (its edges, whichever side holds them).
@@ -445,10 +451,7 @@ class Evaluator:
                 if mine is None:  # the data seen last, made ours to update by changes
                     prior = latest.get(key)
                     held = prior[0] if prior is not None else _EMPTY
-                    # Mostly it holds exactly what the rules read (the recorder's copy): a
-                    # plain copy, in C.
-                    mine = own[key] = (dict(held) if held.keys() == groups.keys()
-                                       else {name: held.get(name) for name in groups})
+                    mine = own[key] = only(held, groups.keys())
                 latest[key] = (mine, ts)
             else:  # the key's whole data: the latest values
                 latest[key] = (data, ts)
@@ -496,9 +499,7 @@ class Evaluator:
                             track.memory = moved_to = named
                             if moved_from is None or moved_from == named:
                                 continue
-                            condition = track.condition
-                            to, from_ = condition.to, condition.from_
-                            if (to and named not in to) or (from_ and moved_from not in from_):
+                            if not track.condition.matches(moved_from, named):
                                 continue
                         else:
                             moved = track.step(track.condition, track, value)

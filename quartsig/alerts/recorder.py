@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from quartsig.alerts import storage
-from quartsig.alerts.evaluation import Evaluator, Trigger
+from quartsig.alerts.evaluation import Evaluator, Trigger, only
 from quartsig.domain.model import Batch, Key
 
 log = logging.getLogger(__name__)
@@ -201,10 +201,7 @@ class Recorder:
         for key, _, ts in values:
             reads = reads_of(key)
             if reads is not None:  # the key's values as the evaluator now holds them
-                held = latest[key][0]
-                # Mostly it holds exactly what its rules read: a plain copy, in C.
-                seen[key] = (dict(held) if held.keys() == reads
-                             else {name: held.get(name) for name in reads}, ts)
+                seen[key] = (only(latest[key][0], reads), ts)
         return triggers
 
     async def _writing(self) -> None:
